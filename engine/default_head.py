@@ -1,0 +1,134 @@
+"""The built-in head: MediaPipe's canonical face mesh with a small skeleton and the expression
+basis learned from a real face video (`engine.expression_basis`, stored in
+`static/default_expression_basis.npz`). Needs no licensed file.
+
+Skeleton (FLAME's structure where it applies to a face-only mesh): a root, a neck that carries
+the whole face, and a jaw hinged between the ears that carries the chin and lower lip. There are
+no eyeballs in the 468-vertex mesh, so there are no eye joints. Pose correctives are zero: the
+learned blendshapes already hold what the clip showed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engine.canonical_mesh import CanonicalMesh, load_canonical_mesh
+from engine.head_model_data import HeadModelData
+
+BASIS_FILE = Path(__file__).resolve().parent.parent / "static" / "default_expression_basis.npz"
+
+# MediaPipe canonical-mesh landmark ids (the face mesh's published numbering).
+UPPER_LIP_INNER, LOWER_LIP_INNER = 13, 14
+CHIN = 152
+EAR_RIGHT, EAR_LEFT = 234, 454  # outline points at the tragus, the subject's right / left
+JAW_SIDE_RIGHT, JAW_SIDE_LEFT = 93, 323  # outline points where the jaw meets the cheek
+
+JAW_BLEND_CM = 0.5  # width of the soft band between jaw-carried and skull-carried vertices
+JOINT_NAMES = ("global", "neck", "jaw")
+
+# The 52 ARKit blendshape names in MediaPipe's output order; `_neutral` is MediaPipe's extra score.
+ARKIT_NAMES = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
+    "browOuterUpRight", "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft",
+    "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight",
+    "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft",
+    "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen",
+    "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
+    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight",
+    "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower",
+    "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight",
+    "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight",
+)  # fmt: skip
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    t = np.clip(x, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def jaw_weights(vertices: np.ndarray) -> np.ndarray:
+    """(V, 3) canonical vertices -> (V,) jaw skinning weight in [0, 1].
+
+    The boundary runs between the lips in the middle and rises towards the jaw angle at the sides
+    (a parabola in |x|), so the chin, lower lip and lower cheeks follow the jaw.
+    """
+    y_mid = 0.5 * (vertices[UPPER_LIP_INNER, 1] + vertices[LOWER_LIP_INNER, 1])
+    y_side = vertices[JAW_SIDE_LEFT, 1]
+    half_width = abs(vertices[JAW_SIDE_LEFT, 0])
+    rel = np.clip(np.abs(vertices[:, 0]) / half_width, 0.0, 1.0)
+    boundary = y_mid + (y_side - y_mid) * rel**2  # (V,)
+    return _smoothstep((boundary - vertices[:, 1]) / JAW_BLEND_CM + 0.5)
+
+
+def skeleton(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint regressor (3, V), skinning weights (V, 3) and parents (3,) for the canonical mesh."""
+    v = vertices.shape[0]
+    regressor = np.zeros((3, v), dtype=np.float32)
+    regressor[0, :] = 1.0 / v  # root: the mesh centroid
+    regressor[1, [CHIN, EAR_RIGHT, EAR_LEFT]] = 1.0 / 3.0  # neck pivot: behind and below the face
+    regressor[2, [EAR_RIGHT, EAR_LEFT]] = 0.5  # jaw hinge axis passes between the ears
+    jaw = jaw_weights(vertices)
+    weights = np.zeros((v, 3), dtype=np.float32)
+    weights[:, 1] = 1.0 - jaw
+    weights[:, 2] = jaw
+    return regressor, weights, np.array([-1, 0, 1], dtype=np.int64)
+
+
+def load_basis(
+    path: Path = BASIS_FILE,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[bool, ...]]:
+    """Read the learned basis: identity offset (V, 3), exprdirs (V, 3, E), names, inert flags."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            offset = z["identity_offset"].astype(np.float32)
+            exprdirs = z["exprdirs"].astype(np.float32)
+            names = tuple(str(n) for n in z["names"])
+            inert = tuple(bool(b) for b in z["inert"])
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"expression basis {path} is missing: run `python -m engine.expression_basis --sample`"
+        ) from exc
+    except (KeyError, ValueError, OSError) as exc:
+        raise ValueError(f"{path} is not an expression basis file: {exc}") from exc
+    return offset, exprdirs, names, inert
+
+
+def build_default_head(
+    basis_path: Path | None = BASIS_FILE, mesh: CanonicalMesh | None = None
+) -> HeadModelData:
+    """The default head. `basis_path=None` gives the bare canonical mesh with inert expressions
+    (used while learning the basis itself)."""
+    mesh = mesh or load_canonical_mesh()
+    v = mesh.vertices.shape[0]
+    if basis_path is None:
+        offset = np.zeros((v, 3), dtype=np.float32)
+        names = tuple(n for n in ARKIT_NAMES if n != "_neutral")
+        exprdirs = np.zeros((v, 3, len(names)), dtype=np.float32)
+        inert = (True,) * len(names)
+    else:
+        offset, exprdirs, names, inert = load_basis(basis_path)
+        if offset.shape != (v, 3) or exprdirs.shape[:2] != (v, 3):
+            raise ValueError(
+                f"{basis_path}: basis is for a mesh of {offset.shape[0]} vertices, not {v}"
+            )
+    template = mesh.vertices + offset
+    regressor, weights, parents = skeleton(template)
+    return HeadModelData(
+        v_template=template.astype(np.float32),
+        shapedirs=np.zeros((v, 3, 0), dtype=np.float32),
+        exprdirs=exprdirs,
+        posedirs=np.zeros((9 * (len(parents) - 1), v * 3), dtype=np.float32),
+        j_regressor=regressor,
+        lbs_weights=weights,
+        parents=parents,
+        faces=mesh.faces,
+        face_uvs=mesh.uvs[mesh.faces],
+        expression_names=names,
+        expression_inert=inert,
+        joint_names=JOINT_NAMES,
+        units="cm",
+        source="default" if basis_path is None else f"default ({basis_path.name})",
+    )
