@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -53,17 +54,27 @@ class Camera:
         }
 
     @staticmethod
-    def from_dict(d: dict[str, object]) -> Camera:
-        rot = d.get("rotation", GL_TO_CV)
-        trans = d.get("translation", (0.0, 0.0, 0.0))
-        return Camera(
-            fx=float(d["fx"]),  # type: ignore[arg-type]
-            fy=float(d["fy"]),  # type: ignore[arg-type]
-            cx=float(d.get("cx", 0.5)),  # type: ignore[arg-type]
-            cy=float(d.get("cy", 0.5)),  # type: ignore[arg-type]
-            rotation=tuple(tuple(float(x) for x in row) for row in rot),  # type: ignore[union-attr]
-            translation=tuple(float(x) for x in trans),  # type: ignore[union-attr,arg-type]
-        )
+    def from_dict(d: dict[str, Any]) -> Camera:
+        """Inverse of to_dict; raises ValueError naming what is wrong."""
+        try:
+            rot = [[float(x) for x in row] for row in d.get("rotation", GL_TO_CV)]
+            trans = [float(x) for x in d.get("translation", (0.0, 0.0, 0.0))]
+            if len(rot) != 3 or any(len(r) != 3 for r in rot) or len(trans) != 3:
+                raise ValueError("rotation must be 3x3 and translation 3 values")
+            return Camera(
+                fx=float(d["fx"]),
+                fy=float(d["fy"]),
+                cx=float(d.get("cx", 0.5)),
+                cy=float(d.get("cy", 0.5)),
+                rotation=(
+                    (rot[0][0], rot[0][1], rot[0][2]),
+                    (rot[1][0], rot[1][1], rot[1][2]),
+                    (rot[2][0], rot[2][1], rot[2][2]),
+                ),
+                translation=(trans[0], trans[1], trans[2]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a camera description: {exc}") from exc
 
 
 def world_to_camera(verts: torch.Tensor, camera: Camera) -> torch.Tensor:

@@ -109,6 +109,16 @@ def rigid_transforms(
 class HeadModel(nn.Module):
     """Evaluates a HeadModelData. One instance per device; it holds no per-session state."""
 
+    v_template: torch.Tensor
+    shapedirs: torch.Tensor
+    exprdirs: torch.Tensor
+    posedirs: torch.Tensor
+    j_regressor: torch.Tensor
+    lbs_weights: torch.Tensor
+    faces: torch.Tensor
+    face_uvs: torch.Tensor
+    template_centre: torch.Tensor
+
     def __init__(self, data: HeadModelData) -> None:
         super().__init__()
         self.data = data
