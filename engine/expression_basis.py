@@ -1,0 +1,755 @@
+"""Learn the default head's expression basis (52 ARKit blendshapes) from a captured face video.
+
+What the capture gives per frame: 468 face landmarks, MediaPipe's 52 blendshape scores, and its
+perspective-correct head pose. What we want: one displacement field per ARKit name on the canonical
+mesh, so that `template + sum_k B_k * score_k` reproduces the face. A plain ridge regression fits
+the training frames but leaks head pose and outline sliding into expressions (../shared/MEASURED.md),
+because the scores of one clip are strongly correlated. The fit here differs from it in five ways:
+
+1. Alignment: landmarks are lifted into the canonical frame with MediaPipe's own perspective head
+   pose (not a flat similarity Procrustes), then refined by a rigid Procrustes on the points MediaPipe
+   itself treats as rigid (its procrustes weights).
+2. The face-outline landmarks, which slide along the silhouette as the head turns, get no data term.
+3. Each blendshape may move only its region of the face (soft masks from the canonical geometry),
+   with a mesh-Laplacian smoothness penalty, solved jointly as one sparse linear system.
+4. Scores that are strongly correlated in the clip (left/right pairs) are tied: one shape is learned
+   for their mean and split between them by their regions (a partition of unity), so the data does not
+   have to tell apart what it never shows apart.
+5. Blendshapes the clip does not exercise (score std below a threshold), gaze (the mesh has no
+   eyeballs), and tongueOut (never scored) stay inert: zero shape, declared so the page can grey them.
+
+Hyper-parameters (ridge and smoothness weights) are chosen on a validation block taken from the end
+of the training frames; the test block (the clip's last frames) is never used for fitting or choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from engine.canonical_mesh import CanonicalMesh, load_canonical_mesh
+from engine.default_head import ARKIT_NAMES, BASIS_FILE
+
+# MediaPipe's published FACE_OVAL landmark ids: the silhouette, which slides as the head turns.
+FACE_OVAL = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)  # fmt: skip
+EYE_CORNERS_RIGHT = (33, 133)  # subject's right eye (canonical -x)
+EYE_CORNERS_LEFT = (362, 263)  # subject's left eye (canonical +x)
+FACE_WIDTH_PAIR = (234, 454)  # tragus to tragus: the width that errors are quoted against
+
+INERT_STD = 0.02  # a score that varies less than this in the training frames cannot be learned
+TIE_CORRELATION = 0.9  # scores more correlated than this are fitted as one
+SIDE_SOFTNESS_CM = 0.6  # width of the left/right hand-over across the midline
+REGION_SOFTNESS_CM = 0.8  # width of a region's soft edge
+TEST_FRACTION = 0.2  # the clip's last 20% of frames: held out, as in the probe
+VALIDATION_FRACTION = 0.1  # the end of the training part, for choosing hyper-parameters
+RIDGE_GRID = (1e-4, 1e-3, 1e-2)  # per-frame ridge weights tried
+SMOOTH_GRID = (1e-4, 1e-3, 1e-2)  # per-frame Laplacian weights tried
+SIDED = (
+    "brow", "cheekSquint", "eyeBlink", "eyeSquint", "eyeWide", "mouthDimple", "mouthFrown",
+    "mouthLowerDown", "mouthPress", "mouthSmile", "mouthStretch", "mouthUpperUp", "noseSneer",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Lifting landmarks into the canonical frame
+
+
+def lift_to_canonical(
+    landmarks_px: np.ndarray,
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    template: np.ndarray,
+    focal_px: float,
+    centre_px: tuple[float, float],
+) -> np.ndarray:
+    """Observed landmarks -> canonical-frame points, using the perspective head pose.
+
+    landmarks_px (N, L, 3): x, y in crop pixels, z MediaPipe's relative depth in the same pixel units
+    (smaller = closer); rotation (N, 3, 3), translation (N, 3): canonical -> world (x right, y up,
+    camera looking down -z); template (L, 3) canonical points; focal_px, centre_px: crop intrinsics.
+    Returns (N, L, 3). Each landmark's pixel is back-projected along its camera ray to a depth made of
+    the posed template's mean depth plus MediaPipe's relative depth converted from pixels to cm at that
+    distance: the perspective camera that produced the pose, not a flat projection.
+    """
+    posed = np.einsum("nij,lj->nli", rotation, template) + translation[:, None, :]  # (N, L, 3)
+    depth = -posed[..., 2]  # (N, L) distance in front of the camera
+    mean_depth = depth.mean(axis=1, keepdims=True)  # (N, 1)
+    rel = landmarks_px[..., 2] - landmarks_px[..., 2].mean(axis=1, keepdims=True)  # (N, L)
+    z = mean_depth + rel * mean_depth / focal_px  # (N, L) observed depth
+    x = (landmarks_px[..., 0] - centre_px[0]) / focal_px * z
+    y = -(landmarks_px[..., 1] - centre_px[1]) / focal_px * z  # image y is down, world y up
+    world = np.stack((x, y, -z), axis=-1)  # (N, L, 3)
+    return np.einsum("nji,nlj->nli", rotation, world - translation[:, None, :])  # R^T (p - t)
+
+
+def procrustes(
+    points: np.ndarray, template: np.ndarray, weights: np.ndarray, scale: bool
+) -> np.ndarray:
+    """Weighted Procrustes of each frame's (N, L, 3) points onto the (L, 3) template: rotation and
+    translation, and a uniform scale if `scale`. Only points with weight > 0 decide the fit."""
+    w = weights / weights.sum()
+    mu_p = np.einsum("l,nlc->nc", w, points)  # (N, 3)
+    mu_t = w @ template  # (3,)
+    p = points - mu_p[:, None]
+    t = template - mu_t
+    cov = np.einsum("l,nli,lj->nij", w, p, t)  # (N, 3, 3)
+    u, sv, vt = np.linalg.svd(cov)
+    d = np.sign(np.linalg.det(u @ vt))  # (N,) reflection guard
+    fix = np.ones((points.shape[0], 3))
+    fix[:, 2] = d
+    rot = np.einsum("nij,nj,njk->nik", u, fix, vt)  # (N, 3, 3) rotates p onto t
+    factor = (sv * fix).sum(axis=1) / np.einsum("l,nlc->n", w, p**2) if scale else np.ones(len(p))
+    return factor[:, None, None] * np.einsum("nlj,njk->nlk", p, rot) + mu_t
+
+
+def flat_points(landmarks_px: np.ndarray) -> np.ndarray:
+    """(N, L, 3) crop-pixel landmarks -> the same points with y and depth pointing up and towards
+    the viewer, as the canonical mesh has them (a weak-perspective reading of MediaPipe's output)."""
+    return np.stack((landmarks_px[..., 0], -landmarks_px[..., 1], -landmarks_px[..., 2]), axis=-1)
+
+
+ALIGNMENTS = ("rigid-points", "perspective")
+
+
+def align(
+    alignment: str,
+    landmarks_px: np.ndarray,
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    template: np.ndarray,
+    rigid_weights: np.ndarray,
+    focal_px: float,
+    centre_px: tuple[float, float],
+) -> np.ndarray:
+    """Observed landmarks (N, L, 3) -> canonical-frame points (N, L, 3).
+
+    rigid-points: a similarity Procrustes of the weak-perspective points on the landmarks MediaPipe
+    treats as rigid (its procrustes weights: forehead, nose bridge, temples), so mouth, eyes and
+    brows never pull the pose. perspective: back-projection with MediaPipe's perspective pose
+    (`lift_to_canonical`), then a rigid Procrustes on the same points.
+    """
+    if alignment == "rigid-points":
+        return procrustes(flat_points(landmarks_px), template, rigid_weights, scale=True)
+    if alignment == "perspective":
+        lifted = lift_to_canonical(
+            landmarks_px, rotation, translation, template, focal_px, centre_px
+        )
+        return procrustes(lifted, template, rigid_weights, scale=False)
+    raise ValueError(f"unknown alignment {alignment!r}: expected one of {ALIGNMENTS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Regions
+
+
+def _soft_below(value: np.ndarray, edge: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp((value - edge) / (REGION_SOFTNESS_CM / 4)))
+
+
+def side_weight(x: np.ndarray, side: str) -> np.ndarray:
+    """Soft membership of the subject's `side` ("Left" = canonical +x)."""
+    s = 1.0 / (1.0 + np.exp(-x / (SIDE_SOFTNESS_CM / 4)))
+    return s if side == "Left" else 1.0 - s
+
+
+def region_weights(name: str, v: np.ndarray) -> np.ndarray:
+    """(V,) soft region in [0, 1] that blendshape `name` may move, from canonical vertices (V, 3).
+
+    Regions are drawn generously (a shape decays inside them through the smoothness penalty) but
+    keep, e.g., jawOpen off the temples and blinks off the chin."""
+    x, y = v[:, 0], v[:, 1]
+    eye_r = v[list(EYE_CORNERS_RIGHT)].mean(axis=0)
+    eye_l = v[list(EYE_CORNERS_LEFT)].mean(axis=0)
+    eye_y = 0.5 * (eye_r[1] + eye_l[1])
+    dist_eye = np.minimum(
+        np.linalg.norm(v[:, :2] - eye_r[:2], axis=1), np.linalg.norm(v[:, :2] - eye_l[:2], axis=1)
+    )
+    nose_base_y = v[2, 1]  # landmark 2: below the nose tip
+    if name.startswith(("jaw", "mouth")):
+        w = _soft_below(y, nose_base_y + 0.5)
+    elif name.startswith("eye"):
+        w = _soft_below(dist_eye, 2.6)
+    elif name.startswith("brow"):
+        w = _soft_below(-y, -(eye_y - 0.3))  # above the eye centres, forehead and upper lids
+    elif name == "cheekPuff":
+        w = _soft_below(y, eye_y - 1.0) * _soft_below(-np.abs(x), -2.0)
+    elif name.startswith("cheekSquint"):
+        w = (
+            _soft_below(y, eye_y + 0.5)
+            * _soft_below(-y, 3.5 - eye_y)
+            * _soft_below(-np.abs(x), -1.5)
+        )
+    elif name.startswith("noseSneer"):
+        w = (
+            _soft_below(np.abs(x), 3.5)
+            * _soft_below(y, eye_y)
+            * _soft_below(-y, -(nose_base_y - 1.5))
+        )
+    else:
+        raise ValueError(f"no face region is defined for blendshape {name!r}")
+    base = (
+        name[: -len("Left")]
+        if name.endswith("Left")
+        else name[: -len("Right")]
+        if name.endswith("Right")
+        else name
+    )
+    if base != name and base.startswith(SIDED):
+        w = w * side_weight(x, "Left" if name.endswith("Left") else "Right")
+    return w
+
+
+def region_of(name: str) -> str:
+    """The named face region a blendshape belongs to, for reports."""
+    if name.startswith(("jaw", "mouth")):
+        return "mouth_jaw"
+    for prefix, region in (
+        ("eye", "eyes"),
+        ("brow", "brows"),
+        ("cheek", "cheeks"),
+        ("nose", "nose"),
+    ):
+        if name.startswith(prefix):
+            return region
+    return "other"
+
+
+def report_regions(v: np.ndarray) -> dict[str, np.ndarray]:
+    """Disjoint vertex sets for per-region error reports: (V,) bool each."""
+    oval = np.zeros(v.shape[0], dtype=bool)
+    oval[list(FACE_OVAL)] = True
+    mouth = region_weights("jawOpen", v) > 0.5
+    eyes = region_weights("eyeBlinkLeft", v) + region_weights("eyeBlinkRight", v) > 0.5
+    brows = (region_weights("browInnerUp", v) > 0.5) & ~eyes
+    nose = (
+        (region_weights("noseSneerLeft", v) + region_weights("noseSneerRight", v) > 0.5)
+        & ~eyes
+        & ~mouth
+    )
+    cheeks = ~(oval | mouth | eyes | brows | nose)
+    return {
+        "mouth_jaw": mouth & ~oval,
+        "eyes": eyes & ~oval,
+        "brows": brows & ~oval,
+        "nose": nose & ~oval,
+        "cheeks": cheeks,
+        "outline": oval,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The fit
+
+
+def mesh_laplacian(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
+    """Uniform graph Laplacian (V, V) of the mesh edges: D - A."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    e = np.unique(np.sort(e, axis=1), axis=0)
+    a = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(num_vertices, num_vertices))
+    a = ((a + a.T) > 0).astype(np.float64)
+    return (sp.diags(np.asarray(a.sum(axis=1)).ravel()) - a).tocsr()
+
+
+@dataclass(frozen=True)
+class TiePlan:
+    """How the learned columns map to expression names.
+
+    active  names that get a shape; columns  groups of active-name indices fitted as one regressor
+    (mean of their scores); inert  names held at zero, with the reason for each."""
+
+    active: tuple[str, ...]
+    columns: tuple[tuple[int, ...], ...]
+    inert: dict[str, str]
+
+
+def plan_ties(scores: np.ndarray, names: tuple[str, ...]) -> TiePlan:
+    """Decide inert names and tied groups from the training scores (N, K) over `names`."""
+    inert: dict[str, str] = {}
+    for k, name in enumerate(names):
+        if name.startswith("eyeLook"):
+            inert[name] = "gaze: the face mesh has no eyeballs"
+        elif scores[:, k].std() < INERT_STD:
+            inert[name] = (
+                f"not exercised by the clip (score std {scores[:, k].std():.3f} < {INERT_STD})"
+            )
+    active = tuple(n for n in names if n not in inert)
+    idx = [names.index(n) for n in active]
+    corr = np.corrcoef(scores[:, idx].T)
+    # Union-find over strongly correlated pairs.
+    parent = list(range(len(active)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(active)):
+        for j in range(i + 1, len(active)):
+            if corr[i, j] > TIE_CORRELATION:
+                parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(active)):
+        groups.setdefault(find(i), []).append(i)
+    return TiePlan(active=active, columns=tuple(tuple(g) for g in groups.values()), inert=inert)
+
+
+def tied_scores(scores: np.ndarray, names: tuple[str, ...], plan: TiePlan) -> np.ndarray:
+    """(N, K) scores over `names` -> (N, C) regressors, one per tied column (the group mean)."""
+    cols = [
+        scores[:, [names.index(plan.active[i]) for i in group]].mean(axis=1)
+        for group in plan.columns
+    ]
+    return np.stack(cols, axis=1)
+
+
+def solve_basis(
+    residuals: np.ndarray,
+    regressors: np.ndarray,
+    regions: np.ndarray,
+    data_weight: np.ndarray,
+    laplacian: sp.csr_matrix,
+    ridge: float,
+    smooth: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Regional, smooth, ridge-regularised linear fit, solved as one sparse system.
+
+    residuals (N, V, 3) canonical-frame offsets from the template; regressors (N, C);
+    regions (C, V) soft masks (a shape is zero where its mask is < 0.05, and its ridge penalty grows
+    as the mask fades, so it decays towards the edge); data_weight (V,) 0 for vertices whose
+    observations are not trusted (the outline). Returns intercept (V, 3) and shapes (V, 3, C).
+    The intercept (this person's neutral offset) is smoothed but not shrunk; ridge and smooth are
+    per-frame weights, multiplied by N.
+    """
+    n, v, _ = residuals.shape
+    c = regressors.shape[1]
+    # Work in units of each regressor's spread, so that the penalties mean the same for a score
+    # that swings 0..1 and one that barely leaves 0.1.
+    spread = np.clip(regressors.std(axis=0), 1e-6, None)  # (C,)
+    design = np.concatenate([np.ones((n, 1)), regressors / spread], axis=1)  # (N, C + 1)
+    gram = design.T @ design  # (C + 1, C + 1)
+    rhs = np.einsum("nk,nvc->kvc", design, residuals) * data_weight[None, :, None]  # (C + 1, V, 3)
+    lap2 = (laplacian.T @ laplacian).tocsr()
+    mask = np.concatenate([np.ones((1, v)), regions], axis=0)  # (C + 1, V)
+    shrink = np.zeros((c + 1, v))
+    shrink[1:] = ridge * n / np.clip(regions, 0.05, 1.0) ** 2
+    system = (
+        sp.kron(sp.csr_matrix(gram), sp.diags(data_weight))
+        + sp.kron(sp.identity(c + 1), lap2) * (smooth * n)
+        + sp.diags(shrink.ravel() + 1e-9 * n)
+    ).tocsc()
+    free = np.flatnonzero(mask.ravel() >= 0.05)
+    sub = system[free][:, free]
+    solution = np.zeros(((c + 1) * v, 3))
+    solution[free] = spla.splu(sub).solve(rhs.reshape(-1, 3)[free])
+    solution = solution.reshape(c + 1, v, 3)
+    shapes = solution[1:].transpose(1, 2, 0) / spread  # (V, 3, C) per unit score
+    return solution[0], np.ascontiguousarray(shapes)
+
+
+def split_tied(
+    shapes: np.ndarray, plan: TiePlan, region_masks: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Give each name of a tied group its share of the group's shape (V, 3): shares are the
+    members' region weights normalised to sum to one at every vertex."""
+    out: dict[str, np.ndarray] = {}
+    for col, group in enumerate(plan.columns):
+        members = [plan.active[i] for i in group]
+        weights = np.stack([region_masks[m] for m in members])  # (M, V)
+        share = weights / np.clip(weights.sum(axis=0, keepdims=True), 1e-6, None)
+        for m, s in zip(members, share, strict=True):
+            # With the mean score as regressor, a one-sided score moves its own side by the full
+            # group shape, and equal scores add up to exactly the group shape.
+            out[m] = shapes[:, :, col] * s[:, None]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def vertex_errors(pred: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """(N, V, 3) each -> (N, V) Euclidean distances."""
+    return np.linalg.norm(pred - observed, axis=-1)
+
+
+def region_report(
+    errors: np.ndarray, regions: dict[str, np.ndarray], face_width: float
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name, sel in {"all_inner": ~regions["outline"], **regions}.items():
+        e = float(errors[:, sel].mean())
+        out[name] = {"cm": round(e, 4), "percent_face_width": round(100 * e / face_width, 3)}
+    return out
+
+
+@dataclass(frozen=True)
+class Basis:
+    """identity_offset (V, 3) cm; exprdirs (V, 3, E) cm per unit score, E = len(names);
+    names the 52 ARKit names; inert (E,) bool; inert_reason name -> why."""
+
+    identity_offset: np.ndarray
+    exprdirs: np.ndarray
+    names: tuple[str, ...]
+    inert: tuple[bool, ...]
+    inert_reason: dict[str, str]
+    tied: tuple[tuple[str, ...], ...]
+
+
+def assemble(
+    intercept: np.ndarray, shapes: np.ndarray, plan: TiePlan, masks: dict[str, np.ndarray]
+) -> Basis:
+    per_name = split_tied(shapes, plan, masks)
+    v = intercept.shape[0]
+    exprdirs = np.zeros((v, 3, len(ARKIT_NAMES)), dtype=np.float32)
+    for k, name in enumerate(ARKIT_NAMES):
+        if name in per_name:
+            exprdirs[:, :, k] = per_name[name]
+    reasons = dict(plan.inert)
+    reasons.setdefault("tongueOut", "not scored by MediaPipe's blendshape model")
+    inert = tuple(name not in per_name for name in ARKIT_NAMES)
+    for name, is_inert in zip(ARKIT_NAMES, inert, strict=True):
+        if is_inert:
+            reasons.setdefault(name, "no data")
+    return Basis(
+        identity_offset=intercept.astype(np.float32),
+        exprdirs=exprdirs,
+        names=ARKIT_NAMES,
+        inert=inert,
+        inert_reason={k: reasons[k] for k in ARKIT_NAMES if k in reasons},
+        tied=tuple(tuple(plan.active[i] for i in g) for g in plan.columns if len(g) > 1),
+    )
+
+
+def predict(
+    basis: Basis, scores: np.ndarray, score_names: tuple[str, ...], template: np.ndarray
+) -> np.ndarray:
+    """(N, K) captured scores over score_names -> (N, V, 3) canonical-frame mesh."""
+    full = np.zeros((scores.shape[0], len(basis.names)))
+    for k, name in enumerate(basis.names):
+        if name in score_names:
+            full[:, k] = scores[:, score_names.index(name)]
+    return template + basis.identity_offset + np.einsum("vce,ne->nvc", basis.exprdirs, full)
+
+
+def plain_ridge(
+    residuals: np.ndarray, scores: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's baseline: every score, every vertex, no regions, no smoothness."""
+    n = residuals.shape[0]
+    design = np.concatenate([np.ones((n, 1)), scores], axis=1)
+    reg = ridge * n * np.eye(design.shape[1])
+    reg[0, 0] = 0.0
+    coef = np.linalg.solve(design.T @ design + reg, design.T @ residuals.reshape(n, -1))
+    return coef[0].reshape(-1, 3), coef[1:].reshape(scores.shape[1], -1, 3).transpose(1, 2, 0)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    basis: Basis
+    report: dict[str, object]
+
+
+def fit(
+    landmarks_px: np.ndarray,
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    scores: np.ndarray,
+    score_names: tuple[str, ...],
+    focal_px: float,
+    centre_px: tuple[float, float],
+    mesh: CanonicalMesh,
+    alignment: str = "rigid-points",
+) -> FitResult:
+    """The whole fit with its held-out report. Arrays are per captured frame, in time order."""
+    n = landmarks_px.shape[0]
+    if n < 20:
+        raise ValueError(f"need at least 20 captured frames to learn a basis, got {n}")
+    template = mesh.vertices.astype(np.float64)
+    observed = align(
+        alignment,
+        landmarks_px[:, : template.shape[0]].astype(np.float64),
+        rotation.astype(np.float64),
+        translation.astype(np.float64),
+        template,
+        mesh.procrustes_weights.astype(np.float64),
+        focal_px,
+        centre_px,
+    )
+    residuals = observed - template  # (N, V, 3)
+
+    n_test = max(1, round(n * TEST_FRACTION))
+    n_train = n - n_test
+    n_val = max(1, round(n_train * VALIDATION_FRACTION))
+    fit_sl, val_sl, test_sl = (
+        slice(0, n_train - n_val),
+        slice(n_train - n_val, n_train),
+        slice(n_train, n),
+    )
+    train_sl = slice(0, n_train)
+
+    names = tuple(n_ for n_ in score_names if n_ in ARKIT_NAMES)
+    s = scores[:, [score_names.index(n_) for n_ in names]].astype(np.float64)
+    regions = report_regions(template)
+    data_weight = (~regions["outline"]).astype(np.float64)
+    lap = mesh_laplacian(mesh.faces, template.shape[0])
+    width = float(np.linalg.norm(template[FACE_WIDTH_PAIR[0]] - template[FACE_WIDTH_PAIR[1]]))
+
+    def fit_on(sl: slice, ridge: float, smooth: float) -> Basis:
+        plan = plan_ties(s[sl], names)
+        masks = {name: region_weights(name, template) for name in plan.active}
+        cols = tied_scores(s[sl], names, plan)
+        column_regions = np.stack(
+            [np.max([masks[plan.active[i]] for i in group], axis=0) for group in plan.columns]
+        )
+        intercept, shapes = solve_basis(
+            residuals[sl], cols, column_regions, data_weight, lap, ridge, smooth
+        )
+        return assemble(intercept, shapes, plan, masks)
+
+    def inner_error(basis: Basis, sl: slice) -> float:
+        pred = predict(basis, s[sl], names, template)
+        return float(vertex_errors(pred, observed[sl])[:, ~regions["outline"]].mean())
+
+    search = []
+    for ridge in RIDGE_GRID:
+        for smooth in SMOOTH_GRID:
+            err = inner_error(fit_on(fit_sl, ridge, smooth), val_sl)
+            search.append({"ridge": ridge, "smooth": smooth, "validation_cm": round(err, 4)})
+    best = min(search, key=lambda r: r["validation_cm"])
+    basis = fit_on(train_sl, best["ridge"], best["smooth"])
+
+    # Baselines on the same alignment and split.
+    mean_shape = observed[train_sl].mean(axis=0)
+    test_obs = observed[test_sl]
+    err_mean = vertex_errors(np.broadcast_to(mean_shape, test_obs.shape), test_obs)
+    plain_intercept, plain_shapes = plain_ridge(residuals[train_sl], s[train_sl], ridge=1e-3)
+    plain_pred = template + plain_intercept + np.einsum("vck,nk->nvc", plain_shapes, s[test_sl])
+    err_plain = vertex_errors(plain_pred, test_obs)
+    err_ours = vertex_errors(predict(basis, s[test_sl], names, template), test_obs)
+    train_pred = predict(basis, s[train_sl], names, template)
+    ss_res = ((observed[train_sl] - train_pred)[:, ~regions["outline"]] ** 2).sum()
+    ss_tot = ((observed[train_sl] - mean_shape)[:, ~regions["outline"]] ** 2).sum()
+
+    leakage = {}
+    for name in ("jawOpen", "mouthSmileLeft", "eyeBlinkLeft", "browInnerUp"):
+        if name not in names:
+            continue
+        mask = region_weights(name, template) >= 0.05
+        k_ours = ARKIT_NAMES.index(name)
+        plain = np.linalg.norm(plain_shapes[:, :, names.index(name)], axis=1)
+        ours = np.linalg.norm(basis.exprdirs[:, :, k_ours], axis=1)
+        leakage[name] = {
+            "plain_ridge_max_outside_region_cm": round(float(plain[~mask].max(initial=0.0)), 3),
+            "ours_max_outside_region_cm": round(float(ours[~mask].max(initial=0.0)), 3),
+            "plain_ridge_max_inside_cm": round(float(plain[mask].max()), 3),
+            "ours_max_inside_cm": round(float(ours[mask].max()), 3),
+        }
+
+    report: dict[str, object] = {
+        "frames": {"train": n_train - n_val, "validation": n_val, "test": n_test, "total": n},
+        "alignment": alignment,
+        "split": "temporal: train on the first frames, validate on the next, test on the last 20%",
+        "face_width_cm": round(width, 3),
+        "hyper_parameter_search": search,
+        "chosen": {"ridge": best["ridge"], "smooth": best["smooth"]},
+        "test_error": {
+            "mean_shape": region_report(err_mean, regions, width),
+            "plain_ridge": region_report(err_plain, regions, width),
+            "ours": region_report(err_ours, regions, width),
+        },
+        "train_r2_inner": round(float(1 - ss_res / ss_tot), 4),
+        "leakage": leakage,
+        "side_check": blink_side_check(observed, s, names)
+        if {"eyeBlinkLeft", "eyeBlinkRight"} <= set(names)
+        else {},
+        "tied": [list(g) for g in basis.tied],
+        "inert": basis.inert_reason,
+        "active": [n_ for n_, i in zip(ARKIT_NAMES, basis.inert, strict=True) if not i],
+    }
+    return FitResult(basis=basis, report=report)
+
+
+def save_basis(basis: Basis, path: Path) -> None:
+    """Write the basis atomically (temp file + rename): a failed run leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(
+            tmp,
+            identity_offset=basis.identity_offset,
+            exprdirs=basis.exprdirs,
+            names=np.array(basis.names),
+            inert=np.array(basis.inert),
+            inert_reason=np.array(json.dumps(basis.inert_reason)),
+            tied=np.array(json.dumps([list(g) for g in basis.tied])),
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# Side check, picture, command line
+
+LID_PAIRS = {"Left": (386, 374), "Right": (159, 145)}  # upper, lower lid: subject's left is +x
+
+
+def blink_side_check(
+    observed: np.ndarray, scores: np.ndarray, names: tuple[str, ...]
+) -> dict[str, float]:
+    """Which eye does MediaPipe's eyeBlinkLeft close? Correlate the left-minus-right score with the
+    +x-minus--x lid gap: positive means ARKit 'Left' is canonical +x, as the regions assume."""
+    gap = {
+        side: np.linalg.norm(observed[:, a] - observed[:, b], axis=-1)
+        for side, (a, b) in LID_PAIRS.items()
+    }
+    diff_score = scores[:, names.index("eyeBlinkLeft")] - scores[:, names.index("eyeBlinkRight")]
+    diff_gap = gap["Right"] - gap["Left"]  # a closing left eye shrinks the +x gap
+    return {
+        "corr_left_score_with_plus_x_closing": round(
+            float(np.corrcoef(diff_score, diff_gap)[0, 1]), 3
+        )
+    }
+
+
+SHEET_SHAPES = (
+    ("neutral", {}),
+    ("jawOpen 0.5", {"jawOpen": 0.5}),
+    ("smile L+R", {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}),
+    ("mouthSmileLeft", {"mouthSmileLeft": 1.0}),
+    ("blink L+R", {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}),
+    ("eyeBlinkLeft", {"eyeBlinkLeft": 1.0}),
+    ("browInnerUp", {"browInnerUp": 1.0}),
+    ("browDownLeft", {"browDownLeft": 1.0}),
+)
+
+
+def render_sheet(
+    basis: Basis, template: np.ndarray, faces: np.ndarray, out: Path, title: str
+) -> None:
+    """Front views of the main shapes, triangles coloured by how far they moved (cm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    base = template + basis.identity_offset
+    fig, axes = plt.subplots(2, 4, figsize=(16, 9.5))
+    for ax, (label, weights) in zip(axes.ravel(), SHEET_SHAPES, strict=True):
+        delta = np.zeros_like(base)
+        for name, w in weights.items():
+            delta += w * basis.exprdirs[:, :, basis.names.index(name)]
+        verts = base + delta
+        moved = np.linalg.norm(delta, axis=1)[faces].mean(axis=1)  # (F,)
+        order = np.argsort(verts[faces][:, :, 2].mean(axis=1))  # paint back to front
+        polys = PolyCollection(
+            verts[faces][order][:, :, :2],
+            array=moved[order],
+            cmap="viridis",
+            edgecolors="k",
+            linewidths=0.15,
+        )
+        polys.set_clim(0.0, 1.5)
+        ax.add_collection(polys)
+        ax.set_xlim(-9, 9)
+        ax.set_ylim(-11, 10)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        inert = any(basis.inert[basis.names.index(n)] for n in weights)
+        ax.set_title(label + (" (inert)" if inert else ""))
+    fig.colorbar(polys, ax=axes, shrink=0.6, label="displacement, cm")
+    fig.suptitle(title)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.capture import capture_video, fetch_sample_video, load_capture
+
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.expression_basis", description=__doc__.split("\n\n")[0]
+    )
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--capture", type=Path, help="a directory written by `python -m engine.capture`"
+    )
+    src.add_argument(
+        "--sample", action="store_true", help="capture the sample clip first (data/sample_capture)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=BASIS_FILE, help=f"basis file (default {BASIS_FILE})"
+    )
+    parser.add_argument(
+        "--report", type=Path, default=Path("docs/expression_basis"), help="report directory"
+    )
+    parser.add_argument("--alignment", choices=ALIGNMENTS, default="rigid-points")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        capture_dir = args.capture
+        if args.sample:
+            capture_dir = Path("data/sample_capture")
+            if not (capture_dir / "capture.npz").exists():
+                capture_video(fetch_sample_video(), capture_dir, overwrite=True)
+        data = load_capture(capture_dir)
+        mesh = load_canonical_mesh()
+        res = data.resolution
+        result = fit(
+            data.landmarks_px,
+            data.rotation,
+            data.translation,
+            data.blendshapes,
+            data.blendshape_names,
+            focal_px=data.camera.fy * res,
+            centre_px=(data.camera.cx * res, data.camera.cy * res),
+            mesh=mesh,
+            alignment=args.alignment,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = dict(result.report)
+    report["capture"] = str(capture_dir)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    args.report.mkdir(parents=True, exist_ok=True)
+    tmp_report = args.report / "report.json.tmp"
+    tmp_report.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp_report, args.report / "report.json")
+    render_sheet(
+        result.basis,
+        mesh.vertices,
+        mesh.faces,
+        args.report / "shapes.png",
+        f"learned basis ({args.alignment} alignment)",
+    )
+    save_basis(result.basis, args.out)
+    errors = report["test_error"]
+    assert isinstance(errors, dict)
+    print(f"basis written to {args.out}; report in {args.report}")
+    for method in ("mean_shape", "plain_ridge", "ours"):
+        row = errors[method]
+        print(
+            f"  held-out error {method:12s} {row['all_inner']['cm']:.3f} cm ({row['all_inner']['percent_face_width']:.2f}% of face width)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
