@@ -53,6 +53,7 @@ INERT_STD = 0.02  # a score that varies less than this in the training frames ca
 TIE_CORRELATION = 0.9  # scores more correlated than this are fitted as one
 SIDE_SOFTNESS_CM = 0.6  # width of the left/right hand-over across the midline
 REGION_SOFTNESS_CM = 0.8  # width of a region's soft edge
+MASK_FLOOR = 0.05  # below this soft-region weight a shape is held at exactly zero
 TEST_FRACTION = 0.2  # the clip's last 20% of frames: held out, as in the probe
 VALIDATION_FRACTION = 0.1  # the end of the training part, for choosing hyper-parameters
 RIDGE_GRID = (1e-4, 1e-3, 1e-2)  # per-frame ridge weights tried
@@ -345,13 +346,13 @@ def solve_basis(
     lap2 = (laplacian.T @ laplacian).tocsr()
     mask = np.concatenate([np.ones((1, v)), regions], axis=0)  # (C + 1, V)
     shrink = np.zeros((c + 1, v))
-    shrink[1:] = ridge * n / np.clip(regions, 0.05, 1.0) ** 2
+    shrink[1:] = ridge * n / np.clip(regions, MASK_FLOOR, 1.0) ** 2
     system = (
         sp.kron(sp.csr_matrix(gram), sp.diags(data_weight))
         + sp.kron(sp.identity(c + 1), lap2) * (smooth * n)
         + sp.diags(shrink.ravel() + 1e-9 * n)
     ).tocsc()
-    free = np.flatnonzero(mask.ravel() >= 0.05)
+    free = np.flatnonzero(mask.ravel() >= MASK_FLOOR)
     sub = system[free][:, free]
     solution = np.zeros(((c + 1) * v, 3))
     solution[free] = spla.splu(sub).solve(rhs.reshape(-1, 3)[free])
@@ -369,6 +370,7 @@ def split_tied(
     for col, group in enumerate(plan.columns):
         members = [plan.active[i] for i in group]
         weights = np.stack([region_masks[m] for m in members])  # (M, V)
+        weights = np.where(weights >= MASK_FLOOR, weights, 0.0)  # a share never leaves its region
         share = weights / np.clip(weights.sum(axis=0, keepdims=True), 1e-6, None)
         for m, s in zip(members, share, strict=True):
             # With the mean score as regressor, a one-sided score moves its own side by the full
@@ -548,7 +550,7 @@ def fit(
     for name in ("jawOpen", "mouthSmileLeft", "eyeBlinkLeft", "browInnerUp"):
         if name not in names:
             continue
-        mask = region_weights(name, template) >= 0.05
+        mask = region_weights(name, template) >= MASK_FLOOR
         k_ours = ARKIT_NAMES.index(name)
         plain = np.linalg.norm(plain_shapes[:, :, names.index(name)], axis=1)
         ours = np.linalg.norm(basis.exprdirs[:, :, k_ours], axis=1)
@@ -621,6 +623,8 @@ def blink_side_check(
     }
     diff_score = scores[:, names.index("eyeBlinkLeft")] - scores[:, names.index("eyeBlinkRight")]
     diff_gap = gap["Right"] - gap["Left"]  # a closing left eye shrinks the +x gap
+    if diff_score.std() == 0 or diff_gap.std() == 0:
+        return {}
     return {
         "corr_left_score_with_plus_x_closing": round(
             float(np.corrcoef(diff_score, diff_gap)[0, 1]), 3
