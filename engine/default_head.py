@@ -25,6 +25,7 @@ CHIN = 152
 EAR_RIGHT, EAR_LEFT = 234, 454  # outline points at the tragus, the subject's right / left
 JAW_SIDE_RIGHT, JAW_SIDE_LEFT = 93, 323  # outline points where the jaw meets the cheek
 
+JAW_OPEN_RAD = 0.45  # jaw rotation at jawOpen = 1 (26 degrees: the lips part by about 3 cm)
 JAW_BLEND_CM = 0.5  # width of the soft band between jaw-carried and skull-carried vertices
 JOINT_NAMES = ("global", "neck", "jaw")
 
@@ -117,6 +118,11 @@ def build_default_head(
             )
     template = mesh.vertices + offset
     regressor, weights, parents = skeleton(template)
+    # jawOpen is rigged, not only learned: it turns the jaw joint, which extrapolates the way a
+    # jaw does, where a clip that never opens the mouth wide could not teach a blendshape.
+    jaw_rig = np.zeros((len(names), 3), dtype=np.float32)
+    jaw_rig[names.index("jawOpen"), 0] = JAW_OPEN_RAD
+    inert = tuple(flag and name != "jawOpen" for name, flag in zip(names, inert, strict=True))
     return HeadModelData(
         v_template=template.astype(np.float32),
         shapedirs=np.zeros((v, 3, 0), dtype=np.float32),
@@ -132,4 +138,5 @@ def build_default_head(
         joint_names=JOINT_NAMES,
         units="cm",
         source="default" if basis_path is None else f"default ({basis_path.name})",
+        jaw_from_expression=jaw_rig,
     )

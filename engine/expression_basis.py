@@ -25,6 +25,7 @@ of the training frames; the test block (the clip's last frames) is never used fo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,9 +37,17 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+import torch
 
 from engine.canonical_mesh import CanonicalMesh, load_canonical_mesh
-from engine.default_head import ARKIT_NAMES, BASIS_FILE
+from engine.default_head import (
+    ARKIT_NAMES,
+    BASIS_FILE,
+    JAW_OPEN_RAD,
+    build_default_head,
+    jaw_weights,
+)
+from engine.head_model import HeadModel
 
 # MediaPipe's published FACE_OVAL landmark ids: the silhouette, which slides as the head turns.
 FACE_OVAL = (
@@ -53,6 +62,9 @@ INERT_STD = 0.02  # a score that varies less than this in the training frames ca
 TIE_CORRELATION = 0.9  # scores more correlated than this are fitted as one
 SIDE_SOFTNESS_CM = 0.6  # width of the left/right hand-over across the midline
 REGION_SOFTNESS_CM = 0.8  # width of a region's soft edge
+BROW_BAND_CM = 4.0  # how far above the eye centres the brow shapes reach
+MAX_DISPLACEMENT_CM = 3.0  # how far a blendshape can move a point of the face at weight 1 (the
+# jaw's larger travel belongs to the jaw rig, not to the jawOpen blendshape)
 MASK_FLOOR = 0.05  # below this soft-region weight a shape is held at exactly zero
 TEST_FRACTION = 0.2  # the clip's last 20% of frames: held out, as in the probe
 VALIDATION_FRACTION = 0.1  # the end of the training part, for choosing hyper-parameters
@@ -114,6 +126,12 @@ def procrustes(
     rot = np.einsum("nij,nj,njk->nik", u, fix, vt)  # (N, 3, 3) rotates p onto t
     factor = (sv * fix).sum(axis=1) / np.einsum("l,nlc->n", w, p**2) if scale else np.ones(len(p))
     return factor[:, None, None] * np.einsum("nlj,njk->nlk", p, rot) + mu_t
+
+
+def skull_weights(mesh: CanonicalMesh) -> np.ndarray:
+    """(V,) alignment weights: MediaPipe's rigid landmarks, less those the jaw carries (its set
+    includes four jaw-line points, which drop when the mouth opens)."""
+    return mesh.procrustes_weights.astype(np.float64) * (1.0 - jaw_weights(mesh.vertices))
 
 
 def flat_points(landmarks_px: np.ndarray) -> np.ndarray:
@@ -184,7 +202,13 @@ def region_weights(name: str, v: np.ndarray) -> np.ndarray:
     elif name.startswith("eye"):
         w = _soft_below(dist_eye, 2.6)
     elif name.startswith("brow"):
-        w = _soft_below(-y, -(eye_y - 0.3))  # above the eye centres, forehead and upper lids
+        # The band from the upper lids to a few cm above the brows; not the hairline, whose
+        # outline points only slide with head pitch.
+        w = _soft_below(-y, -(eye_y - 0.3)) * _soft_below(y, eye_y + BROW_BAND_CM)
+        if name == "browInnerUp":
+            w = w * _soft_below(np.abs(x), 4.0)
+        elif name.startswith("browOuterUp"):
+            w = w * _soft_below(-np.abs(x), -1.5)
     elif name == "cheekPuff":
         w = _soft_below(y, eye_y - 1.0) * _soft_below(-np.abs(x), -2.0)
     elif name.startswith("cheekSquint"):
@@ -255,6 +279,24 @@ def report_regions(v: np.ndarray) -> dict[str, np.ndarray]:
 # The fit
 
 
+def mirror_map(vertices: np.ndarray) -> np.ndarray:
+    """(V,) index of each vertex's mirror image across the x = 0 plane (the canonical mesh is
+    left/right symmetric), found as the nearest vertex to (-x, y, z)."""
+    flipped = vertices * np.array([-1.0, 1.0, 1.0])
+    d = np.linalg.norm(vertices[None, :, :] - flipped[:, None, :], axis=-1)  # (V, V)
+    return d.argmin(axis=1)
+
+
+def symmetrise(shape: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+    """Average a (V, 3) displacement field with its mirror image: head roll and yaw leak into a
+    fit as left/right-asymmetric motion, which a symmetric expression cannot contain."""
+    return 0.5 * (shape + shape[mirror] * np.array([-1.0, 1.0, 1.0]))
+
+
+def is_sided(name: str) -> bool:
+    return name.endswith(("Left", "Right"))
+
+
 def mesh_laplacian(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
     """Uniform graph Laplacian (V, V) of the mesh edges: D - A."""
     e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
@@ -276,10 +318,15 @@ class TiePlan:
     inert: dict[str, str]
 
 
-def plan_ties(scores: np.ndarray, names: tuple[str, ...]) -> TiePlan:
-    """Decide inert names and tied groups from the training scores (N, K) over `names`."""
-    inert: dict[str, str] = {}
+def plan_ties(
+    scores: np.ndarray, names: tuple[str, ...], implausible: dict[str, str] | None = None
+) -> TiePlan:
+    """Decide inert names and tied groups from the training scores (N, K) over `names`;
+    `implausible` names (with reasons) are held inert too."""
+    inert: dict[str, str] = dict(implausible or {})
     for k, name in enumerate(names):
+        if name in inert:
+            continue
         if name.startswith("eyeLook"):
             inert[name] = "gaze: the face mesh has no eyeballs"
         elif scores[:, k].std() < INERT_STD:
@@ -362,20 +409,25 @@ def solve_basis(
 
 
 def split_tied(
-    shapes: np.ndarray, plan: TiePlan, region_masks: dict[str, np.ndarray]
+    shapes: np.ndarray, plan: TiePlan, region_masks: dict[str, np.ndarray], mirror: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Give each name of a tied group its share of the group's shape (V, 3): shares are the
     members' region weights normalised to sum to one at every vertex."""
     out: dict[str, np.ndarray] = {}
     for col, group in enumerate(plan.columns):
         members = [plan.active[i] for i in group]
+        group_shape = shapes[:, :, col]
+        bases = {m.removesuffix("Left").removesuffix("Right") for m in members}
+        # A lone unsided shape, or a tied Left/Right pair of one base name, is symmetric by nature.
+        if not any(is_sided(m) for m in members) or (len(members) == 2 and len(bases) == 1):
+            group_shape = symmetrise(group_shape, mirror)
         weights = np.stack([region_masks[m] for m in members])  # (M, V)
         weights = np.where(weights >= MASK_FLOOR, weights, 0.0)  # a share never leaves its region
         share = weights / np.clip(weights.sum(axis=0, keepdims=True), 1e-6, None)
         for m, s in zip(members, share, strict=True):
             # With the mean score as regressor, a one-sided score moves its own side by the full
             # group shape, and equal scores add up to exactly the group shape.
-            out[m] = shapes[:, :, col] * s[:, None]
+            out[m] = group_shape * s[:, None]
     return out
 
 
@@ -412,9 +464,13 @@ class Basis:
 
 
 def assemble(
-    intercept: np.ndarray, shapes: np.ndarray, plan: TiePlan, masks: dict[str, np.ndarray]
+    intercept: np.ndarray,
+    shapes: np.ndarray,
+    plan: TiePlan,
+    masks: dict[str, np.ndarray],
+    template: np.ndarray,
 ) -> Basis:
-    per_name = split_tied(shapes, plan, masks)
+    per_name = split_tied(shapes, plan, masks, mirror_map(template))
     v = intercept.shape[0]
     exprdirs = np.zeros((v, 3, len(ARKIT_NAMES)), dtype=np.float32)
     for k, name in enumerate(ARKIT_NAMES):
@@ -422,6 +478,8 @@ def assemble(
             exprdirs[:, :, k] = per_name[name]
     reasons = dict(plan.inert)
     reasons.setdefault("tongueOut", "not scored by MediaPipe's blendshape model")
+    if "jawOpen" in reasons:
+        reasons["jawOpen"] += " (the blendshape only: the jaw rig still opens the jaw)"
     inert = tuple(name not in per_name for name in ARKIT_NAMES)
     for name, is_inert in zip(ARKIT_NAMES, inert, strict=True):
         if is_inert:
@@ -436,15 +494,33 @@ def assemble(
     )
 
 
+def jaw_rig_displacement(template: np.ndarray, jaw_open: np.ndarray) -> np.ndarray:
+    """(N, V, 3) motion that the default head's jaw rig adds for (N,) jawOpen scores: the fit
+    learns the rest, so that rig and blendshapes never count the same motion twice."""
+    head = HeadModel(build_default_head(basis_path=None))
+    with torch.inference_mode():
+        c = head.neutral_controls(batch=len(jaw_open))
+        jaw = torch.zeros(len(jaw_open), 3)
+        jaw[:, 0] = torch.as_tensor(jaw_open, dtype=torch.float32) * JAW_OPEN_RAD
+        moved = head(dataclasses.replace(c, jaw=jaw)).vertices.double().numpy()
+    return moved - template
+
+
 def predict(
-    basis: Basis, scores: np.ndarray, score_names: tuple[str, ...], template: np.ndarray
+    basis: Basis,
+    scores: np.ndarray,
+    score_names: tuple[str, ...],
+    template: np.ndarray,
+    rig: np.ndarray,
 ) -> np.ndarray:
-    """(N, K) captured scores over score_names -> (N, V, 3) canonical-frame mesh."""
+    """(N, K) captured scores over score_names and the (N, V, 3) jaw-rig motion -> (N, V, 3)
+    canonical-frame mesh."""
     full = np.zeros((scores.shape[0], len(basis.names)))
     for k, name in enumerate(basis.names):
         if name in score_names:
             full[:, k] = scores[:, score_names.index(name)]
-    return template + basis.identity_offset + np.einsum("vce,ne->nvc", basis.exprdirs, full)
+    shapes = np.einsum("vce,ne->nvc", basis.exprdirs, full)
+    return template + basis.identity_offset + shapes + rig
 
 
 def plain_ridge(
@@ -457,6 +533,26 @@ def plain_ridge(
     reg[0, 0] = 0.0
     coef = np.linalg.solve(design.T @ design + reg, design.T @ residuals.reshape(n, -1))
     return coef[0].reshape(-1, 3), coef[1:].reshape(scores.shape[1], -1, 3).transpose(1, 2, 0)
+
+
+def implausible_shapes(basis: Basis, scores: np.ndarray, names: tuple[str, ...]) -> dict[str, str]:
+    """Active shapes that move some point further at weight 1 than a face can, with the reason.
+
+    Such a shape comes from a score that stays small in the clip: the fit is extrapolated many
+    times over and is dominated by noise, so it is held inert rather than shipped."""
+    out: dict[str, str] = {}
+    for k, name in enumerate(basis.names):
+        if basis.inert[k]:
+            continue
+        reach = float(np.linalg.norm(basis.exprdirs[:, :, k], axis=1).max())
+        bound = MAX_DISPLACEMENT_CM
+        if reach > bound:
+            p99 = float(np.percentile(scores[:, names.index(name)], 99))
+            out[name] = (
+                f"fitted shape moves {reach:.1f} cm at weight 1 (bound {bound} cm): the clip's "
+                f"scores (99th percentile {p99:.2f}) are too small to extrapolate from"
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -487,11 +583,13 @@ def fit(
         rotation.astype(np.float64),
         translation.astype(np.float64),
         template,
-        mesh.procrustes_weights.astype(np.float64),
+        skull_weights(mesh),
         focal_px,
         centre_px,
     )
-    residuals = observed - template  # (N, V, 3)
+    jaw_open = scores[:, score_names.index("jawOpen")] if "jawOpen" in score_names else np.zeros(n)
+    rig = jaw_rig_displacement(template, jaw_open)  # (N, V, 3)
+    residuals = observed - template - rig  # (N, V, 3)
 
     n_test = max(1, round(n * TEST_FRACTION))
     n_train = n - n_test
@@ -511,19 +609,25 @@ def fit(
     width = float(np.linalg.norm(template[FACE_WIDTH_PAIR[0]] - template[FACE_WIDTH_PAIR[1]]))
 
     def fit_on(sl: slice, ridge: float, smooth: float) -> Basis:
-        plan = plan_ties(s[sl], names)
-        masks = {name: region_weights(name, template) for name in plan.active}
-        cols = tied_scores(s[sl], names, plan)
-        column_regions = np.stack(
-            [np.max([masks[plan.active[i]] for i in group], axis=0) for group in plan.columns]
-        )
-        intercept, shapes = solve_basis(
-            residuals[sl], cols, column_regions, data_weight, lap, ridge, smooth
-        )
-        return assemble(intercept, shapes, plan, masks)
+        implausible: dict[str, str] = {}
+        while True:  # refit without shapes the clip could only extrapolate to nonsense
+            plan = plan_ties(s[sl], names, implausible)
+            masks = {name: region_weights(name, template) for name in plan.active}
+            cols = tied_scores(s[sl], names, plan)
+            column_regions = np.stack(
+                [np.max([masks[plan.active[i]] for i in group], axis=0) for group in plan.columns]
+            )
+            intercept, shapes = solve_basis(
+                residuals[sl], cols, column_regions, data_weight, lap, ridge, smooth
+            )
+            basis = assemble(intercept, shapes, plan, masks, template)
+            found = implausible_shapes(basis, s[sl], names)
+            if not found:
+                return basis
+            implausible.update(found)
 
     def inner_error(basis: Basis, sl: slice) -> float:
-        pred = predict(basis, s[sl], names, template)
+        pred = predict(basis, s[sl], names, template, rig[sl])
         return float(vertex_errors(pred, observed[sl])[:, ~regions["outline"]].mean())
 
     search = []
@@ -538,11 +642,13 @@ def fit(
     mean_shape = observed[train_sl].mean(axis=0)
     test_obs = observed[test_sl]
     err_mean = vertex_errors(np.broadcast_to(mean_shape, test_obs.shape), test_obs)
-    plain_intercept, plain_shapes = plain_ridge(residuals[train_sl], s[train_sl], ridge=1e-3)
+    plain_intercept, plain_shapes = plain_ridge(
+        (observed - template)[train_sl], s[train_sl], ridge=1e-3
+    )
     plain_pred = template + plain_intercept + np.einsum("vck,nk->nvc", plain_shapes, s[test_sl])
     err_plain = vertex_errors(plain_pred, test_obs)
-    err_ours = vertex_errors(predict(basis, s[test_sl], names, template), test_obs)
-    train_pred = predict(basis, s[train_sl], names, template)
+    err_ours = vertex_errors(predict(basis, s[test_sl], names, template, rig[test_sl]), test_obs)
+    train_pred = predict(basis, s[train_sl], names, template, rig[train_sl])
     ss_res = ((observed[train_sl] - train_pred)[:, ~regions["outline"]] ** 2).sum()
     ss_tot = ((observed[train_sl] - mean_shape)[:, ~regions["outline"]] ** 2).sum()
 
@@ -600,6 +706,7 @@ def save_basis(basis: Basis, path: Path) -> None:
             inert_reason=np.array(json.dumps(basis.inert_reason)),
             tied=np.array(json.dumps([list(g) for g in basis.tied])),
         )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the basis is a shipped, readable file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -644,24 +751,28 @@ SHEET_SHAPES = (
 )
 
 
-def render_sheet(
-    basis: Basis, template: np.ndarray, faces: np.ndarray, out: Path, title: str
-) -> None:
-    """Front views of the main shapes, triangles coloured by how far they moved (cm)."""
+def render_sheet(head: HeadModel, out: Path, title: str) -> None:
+    """Front views of the main shapes as the default head makes them (blendshapes and jaw rig),
+    triangles coloured by how far they moved from neutral (cm)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
-    base = template + basis.identity_offset
-    fig, axes = plt.subplots(2, 4, figsize=(16, 9.5))
-    for ax, (label, weights) in zip(axes.ravel(), SHEET_SHAPES, strict=True):
-        delta = np.zeros_like(base)
+    faces = head.data.faces
+    names = head.expression_names
+    expr = torch.zeros(len(SHEET_SHAPES), len(names))
+    for row, (_, weights) in enumerate(SHEET_SHAPES):
         for name, w in weights.items():
-            delta += w * basis.exprdirs[:, :, basis.names.index(name)]
-        verts = base + delta
-        moved = np.linalg.norm(delta, axis=1)[faces].mean(axis=1)  # (F,)
+            expr[row, names.index(name)] = w
+    with torch.inference_mode():
+        c = dataclasses.replace(head.neutral_controls(batch=len(SHEET_SHAPES)), expression=expr)
+        verts_all = head(c).vertices.numpy()
+    base = verts_all[0]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 9.5))
+    for ax, (label, weights), verts in zip(axes.ravel(), SHEET_SHAPES, verts_all, strict=True):
+        moved = np.linalg.norm(verts - base, axis=1)[faces].mean(axis=1)  # (F,)
         order = np.argsort(verts[faces][:, :, 2].mean(axis=1))  # paint back to front
         polys = PolyCollection(
             verts[faces][order][:, :, :2],
@@ -673,12 +784,12 @@ def render_sheet(
         polys.set_clim(0.0, 1.5)
         ax.add_collection(polys)
         ax.set_xlim(-9, 9)
-        ax.set_ylim(-11, 10)
+        ax.set_ylim(-12, 10)
         ax.set_aspect("equal")
         ax.axis("off")
-        inert = any(basis.inert[basis.names.index(n)] for n in weights)
+        inert = any(head.data.expression_inert[names.index(n)] for n in weights)
         ax.set_title(label + (" (inert)" if inert else ""))
-    fig.colorbar(polys, ax=axes, shrink=0.6, label="displacement, cm")
+    fig.colorbar(polys, ax=axes, shrink=0.6, label="displacement from neutral, cm")
     fig.suptitle(title)
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -736,14 +847,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp_report = args.report / "report.json.tmp"
     tmp_report.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp_report, args.report / "report.json")
-    render_sheet(
-        result.basis,
-        mesh.vertices,
-        mesh.faces,
-        args.report / "shapes.png",
-        f"learned basis ({args.alignment} alignment)",
-    )
     save_basis(result.basis, args.out)
+    render_sheet(
+        HeadModel(build_default_head(args.out)),
+        args.report / "shapes.png",
+        f"default head: learned basis ({args.alignment} alignment) and jaw rig",
+    )
     errors = report["test_error"]
     assert isinstance(errors, dict)
     print(f"basis written to {args.out}; report in {args.report}")

@@ -118,6 +118,7 @@ class HeadModel(nn.Module):
     faces: torch.Tensor
     face_uvs: torch.Tensor
     template_centre: torch.Tensor
+    jaw_from_expression: torch.Tensor | None
 
     def __init__(self, data: HeadModelData) -> None:
         super().__init__()
@@ -132,6 +133,11 @@ class HeadModel(nn.Module):
         self.register_buffer("faces", torch.as_tensor(data.faces, dtype=torch.int64))
         self.register_buffer("face_uvs", torch.as_tensor(data.face_uvs, dtype=f32))
         lo, hi = data.v_template.min(axis=0), data.v_template.max(axis=0)
+        jaw_map = data.jaw_from_expression
+        rig = (
+            torch.as_tensor(jaw_map, dtype=f32) if jaw_map is not None and np.any(jaw_map) else None
+        )
+        self.register_buffer("jaw_from_expression", rig)
         self.register_buffer("template_centre", torch.as_tensor((lo + hi) / 2, dtype=f32))
         self.parents = [int(p) for p in data.parents]
         names = list(data.joint_names)
@@ -182,7 +188,10 @@ class HeadModel(nn.Module):
         num_joints = len(self.parents)
         axis_angle = torch.zeros(b, num_joints, 3, dtype=v.dtype, device=v.device)  # (B, J, 3)
         if self.jaw_index is not None:
-            axis_angle[:, self.jaw_index] = controls.jaw
+            jaw = controls.jaw
+            if self.jaw_from_expression is not None:
+                jaw = jaw + controls.expression @ self.jaw_from_expression  # (B, 3)
+            axis_angle[:, self.jaw_index] = jaw
         if self.neck_index is not None:
             axis_angle[:, self.neck_index] = controls.neck
         rots = axis_angle_to_matrix(axis_angle)  # (B, J, 3, 3)

@@ -33,6 +33,8 @@ class HeadModelData:
     joint_names     J names (FLAME: global, neck, jaw, eye_left, eye_right)
     units           length unit of the vertices: "cm" or "m"
     source          where the arrays came from (file name or "default")
+    jaw_from_expression  (E, 3) float32 or None: axis-angle added to the jaw joint per unit of each
+                    expression (the default head opens its jaw with jawOpen this way, as a rig)
     """
 
     v_template: np.ndarray
@@ -49,6 +51,7 @@ class HeadModelData:
     joint_names: tuple[str, ...]
     units: str
     source: str
+    jaw_from_expression: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -100,6 +103,11 @@ def validate(d: HeadModelData) -> None:
         (len(set(d.expression_names)) == e, "expression_names must be unique"),
         (len(d.joint_names) == j, f"joint_names has {len(d.joint_names)} names for {j} joints"),
         (d.units in ("cm", "m"), f"units must be 'cm' or 'm', got {d.units!r}"),
+        (
+            d.jaw_from_expression is None
+            or (d.jaw_from_expression.shape == (e, 3) and "jaw" in d.joint_names),
+            f"jaw_from_expression must be ({e}, 3) on a model with a jaw joint",
+        ),
     ]
     for ok, message in checks:
         if not ok:

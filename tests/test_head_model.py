@@ -9,7 +9,7 @@ import pytest
 import torch
 from pytorch3d.transforms import axis_angle_to_matrix
 
-from engine.default_head import build_default_head, jaw_weights
+from engine.default_head import JAW_OPEN_RAD, build_default_head, jaw_weights
 from engine.head_model import HeadControls, HeadModel, orbit_vertices, pose_rotation
 from engine.head_model_data import HeadModelData
 
@@ -38,6 +38,8 @@ def reference_lbs(data: HeadModelData, c: HeadControls, b: int) -> np.ndarray:
     aa = np.zeros((data.num_joints, 3))
     names = list(data.joint_names)
     aa[names.index("jaw")] = c.jaw[b].double().numpy()
+    if data.jaw_from_expression is not None:
+        aa[names.index("jaw")] += c.expression[b].double().numpy() @ data.jaw_from_expression
     aa[names.index("neck")] = c.neck[b].double().numpy()
     rots = axis_angle_to_matrix(torch.tensor(aa)).numpy()
     feature = np.concatenate([(rots[i] - np.eye(3)).ravel() for i in range(1, data.num_joints)])
@@ -98,6 +100,20 @@ def test_neck_rotation_moves_neck_and_its_children(bare: HeadModel) -> None:
     moved = (bare(c).vertices[0] - torch.as_tensor(bare.data.v_template)).norm(dim=-1)
     # Every vertex hangs off the neck (directly or through the jaw); only the neck pivot itself stays.
     assert (moved > 1e-3).float().mean() > 0.99
+
+
+def test_jaw_open_is_rigged_to_the_jaw_joint(bare: HeadModel) -> None:
+    k = bare.expression_names.index("jawOpen")
+    assert not bare.data.expression_inert[k]
+    expr = torch.zeros(1, bare.num_expressions)
+    expr[0, k] = 1.0
+    c = dataclasses.replace(bare.neutral_controls(), expression=expr)
+    opened = bare(c).vertices[0]
+    jaw = torch.tensor([[JAW_OPEN_RAD, 0.0, 0.0]])
+    by_joint = bare(dataclasses.replace(bare.neutral_controls(), jaw=jaw))
+    torch.testing.assert_close(opened, by_joint.vertices[0])
+    lips_part = float(opened[13, 1] - opened[14, 1])  # upper minus lower inner lip, cm
+    assert 2.0 < lips_part < 5.0
 
 
 def test_jaw_weights_split_the_lips() -> None:
