@@ -107,7 +107,7 @@ def build_default_head(
     v = mesh.vertices.shape[0]
     if basis_path is None:
         offset = np.zeros((v, 3), dtype=np.float32)
-        names = ARKIT_NAMES
+        names: tuple[str, ...] = ARKIT_NAMES
         exprdirs = np.zeros((v, 3, len(names)), dtype=np.float32)
         inert = (True,) * len(names)
     else:

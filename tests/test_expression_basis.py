@@ -33,7 +33,11 @@ def _truth(template: np.ndarray) -> dict[str, np.ndarray]:
     return {name: shape * still for name, shape in shapes.items()}
 
 
-def _synthetic_capture(seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def _synthetic_capture(
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Landmarks as a weak-perspective tracker sees them (N, 478, 3), the same in the world frame
+    of an identity head pose (N, 478, 3), the scores (N, 52) and the true shapes."""
     rng = np.random.default_rng(seed)
     mesh = load_canonical_mesh()
     template = mesh.vertices.astype(np.float64)
@@ -63,17 +67,16 @@ def _synthetic_capture(seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str,
         [np.stack((seen[..., 0], -seen[..., 1], -seen[..., 2]), -1), np.zeros((FRAMES, 10, 3))],
         axis=1,
     )
-    return landmarks_px, scores, truth
+    world = np.concatenate([shapes, np.zeros((FRAMES, 10, 3))], axis=1)
+    return landmarks_px, world, scores, truth
 
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[eb.FitResult, dict[str, np.ndarray]]:
-    landmarks_px, scores, truth = _synthetic_capture()
+    landmarks_px, world, scores, truth = _synthetic_capture()
     mesh = load_canonical_mesh()
     eye = np.broadcast_to(np.eye(3), (FRAMES, 3, 3))
-    result = eb.fit(
-        landmarks_px, eye, np.zeros((FRAMES, 3)), scores, MP_NAMES, 300.0, (128.0, 128.0), mesh
-    )
+    result = eb.fit(landmarks_px, world, eye, np.zeros((FRAMES, 3)), scores, MP_NAMES, mesh)
     return result, truth
 
 
@@ -156,6 +159,13 @@ def test_report_beats_mean_shape_on_held_out_frames(
     assert set(errors["ours"]) >= {"mouth_jaw", "eyes", "brows", "nose", "cheeks", "outline"}
 
 
+def test_report_compares_alignments(fitted: tuple[eb.FitResult, dict[str, np.ndarray]]) -> None:
+    comparison = fitted[0].report["alignment_comparison"]
+    assert isinstance(comparison, dict) and set(comparison) == set(eb.ALIGNMENTS)
+    # The synthetic world landmarks are exact, so the perspective route fits at noise level.
+    assert comparison["perspective"]["plain_ridge_cm"] < 0.06
+
+
 def test_save_and_load_round_trip(
     fitted: tuple[eb.FitResult, dict[str, np.ndarray]], tmp_path
 ) -> None:
@@ -179,16 +189,15 @@ def test_bad_basis_file_is_named(tmp_path) -> None:
 
 
 def test_too_few_frames_is_named() -> None:
-    landmarks_px, scores, _ = _synthetic_capture()
+    landmarks_px, world, scores, _ = _synthetic_capture()
     eye = np.broadcast_to(np.eye(3), (5, 3, 3))
     with pytest.raises(ValueError, match="at least 20"):
         eb.fit(
             landmarks_px[:5],
+            world[:5],
             eye,
             np.zeros((5, 3)),
             scores[:5],
             MP_NAMES,
-            300.0,
-            (128.0, 128.0),
             load_canonical_mesh(),
         )
