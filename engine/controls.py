@@ -1,0 +1,166 @@
+"""Controls: what drives the avatar, validated, then turned into head-model inputs.
+
+The first step of the data flow (control -> mesh -> UV map -> ...). A control names expression
+weights by the avatar's expression names, a head pose in degrees and a camera orbit (novel view) in
+degrees. Anything out of range, unknown or not a finite number is refused with a ValueError that
+names it, and nothing of a refused update is applied (updates are all-or-nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pytorch3d.transforms import matrix_to_euler_angles
+
+from engine.head_model import EULER_CONVENTION, HeadControls, HeadModel, pose_rotation
+
+EXPRESSION_RANGE = (0.0, 1.0)  # ARKit-style weights
+POSE_LIMITS_DEG = {"yaw": (-45.0, 45.0), "pitch": (-30.0, 30.0), "roll": (-30.0, 30.0)}
+VIEW_LIMITS_DEG = {"yaw": (-60.0, 60.0), "pitch": (-30.0, 30.0)}
+
+
+@dataclass(frozen=True)
+class Controls:
+    """One frame's controls. expression: E weights in the avatar's expression order; yaw, pitch,
+    roll: head pose in degrees (engine.head_model.pose_rotation's signs); view_yaw, view_pitch:
+    camera orbit about the head centre in degrees."""
+
+    expression: tuple[float, ...]
+    yaw: float = 0.0
+    pitch: float = 0.0
+    roll: float = 0.0
+    view_yaw: float = 0.0
+    view_pitch: float = 0.0
+
+
+def neutral(names: Sequence[str]) -> Controls:
+    return Controls(expression=(0.0,) * len(names))
+
+
+def _number(field: str, value: object, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field} must be a number, got {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{field} must be finite, got {value!r}")
+    if not lo <= x <= hi:
+        raise ValueError(f"{field} must be within [{lo:g}, {hi:g}], got {x:g}")
+    return x
+
+
+def _angles(
+    field: str, values: object, limits: Mapping[str, tuple[float, float]]
+) -> dict[str, float]:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{field} must be an object with {', '.join(limits)}")
+    unknown = sorted(set(values) - set(limits))
+    if unknown:
+        raise ValueError(f"{field} has unknown keys {unknown}: expected {', '.join(limits)}")
+    return {k: _number(f"{field}.{k}", v, *limits[k]) for k, v in values.items()}
+
+
+def update(
+    base: Controls,
+    names: Sequence[str],
+    expression: object = None,
+    pose: object = None,
+    view: object = None,
+) -> Controls:
+    """Merge a partial update into `base`: fields not given keep their value. Validates everything
+    before applying anything, so a refused update leaves the state as it was."""
+    weights = list(base.expression)
+    if expression is not None:
+        if not isinstance(expression, Mapping):
+            raise ValueError("expression must be an object mapping expression names to weights")
+        index = {n: i for i, n in enumerate(names)}
+        checked = {}
+        for name, value in expression.items():
+            if name not in index:
+                raise ValueError(f"unknown expression {name!r}: this avatar has {len(names)} names")
+            checked[index[name]] = _number(f"expression.{name}", value, *EXPRESSION_RANGE)
+        for i, w in checked.items():
+            weights[i] = w
+    pose_values = _angles("pose", pose, POSE_LIMITS_DEG) if pose is not None else {}
+    view_values = _angles("view", view, VIEW_LIMITS_DEG) if view is not None else {}
+    return dataclasses.replace(
+        base,
+        expression=tuple(weights),
+        **pose_values,
+        **{f"view_{k}": v for k, v in view_values.items()},
+    )
+
+
+def to_head_controls(
+    batch: Sequence[Controls], head: HeadModel, translation: torch.Tensor
+) -> tuple[HeadControls, torch.Tensor]:
+    """B controls -> head-model inputs and (B, 3, 3) view (orbit) rotations.
+
+    translation (3,): where the head sits in the world (an avatar keeps the median of its capture)."""
+    dev = head.v_template.device
+    expr = torch.tensor([c.expression for c in batch], dtype=torch.float32, device=dev)  # (B, E)
+    if expr.shape[1] != head.num_expressions:
+        raise ValueError(
+            f"controls carry {expr.shape[1]} expressions, the head has {head.num_expressions}"
+        )
+    angles = torch.tensor(
+        [(c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch) for c in batch], device=dev
+    )
+    zeros = torch.zeros(len(batch), device=dev)
+    rotation = pose_rotation(angles[:, 0], angles[:, 1], angles[:, 2])  # (B, 3, 3)
+    view = pose_rotation(angles[:, 3], angles[:, 4], zeros)  # (B, 3, 3)
+    zeros3 = torch.zeros(len(batch), 3, device=dev)
+    controls = HeadControls(
+        expression=expr,
+        rotation=rotation,
+        translation=translation.to(dev, torch.float32).expand(len(batch), 3).clone(),
+        jaw=zeros3,
+        neck=zeros3.clone(),
+    )
+    return controls, view
+
+
+def pose_degrees(rotation: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) head rotations -> (N, 3) yaw, pitch, roll in degrees (inverse of pose_rotation)."""
+    angles = matrix_to_euler_angles(
+        torch.as_tensor(rotation, dtype=torch.float64), EULER_CONVENTION
+    )
+    return np.degrees(angles.numpy())
+
+
+def expressions_from_scores(
+    scores: np.ndarray, score_names: Sequence[str], names: Sequence[str]
+) -> np.ndarray:
+    """(N, K) captured scores over score_names -> (N, E) weights over the head's names; names the
+    tracker does not score (tongueOut) are zero, scores the head does not know (_neutral) dropped."""
+    out = np.zeros((scores.shape[0], len(names)), dtype=np.float32)
+    for k, name in enumerate(names):
+        if name in score_names:
+            out[:, k] = np.clip(scores[:, list(score_names).index(name)], *EXPRESSION_RANGE)
+    return out
+
+
+def head_controls_from_capture(
+    scores: np.ndarray,
+    score_names: Sequence[str],
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    head: HeadModel,
+) -> HeadControls:
+    """A capture's per-frame (N) scores and head pose -> the head-model inputs that reproduce it,
+    so that training UV maps come from controls alone, as they will at run time."""
+    dev = head.v_template.device
+    expr = expressions_from_scores(scores, score_names, head.expression_names)
+    n = expr.shape[0]
+    zeros3 = torch.zeros(n, 3, device=dev)
+    return HeadControls(
+        expression=torch.as_tensor(expr, device=dev),
+        rotation=torch.as_tensor(rotation, dtype=torch.float32, device=dev),
+        translation=torch.as_tensor(translation, dtype=torch.float32, device=dev),
+        jaw=zeros3,
+        neck=zeros3.clone(),
+    )

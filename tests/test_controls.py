@@ -1,0 +1,101 @@
+"""Controls: validation names the problem, updates are all-or-nothing, conversions round-trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.controls import (
+    Controls,
+    expressions_from_scores,
+    head_controls_from_capture,
+    neutral,
+    pose_degrees,
+    to_head_controls,
+    update,
+)
+from engine.default_head import ARKIT_NAMES, build_default_head
+from engine.head_model import HeadModel, pose_rotation
+
+NAMES = ARKIT_NAMES
+
+
+def test_partial_updates_keep_other_fields() -> None:
+    c = update(neutral(NAMES), NAMES, expression={"jawOpen": 0.5}, pose={"yaw": 10})
+    c = update(c, NAMES, expression={"mouthSmileLeft": 1}, view={"pitch": -5})
+    assert c.expression[NAMES.index("jawOpen")] == 0.5
+    assert c.expression[NAMES.index("mouthSmileLeft")] == 1.0
+    assert (c.yaw, c.pitch, c.view_pitch) == (10.0, 0.0, -5.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"expression": {"jawOpen": 1.5}}, r"expression.jawOpen must be within \[0, 1\]"),
+        ({"expression": {"jawOpen": math.nan}}, "expression.jawOpen must be finite"),
+        ({"expression": {"jawOpen": "wide"}}, "expression.jawOpen must be a number"),
+        ({"expression": {"jawOpen": True}}, "expression.jawOpen must be a number"),
+        ({"expression": {"grin": 0.2}}, "unknown expression 'grin'"),
+        ({"expression": [0.1]}, "expression must be an object"),
+        ({"pose": {"yaw": 200}}, r"pose.yaw must be within \[-45, 45\]"),
+        ({"pose": {"tilt": 1}}, "pose has unknown keys"),
+        ({"view": {"yaw": math.inf}}, "view.yaw must be finite"),
+        ({"view": 3}, "view must be an object"),
+    ],
+)
+def test_bad_values_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        update(neutral(NAMES), NAMES, **kwargs)
+
+
+def test_refused_update_changes_nothing() -> None:
+    base = update(neutral(NAMES), NAMES, expression={"jawOpen": 0.25})
+    with pytest.raises(ValueError):
+        update(base, NAMES, expression={"jawOpen": 0.9, "eyeBlinkLeft": 7}, pose={"yaw": 5})
+    assert base.expression[NAMES.index("jawOpen")] == 0.25 and base.yaw == 0.0
+
+
+def test_pose_round_trip() -> None:
+    yaw, pitch, roll = (
+        torch.tensor([12.0, -30.0]),
+        torch.tensor([-7.0, 20.0]),
+        torch.tensor([3.0, -15.0]),
+    )
+    back = pose_degrees(pose_rotation(yaw, pitch, roll).numpy())
+    np.testing.assert_allclose(back, np.stack([yaw, pitch, roll], axis=1), atol=1e-4)
+
+
+def test_to_head_controls_batches_and_orbits() -> None:
+    head = HeadModel(build_default_head())
+    a = update(
+        neutral(NAMES), NAMES, expression={"jawOpen": 1.0}, pose={"yaw": 20}, view={"yaw": 30}
+    )
+    controls, view = to_head_controls([a, neutral(NAMES)], head, torch.tensor([0.0, 0.0, -60.0]))
+    assert controls.expression.shape == (2, len(NAMES)) and view.shape == (2, 3, 3)
+    torch.testing.assert_close(controls.translation[1], torch.tensor([0.0, 0.0, -60.0]))
+    torch.testing.assert_close(view[1], torch.eye(3))
+    out = head(controls)
+    assert (out.vertices[0] - out.vertices[1]).abs().max() > 1.0
+
+
+def test_capture_scores_map_onto_head_names() -> None:
+    score_names = ("_neutral", "jawOpen", "eyeBlinkLeft")
+    scores = np.array([[0.9, 0.2, 1.2]], dtype=np.float32)
+    expr = expressions_from_scores(scores, score_names, NAMES)
+    assert expr.shape == (1, len(NAMES))
+    assert expr[0, NAMES.index("jawOpen")] == pytest.approx(0.2)
+    assert expr[0, NAMES.index("eyeBlinkLeft")] == 1.0  # clipped to the range
+    assert expr[0, NAMES.index("tongueOut")] == 0.0
+    head = HeadModel(build_default_head())
+    rot = pose_rotation(torch.tensor([5.0]), torch.zeros(1), torch.zeros(1)).numpy()
+    hc = head_controls_from_capture(scores, score_names, rot, np.array([[0.0, 0.0, -50.0]]), head)
+    assert hc.expression.shape == (1, len(NAMES)) and hc.rotation.shape == (1, 3, 3)
+
+
+def test_wrong_expression_count_is_named() -> None:
+    head = HeadModel(build_default_head())
+    with pytest.raises(ValueError, match="controls carry 2 expressions"):
+        to_head_controls([Controls(expression=(0.0, 0.0))], head, torch.zeros(3))
