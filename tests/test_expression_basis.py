@@ -7,6 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from engine import expression_basis as eb
+from engine import face_regions
 from engine.canonical_mesh import load_canonical_mesh
 from engine.default_head import ARKIT_NAMES, build_default_head, load_basis
 
@@ -22,10 +23,12 @@ def _truth(template: np.ndarray) -> dict[str, np.ndarray]:
     up = np.array([0.0, 1.0, 0.0])
     out = np.array([1.0, 0.3, 0.0])
     shapes = {
-        "mouthPucker": eb.region_weights("mouthPucker", template)[:, None] * down * 1.5,
-        "browInnerUp": eb.region_weights("browInnerUp", template)[:, None] * up * 0.8,
-        "mouthSmileLeft": eb.region_weights("mouthSmileLeft", template)[:, None] * out * 0.7,
-        "mouthSmileRight": eb.region_weights("mouthSmileRight", template)[:, None]
+        "mouthPucker": face_regions.region_weights("mouthPucker", template)[:, None] * down * 1.5,
+        "browInnerUp": face_regions.region_weights("browInnerUp", template)[:, None] * up * 0.8,
+        "mouthSmileLeft": face_regions.region_weights("mouthSmileLeft", template)[:, None]
+        * out
+        * 0.7,
+        "mouthSmileRight": face_regions.region_weights("mouthSmileRight", template)[:, None]
         * out
         * [-1, 1, 1]
         * 0.7,
@@ -113,7 +116,7 @@ def test_shapes_never_leave_their_region(
     for k, name in enumerate(ARKIT_NAMES):
         if result.basis.inert[k]:
             continue
-        outside = eb.region_weights(name, template) < eb.MASK_FLOOR
+        outside = face_regions.region_weights(name, template) < face_regions.MASK_FLOOR
         assert np.abs(result.basis.exprdirs[outside, :, k]).max(initial=0.0) == 0.0, name
 
 
