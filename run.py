@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from engine.runtime import tune_allocator
 from server.app import ServerConfig, create_app
 
 
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
+    tune_allocator()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = ServerConfig(host=args.host, port=args.port)
     logging.info(

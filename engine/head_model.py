@@ -112,6 +112,8 @@ class HeadModel(nn.Module):
     v_template: torch.Tensor
     shapedirs: torch.Tensor
     exprdirs: torch.Tensor
+    exprdirs_flat: torch.Tensor
+    template_flat: torch.Tensor
     posedirs: torch.Tensor
     j_regressor: torch.Tensor
     lbs_weights: torch.Tensor
@@ -127,6 +129,13 @@ class HeadModel(nn.Module):
         self.register_buffer("v_template", torch.as_tensor(data.v_template, dtype=f32))
         self.register_buffer("shapedirs", torch.as_tensor(data.shapedirs, dtype=f32))
         self.register_buffer("exprdirs", torch.as_tensor(data.exprdirs, dtype=f32))
+        # (E, 3V) and (3V,) copies so that blendshapes are one addmm per frame, not an einsum.
+        e = data.exprdirs.shape[2]
+        flat_dirs = np.ascontiguousarray(data.exprdirs.transpose(2, 0, 1).reshape(e, -1))
+        self.register_buffer("exprdirs_flat", torch.as_tensor(flat_dirs, dtype=f32))
+        self.register_buffer(
+            "template_flat", torch.as_tensor(data.v_template.reshape(-1), dtype=f32)
+        )
         self.register_buffer("posedirs", torch.as_tensor(data.posedirs, dtype=f32))
         self.register_buffer("j_regressor", torch.as_tensor(data.j_regressor, dtype=f32))
         self.register_buffer("lbs_weights", torch.as_tensor(data.lbs_weights, dtype=f32))
@@ -177,13 +186,13 @@ class HeadModel(nn.Module):
             raise ValueError(
                 f"expression must be ({b}, {self.num_expressions}), got {tuple(controls.expression.shape)}"
             )
-        v = self.v_template + torch.einsum(
-            "vce,be->bvc", self.exprdirs, controls.expression
-        )  # (B, V, 3)
+        num_v = self.v_template.shape[0]
+        v = torch.addmm(self.template_flat, controls.expression, self.exprdirs_flat)  # (B, 3V)
+        v = v.view(b, num_v, 3)
         if controls.shape is not None and self.shapedirs.shape[-1] > 0:
             s = controls.shape[:, : self.shapedirs.shape[-1]]
             v = v + torch.einsum("vcs,bs->bvc", self.shapedirs[..., : s.shape[1]], s)
-        joints = torch.einsum("jv,bvc->bjc", self.j_regressor, v)  # (B, J, 3)
+        joints = self.j_regressor @ v  # (B, J, 3)
 
         num_joints = len(self.parents)
         axis_angle = torch.zeros(b, num_joints, 3, dtype=v.dtype, device=v.device)  # (B, J, 3)
@@ -201,8 +210,10 @@ class HeadModel(nn.Module):
             v = v + (feature @ self.posedirs).view(b, -1, 3)
 
         transforms = rigid_transforms(rots, joints, self.parents)  # (B, J, 4, 4)
-        per_vertex = torch.einsum("vj,bjmn->bvmn", self.lbs_weights, transforms)  # (B, V, 4, 4)
-        skinned = torch.einsum("bvmn,bvn->bvm", per_vertex[..., :3, :3], v) + per_vertex[..., :3, 3]
+        num_j = transforms.shape[1]
+        rows = transforms[:, :, :3, :].reshape(b, num_j, 12)  # (B, J, 12) top 3x4 of each
+        per_vertex = (self.lbs_weights @ rows).view(b, num_v, 3, 4)  # (B, V, 3, 4) blended
+        skinned = (per_vertex[..., :3] * v[:, :, None, :]).sum(-1) + per_vertex[..., 3]  # (B, V, 3)
         posed_joints = transforms[..., :3, :3] @ joints[..., None]  # (B, J, 3, 1)
         posed_joints = posed_joints[..., 0] + transforms[..., :3, 3]
 

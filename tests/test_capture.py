@@ -320,3 +320,32 @@ def test_cli_overwrites_when_asked(clip: Path, tmp_path: Path, capsys: pytest.Ca
     assert not (out / "old.txt").exists()
     assert capture.load_capture(out).frame_index.tolist() == [0, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_uv_maps_from_controls_cover_the_captured_face(
+    captured: tuple[capture.CaptureSummary, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+):
+    """The training inputs come from controls alone (scores + pose -> head -> camera -> UV map):
+    they must land on the face the crops show."""
+    from engine import uv_preview
+    from engine.default_head import build_default_head
+    from engine.head_model import HeadModel
+
+    _, out = captured
+    data = capture.load_capture(out)
+    head = HeadModel(build_default_head())
+    uv = uv_preview.uv_maps(head, data, np.arange(len(data.frame_index)))
+    mask = uv.mask.numpy()  # (N, R, R)
+    inner = data.landmarks_px[:, :468, :2]  # detected landmarks, crop pixels
+    cols = np.clip(inner[..., 0].astype(int), 0, RESOLUTION - 1)
+    rows = np.clip(inner[..., 1].astype(int), 0, RESOLUTION - 1)
+    inside = mask[np.arange(len(mask))[:, None], rows, cols]
+    assert inside.mean() > 0.9
+    assert uv_preview.landmark_error_px(head, data, torch.device("cpu")) < 0.05 * RESOLUTION
+    png = tmp_path / "preview.png"
+    assert uv_preview.main(["--capture", str(out), "--out", str(png), "--frames", "3"]) == 0
+    assert Image.open(png).size == (3 * RESOLUTION, 2 * RESOLUTION)
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["landmark_error_px_fitted_head"] > 0
