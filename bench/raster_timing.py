@@ -5,29 +5,28 @@
 
 `time_raster` is what `bench.engine` can import. The mesh is MediaPipe's canonical face (468
 vertices, 898 triangles), slightly turned, 60 cm from a camera that makes it cover about two
-thirds of the square image. The figures depend on the process's malloc settings (see
-`engine.raster`'s speed note), so the JSON records them and the page faults per call.
+thirds of the square image. The figures depend on the process's malloc settings (`engine.runtime`, applied
+here as in every entry point), so the JSON records them and the page faults per call.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from bench.timing import median_ms
 from engine.camera import Camera, project
 from engine.canonical_mesh import load_canonical_mesh
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
+from engine.head_model import pose_rotation
 from engine.raster import pixel_motion, rasterize, uv_map
+from engine.runtime import tune_allocator
 
 WARMUP_CALLS = 10
 HEAD_DISTANCE_CM = 60.0  # camera to head
@@ -39,12 +38,10 @@ MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
 
 def _posed_vertices(yaw: float, pitch: float, roll: float) -> torch.Tensor:
     """(V, 3) canonical vertices turned by the angles (degrees) and placed in front of the camera."""
-    y, p, r = (math.radians(a) for a in (yaw, pitch, roll))
-    ry = torch.tensor([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
-    rx = torch.tensor([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
-    rz = torch.tensor([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    angles = [torch.tensor([a], dtype=torch.float32) for a in (yaw, pitch, roll)]
+    rotation = pose_rotation(*angles)[0]  # (3, 3)
     verts = torch.from_numpy(load_canonical_mesh().vertices)
-    return verts @ (ry @ rx @ rz).T + torch.tensor([0.0, 0.0, -HEAD_DISTANCE_CM])
+    return verts @ rotation.T + torch.tensor([0.0, 0.0, -HEAD_DISTANCE_CM])
 
 
 def _minor_faults() -> int | None:
@@ -53,21 +50,6 @@ def _minor_faults() -> int | None:
     except ImportError:  # not on this platform
         return None
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    for _ in range(WARMUP_CALLS):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return round(statistics.median(times), 3)
 
 
 def time_raster(
@@ -92,11 +74,18 @@ def time_raster(
         frag_a = rasterize(verts_a, faces, *size)
         frag_b = rasterize(verts_b, faces, *size)
         faults_before = _minor_faults()
-        uv_ms = _median_ms(lambda: uv_map(verts_b, faces, face_uvs, *size), repeats, dev)
+        uv_ms = median_ms(
+            lambda _: uv_map(verts_b, faces, face_uvs, *size), repeats, dev, WARMUP_CALLS
+        )
         faults_after = _minor_faults()
-        raster_ms = _median_ms(lambda: rasterize(verts_b, faces, *size), repeats, dev)
-        motion_ms = _median_ms(
-            lambda: pixel_motion(frag_b, verts_a, faces, *size, frag_a=frag_a), repeats, dev
+        raster_ms = median_ms(
+            lambda _: rasterize(verts_b, faces, *size), repeats, dev, WARMUP_CALLS
+        )
+        motion_ms = median_ms(
+            lambda _: pixel_motion(frag_b, verts_a, faces, *size, frag_a=frag_a),
+            repeats,
+            dev,
+            WARMUP_CALLS,
         )
     faults = (
         None
@@ -123,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args(argv)
+    allocator_tuned = tune_allocator()
     runs = [
         time_raster(res, batch, args.repeats, args.device)
         for res in args.resolutions
@@ -132,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "allocator_tuned": allocator_tuned,
         "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
         "runs": runs,
     }

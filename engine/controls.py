@@ -107,12 +107,14 @@ def to_head_controls(
         raise ValueError(
             f"controls carry {expr.shape[1]} expressions, the head has {head.num_expressions}"
         )
-    angles = torch.tensor(
-        [(c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch) for c in batch], device=dev
-    )
-    zeros = torch.zeros(len(batch), device=dev)
-    rotation = pose_rotation(angles[:, 0], angles[:, 1], angles[:, 2])  # (B, 3, 3)
-    view = pose_rotation(angles[:, 3], angles[:, 4], zeros)  # (B, 3, 3)
+    b = len(batch)
+    # Head pose and view orbit in one conversion: a rotation costs its op count, not its size.
+    rows = [(c.yaw, c.pitch, c.roll) for c in batch] + [
+        (c.view_yaw, c.view_pitch, 0.0) for c in batch
+    ]
+    angles = torch.tensor(rows, device=dev)  # (2B, 3)
+    both = pose_rotation(angles[:, 0], angles[:, 1], angles[:, 2])  # (2B, 3, 3)
+    rotation, view = both[:b], both[b:]  # (B, 3, 3) each
     zeros3 = torch.zeros(len(batch), 3, device=dev)
     controls = HeadControls(
         expression=expr,
