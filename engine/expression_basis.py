@@ -47,6 +47,7 @@ from engine.default_head import (
     build_default_head,
     jaw_weights,
 )
+from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.face_regions import (
     MASK_FLOOR,
     is_sided,
@@ -57,6 +58,7 @@ from engine.face_regions import (
 )
 from engine.head_model import HeadModel
 
+SAMPLE_CAPTURE_DIR = Path("data/sample_capture")  # git-ignored: frames are not committed
 FACE_WIDTH_PAIR = (234, 454)  # tragus to tragus: the width that errors are quoted against
 
 INERT_STD = 0.02  # a score that varies less than this in the training frames cannot be learned
@@ -659,7 +661,12 @@ def render_sheet(head: HeadModel, out: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.capture import capture_video, fetch_sample_video, load_capture
+    from engine.capture import (
+        SampleUnavailableError,
+        capture_video,
+        fetch_sample_video,
+        load_capture,
+    )
 
     parser = argparse.ArgumentParser(
         prog="python -m engine.expression_basis", description=__doc__.split("\n\n")[0]
@@ -669,7 +676,9 @@ def main(argv: list[str] | None = None) -> int:
         "--capture", type=Path, help="a directory written by `python -m engine.capture`"
     )
     src.add_argument(
-        "--sample", action="store_true", help="capture the sample clip first (data/sample_capture)"
+        "--sample",
+        action="store_true",
+        help=f"capture the sample clip first ({SAMPLE_CAPTURE_DIR})",
     )
     parser.add_argument(
         "--out", type=Path, default=BASIS_FILE, help=f"basis file (default {BASIS_FILE})"
@@ -678,14 +687,20 @@ def main(argv: list[str] | None = None) -> int:
         "--report", type=Path, default=Path("docs/expression_basis"), help="report directory"
     )
     parser.add_argument("--alignment", choices=ALIGNMENTS, default="rigid-points")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help=f"{DEVICE_CHOICES_HELP}; used by the capture's checks (the fit is a sparse CPU solve)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
+        device = resolve_device(args.device)
         capture_dir = args.capture
         if args.sample:
-            capture_dir = Path("data/sample_capture")
+            capture_dir = SAMPLE_CAPTURE_DIR
             if not (capture_dir / "capture.npz").exists():
-                capture_video(fetch_sample_video(), capture_dir, overwrite=True)
+                capture_video(fetch_sample_video(), capture_dir, overwrite=True, device=str(device))
         data = load_capture(capture_dir)
         mesh = load_canonical_mesh()
         result = fit(
@@ -698,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
             mesh=mesh,
             alignment=args.alignment,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, SampleUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = dict(result.report)

@@ -204,3 +204,13 @@ def test_too_few_frames_is_named() -> None:
             MP_NAMES,
             load_canonical_mesh(),
         )
+
+
+def test_cli_names_a_bad_capture(tmp_path, capsys) -> None:
+    out = tmp_path / "basis.npz"
+    code = eb.main(
+        ["--capture", str(tmp_path / "nowhere"), "--out", str(out), "--report", str(tmp_path / "r")]
+    )
+    assert code == 2
+    assert "is not a capture directory" in capsys.readouterr().err
+    assert not out.exists()
