@@ -85,17 +85,19 @@ class CaptureFrames:
     def inputs(self, rows: torch.Tensor, affine: torch.Tensor | None = None) -> FrameInputs:
         """Renderer inputs of the frames at `rows` (B,), from their controls alone."""
         b = rows.shape[0]
-        zeros3 = torch.zeros(b, 3)
+        dev = self.head.v_template.device
+        zeros3 = torch.zeros(b, 3, device=dev)
         controls = HeadControls(
-            expression=self.expression[rows],
-            rotation=self.rotation[rows],
-            translation=self.translation[rows],
+            expression=self.expression[rows].to(dev),
+            rotation=self.rotation[rows].to(dev),
+            translation=self.translation[rows].to(dev),
             jaw=zeros3,
             neck=zeros3.clone(),
         )
-        eye = torch.eye(3).expand(b, 3, 3)
+        eye = torch.eye(3, device=dev).expand(b, 3, 3)
+        moved = None if affine is None else affine.to(dev)
         return make_inputs(
-            self.head, controls, eye, self.angles[rows], self.camera, self.resolution, affine
+            self.head, controls, eye, self.angles[rows].to(dev), self.camera, self.resolution, moved
         )
 
     def targets(self, rows: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,205 @@
+"""One trained avatar: head model, neural texture, generator, warp network, background, camera.
+
+    full frame:  controls -> FrameInputs -> texture -> generator -> image, and a NeuralCache
+    warped frame: NeuralCache + new FrameInputs -> warp network -> image
+
+The avatar file holds everything needed to render (no other file is read): the renderer config,
+the head model's arrays and expression names, the camera and head placement, the weights and the
+training summary. It is loaded with `torch.load(weights_only=True)`, so a file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.camera import Camera
+from engine.controls import Controls, to_head_controls
+from engine.frame_inputs import FrameInputs, make_inputs
+from engine.head_model import HeadModel
+from engine.head_model_data import HeadModelData
+from engine.networks import Generator, NeuralTexture, RendererConfig, make_warp
+from engine.networks.generator import generator_input, make_cache
+from engine.neural_cache import NeuralCache
+from engine.raster import pixel_motion
+
+AVATAR_FORMAT = "neural-avatar"
+AVATAR_VERSION = 1
+BACKGROUND_INIT = 0.5  # grey, until training learns the real one
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """image (B, 3, H, W) in [0, 1] composited over the background; alpha (B, 1, H, W)."""
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+
+
+class Avatar(nn.Module):
+    """A renderer for one person. One instance per device, shared by every session on it."""
+
+    def __init__(
+        self,
+        config: RendererConfig,
+        head_data: HeadModelData,
+        camera: Camera,
+        translation: torch.Tensor,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.camera = camera
+        self.summary: dict[str, Any] = dict(summary or {})
+        self.head = HeadModel(head_data)
+        self.texture = NeuralTexture(config)
+        self.generator = Generator(config)
+        self.warp_net = make_warp(config)
+        r = config.resolution
+        self.background = nn.Parameter(torch.full((1, 3, r, r), BACKGROUND_INIT))
+        self.register_buffer("translation", translation.detach().float().reshape(3).clone())
+
+    translation: torch.Tensor
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def expression_names(self) -> tuple[str, ...]:
+        return self.head.expression_names
+
+    # ---------------------------------------------------------------------------- rendering
+
+    def inputs(self, controls: Sequence[Controls]) -> FrameInputs:
+        """Live controls -> renderer inputs (the head sits at the capture's median place)."""
+        head_controls, view = to_head_controls(controls, self.head, self.translation)
+        angles = torch.tensor(
+            [(c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch) for c in controls],
+            device=self.translation.device,
+        )
+        return make_inputs(self.head, head_controls, view, angles, self.camera, self.resolution)
+
+    def composite(self, rgb: torch.Tensor, alpha: torch.Tensor) -> Rendered:
+        image = alpha * rgb + (1.0 - alpha) * self.background  # (B, 3, H, W)
+        return Rendered(image=image, alpha=alpha)
+
+    def generate(self, x: FrameInputs) -> tuple[Rendered, NeuralCache]:
+        """The expensive path: a full generator pass, and the cache it leaves."""
+        features = self.texture(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
+        out = self.generator(generator_input(features, x.mask))
+        cache = make_cache(
+            out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen
+        )
+        return self.composite(out.rgb, out.alpha), cache
+
+    def warp(self, cache: NeuralCache, x: FrameInputs) -> Rendered:
+        """The cheap path: a new frame from a cache and the new frame's inputs."""
+        if self.config.warp_kind == "explicit":
+            motion = pixel_motion(
+                x.fragments, cache.screen, self.head.faces, self.resolution, self.resolution
+            )
+            out = self.warp_net(cache, x.uv, x.mask, x.controls, motion)
+        else:
+            out = self.warp_net(cache, x.uv, x.mask, x.controls)
+        return self.composite(out.rgb, out.alpha)
+
+    def texture_rgb(self, x: FrameInputs) -> torch.Tensor:
+        """(B, 3, H, W) the texture's RGB channels at the UV map (supervised as colour)."""
+        return self.texture.rgb(x.uv, x.mask)
+
+    # ---------------------------------------------------------------------------- file
+
+    def save(self, path: Path) -> None:
+        """Write the avatar file atomically (a failed write leaves any old file intact)."""
+        head = self.head.data
+        payload = {
+            "format": AVATAR_FORMAT,
+            "version": AVATAR_VERSION,
+            "config": self.config.to_dict(),
+            "camera": self.camera.to_dict(),
+            "head": _head_to_payload(head),
+            "state": {
+                k: v.detach().cpu()
+                for k, v in self.state_dict().items()
+                if not k.startswith("head.")
+            },
+            "summary": self.summary,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt.tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @staticmethod
+    def load(path: Path, device: torch.device | str = "cpu") -> Avatar:
+        """Read an avatar file; a file that is not one, or of another version, fails clearly."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"avatar file not found: {path}") from exc
+        except Exception as exc:  # torch raises many kinds for a foreign file
+            raise ValueError(f"{path} is not an avatar file: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != AVATAR_FORMAT:
+            raise ValueError(f"{path} is not an avatar file (no '{AVATAR_FORMAT}' header)")
+        if payload.get("version") != AVATAR_VERSION:
+            raise ValueError(
+                f"{path} is avatar format version {payload.get('version')}, this build reads "
+                f"version {AVATAR_VERSION}: re-train or convert it"
+            )
+        try:
+            config = RendererConfig.from_dict(payload["config"])
+            head = _head_from_payload(payload["head"])
+            camera = Camera.from_dict(payload["camera"])
+            avatar = Avatar(
+                config, head, camera, payload["state"]["translation"], payload.get("summary")
+            )
+            missing, unexpected = avatar.load_state_dict(payload["state"], strict=False)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"{path} is a damaged avatar file: {exc}") from exc
+        missing = [k for k in missing if not k.startswith("head.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not match its config: missing {missing}, unexpected {unexpected}"
+            )
+        return avatar.to(device).eval()
+
+
+def _head_to_payload(d: HeadModelData) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(d):
+        value = getattr(d, f.name)
+        if isinstance(value, np.ndarray):
+            out[f.name] = torch.from_numpy(np.ascontiguousarray(value))
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _head_from_payload(p: dict[str, Any]) -> HeadModelData:
+    kwargs: dict[str, Any] = {}
+    for f in fields(HeadModelData):
+        value = p.get(f.name)
+        if isinstance(value, torch.Tensor):
+            kwargs[f.name] = value.numpy()
+        elif isinstance(value, list):
+            kwargs[f.name] = tuple(value)
+        else:
+            kwargs[f.name] = value
+    return HeadModelData(**kwargs)

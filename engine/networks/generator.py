@@ -1,0 +1,139 @@
+"""The expensive generator: a U-Net from the sampled neural texture to RGB and alpha, with taps.
+
+Encoder: a 3x3 conv stack at H, then len(widths) - 1 levels that each halve the resolution with a
+stride-2 conv (learned downsampling, cheaper than conv + pool). Decoder: per level, nearest x2
+upsampling, concatenation of the encoder's skip at that size, and 3x3 convs; upsample-then-conv
+has no checkerboard artefacts (unlike transposed convs). The decoder outputs at H/4, H/2 and H
+are C3, C4 and C5, the features the neural cache keeps (Yu et al. 2023). No normalisation: the
+live renderer runs at batch 1, where BatchNorm's statistics are meaningless, and the network
+is shallow enough to train without it. LeakyReLU keeps a gradient for negative inputs, which
+the near-zero texture at the start of training produces half the time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.networks.config import RendererConfig
+from engine.neural_cache import NeuralCache
+
+LEAKY_SLOPE = 0.2  # LeakyReLU negative slope (as in pix2pix / DNR)
+RGBA_CHANNELS = 4  # the head's output: RGB then alpha
+C3_LEVEL, C4_LEVEL, C5_LEVEL = 2, 1, 0  # decoder levels (resolution H / 2^level) of the taps
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+
+
+def conv_block(in_channels: int, out_channels: int, count: int, stride: int = 1) -> nn.Sequential:
+    """`count` 3x3 convs with LeakyReLU; the first one maps the width and applies `stride`."""
+    layers: list[nn.Module] = []
+    for i in range(count):
+        layers.append(conv3x3(in_channels if i == 0 else out_channels, out_channels, stride))
+        layers.append(nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
+        stride = 1
+    return nn.Sequential(*layers)
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, 2h, 2w), nearest: the conv after it does the smoothing."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+@dataclass(frozen=True)
+class GeneratorOutput:
+    """One generator pass.
+
+    rgb   (B, 3, H, W) in [0, 1]
+    alpha (B, 1, H, W) in [0, 1], the foreground matte
+    c3    (B, C3, H/4, W/4) decoder features (wide)
+    c4    (B, C4, H/2, W/2) decoder features
+    c5    (B, C5, H, W) decoder features (few channels)
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+    c3: torch.Tensor
+    c4: torch.Tensor
+    c5: torch.Tensor
+
+
+def generator_input(texture_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) sampled texture and (B, H, W) bool mask -> (B, C+1, H, W) generator input."""
+    return torch.cat((texture_features, mask[:, None].to(texture_features.dtype)), dim=1)
+
+
+def make_cache(
+    out: GeneratorOutput,
+    cache_layers: tuple[str, ...],
+    uv: torch.Tensor,
+    mask: torch.Tensor,
+    controls: torch.Tensor,
+    screen: torch.Tensor,
+) -> NeuralCache:
+    """The neural cache of a generator pass: the features named in `cache_layers` (the others are
+    None) with the UV map (B, H, W, 2), mask (B, H, W), controls (B, D) and mesh screen points
+    (B, V, 3) of that frame. Tensors are kept as they are (not detached), so a warp loss can
+    train through the generator; detach or run under inference mode to cut that."""
+    return NeuralCache(
+        c3=out.c3,
+        c4=out.c4 if "c4" in cache_layers else None,
+        c5=out.c5 if "c5" in cache_layers else None,
+        uv=uv,
+        mask=mask,
+        controls=controls,
+        screen=screen,
+    )
+
+
+class Generator(nn.Module):
+    """U-Net: (B, texture_channels + 1, H, W) -> GeneratorOutput with C3/C4/C5 taps."""
+
+    def __init__(self, config: RendererConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.generator_widths
+        blocks = config.generator_blocks
+        levels = len(widths)
+        self.encoder = nn.ModuleList(
+            [conv_block(config.generator_in_channels, widths[0], blocks)]
+            + [conv_block(widths[k - 1], widths[k], blocks, stride=2) for k in range(1, levels)]
+        )
+        # Decoder widths per level: the cache taps at H/4, H/2, H; encoder widths below them.
+        taps = {
+            C3_LEVEL: config.c3_channels,
+            C4_LEVEL: config.c4_channels,
+            C5_LEVEL: config.c5_channels,
+        }
+        dec_widths = [taps.get(k, widths[k]) for k in range(levels)]
+        self.decoder = nn.ModuleList(
+            conv_block(dec_widths[k + 1] + widths[k], dec_widths[k], blocks)
+            for k in range(levels - 1)
+        )  # decoder[k] makes level k from level k+1 and the skip at level k
+        self.head = nn.Conv2d(config.c5_channels, RGBA_CHANNELS, 1)
+
+    def forward(self, x: torch.Tensor) -> GeneratorOutput:
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)  # (B, widths[k], H/2^k, W/2^k)
+            skips.append(x)
+        taps: dict[int, torch.Tensor] = {}
+        for k in range(len(self.decoder) - 1, -1, -1):
+            x = torch.cat(
+                (upsample2(x), skips[k]), dim=1
+            )  # (B, dec[k+1] + widths[k], H/2^k, W/2^k)
+            x = self.decoder[k](x)  # (B, dec[k], H/2^k, W/2^k)
+            taps[k] = x
+        rgba = torch.sigmoid(self.head(x))  # (B, 4, H, W)
+        return GeneratorOutput(
+            rgb=rgba[:, :3],  # (B, 3, H, W)
+            alpha=rgba[:, 3:],  # (B, 1, H, W)
+            c3=taps[C3_LEVEL],
+            c4=taps[C4_LEVEL],
+            c5=taps[C5_LEVEL],
+        )

@@ -1,0 +1,137 @@
+"""Avatar, training and evaluation on the tiny preset and a short real capture."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine import evaluate as evaluate_module
+from engine.avatar import AVATAR_VERSION, Avatar
+from engine.capture import load_capture
+from engine.controls import neutral, update
+from engine.dataset import CaptureFrames, temporal_split
+from engine.default_head import build_default_head
+from engine.head_model import HeadModel
+from engine.networks import PRESETS
+from engine.train import TrainSettings, make_optimizer, train, train_step
+
+
+def _tiny_avatar(capture_dir: Path, **changes: Any) -> tuple[Avatar, CaptureFrames]:
+    data = load_capture(capture_dir)
+    config = dataclasses.replace(PRESETS["tiny"], **changes)
+    head_data = build_default_head()
+    frames = CaptureFrames(data, HeadModel(head_data), config.resolution)
+    avatar = Avatar(config, head_data, data.camera, frames.median_translation)
+    frames.head = avatar.head
+    return avatar, frames
+
+
+@pytest.mark.parametrize("kind", ["implicit", "explicit"])
+def test_generate_and_warp_shapes(short_capture: Path, kind: str) -> None:
+    avatar, frames = _tiny_avatar(short_capture, warp_kind=kind)
+    r = avatar.resolution
+    with torch.inference_mode():
+        x = frames.inputs(torch.tensor([3, 4]))
+        full, cache = avatar.generate(x)
+        warped = avatar.warp(cache, frames.inputs(torch.tensor([5, 6])))
+    assert full.image.shape == warped.image.shape == (2, 3, r, r)
+    assert cache.c3.shape[-1] == r // 4 and cache.uv.shape == (2, r, r, 2)
+
+
+def test_live_controls_render(short_capture: Path) -> None:
+    avatar, _ = _tiny_avatar(short_capture)
+    names = avatar.expression_names
+    c = update(
+        neutral(names), names, expression={"jawOpen": 0.7}, pose={"yaw": 15}, view={"yaw": 20}
+    )
+    with torch.inference_mode():
+        x = avatar.inputs([c])
+        full, _ = avatar.generate(x)
+    assert full.image.shape == (1, 3, avatar.resolution, avatar.resolution)
+    assert bool(x.mask.any())
+
+
+def test_training_steps_lower_the_loss(short_capture: Path) -> None:
+    torch.manual_seed(0)
+    avatar, frames = _tiny_avatar(short_capture)
+    optimizer = make_optimizer(avatar, lr=3e-3)
+    t, tk = torch.tensor([2, 5, 9, 12]), torch.tensor([3, 7, 10, 13])
+    first = train_step(avatar, optimizer, frames, t, tk, None, torch.device("cpu"))
+    for _ in range(15):
+        last = train_step(avatar, optimizer, frames, t, tk, None, torch.device("cpu"))
+    assert last[0] < first[0] and last[1] < first[1]
+
+
+def test_save_load_round_trip_and_bad_files(short_capture: Path, tmp_path: Path) -> None:
+    avatar, frames = _tiny_avatar(short_capture)
+    path = tmp_path / "a.pt"
+    avatar.summary = {"note": "test"}
+    avatar.eval().save(path)
+    again = Avatar.load(path)
+    with torch.inference_mode():
+        x = frames.inputs(torch.tensor([1]))
+        torch.testing.assert_close(avatar.generate(x)[0].image, again.generate(x)[0].image)
+    assert again.summary == {"note": "test"} and again.expression_names == avatar.expression_names
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not an avatar")
+    with pytest.raises(ValueError, match="is not an avatar file"):
+        Avatar.load(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "neural-avatar", "version": AVATAR_VERSION + 1}, other)
+    with pytest.raises(ValueError, match="version"):
+        Avatar.load(other)
+    with pytest.raises(FileNotFoundError):
+        Avatar.load(tmp_path / "missing.pt")
+
+
+def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny.pt"
+    settings = TrainSettings(
+        preset="tiny", steps=4, max_minutes=5.0, batch=2, max_k=2, lr=1e-3, seed=1,
+        cache_layers=("c3", "c4", "c5"), warp_kind="implicit",
+    )  # fmt: skip
+    train(short_capture, out, settings, torch.device("cpu"), progress=False)
+    resumed = train(
+        short_capture,
+        out,
+        dataclasses.replace(settings, steps=6),
+        torch.device("cpu"),
+        resume=True,
+        progress=False,
+    )
+    assert resumed.summary["steps"] == 6
+    with pytest.raises(ValueError, match="other settings"):
+        train(
+            short_capture,
+            out,
+            dataclasses.replace(settings, steps=8, seed=2),
+            torch.device("cpu"),
+            resume=True,
+            progress=False,
+        )
+    report_dir = tmp_path / "report"
+    code = evaluate_module.main(
+        [
+            "--avatar",
+            str(out),
+            "--data",
+            str(short_capture),
+            "--out",
+            str(report_dir),
+            "--ablation",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert {"avatar", "test_frames", "generator", "warp_distance", "ablation"} <= set(report)
+    assert set(report["generator"]) == {"l1", "psnr", "ssim"}
+    assert report["warp_distance"][0]["k"] == 1
+    assert report["ablation"][0]["cache_layers"] == "C3+C4+C5" and "budget" in report["ablation"][0]
+    assert (report_dir / "strip.png").exists() and (report_dir / "warp_distance.png").exists()
+    assert report["test_frames"] == len(temporal_split(40).test)
