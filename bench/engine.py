@@ -1,11 +1,23 @@
 """Engine speed: per-stage milliseconds, written as JSON (keys: DESIGN.md, "Measurement contracts").
 
-    python -m bench.engine --json OUT [--device auto] [--frames 200] [--resolutions 256 512]
+    python -m bench.engine --json OUT [--avatar A] [--presets cpu paper] [--device auto]
+                           [--frames 200] [--resolutions 256 512]
 
-Stages built so far: `head` (controls -> mesh: control conversion and the head model) and `uv`
-(mesh -> UV map: projection and rasterisation). Stages not built yet are absent, not zero. Every
-figure is the median over `--frames` frames of a moving control trajectory, after a warm-up, one
-frame at a time (batch 1), as the live server will run them.
+Two kinds of run, all at batch 1 (as the live server renders), over a smoothly moving control
+trajectory, after a warm-up:
+- preset runs (`--presets`): every stage of a frame, through an avatar of that preset: `head`
+  (controls -> mesh), `uv` (mesh -> UV map), `texture` (neural texture at the UV map), `generator`
+  (U-Net and compositing), `warp` (the warp network from the previous frame's cache, and
+  compositing; the explicit kind includes its pixel motion), `to_image` (-> uint8 HxWx3).
+  `generator_ms` is texture + generator (what a warped frame skips), `warp_ms` the warp, and
+  `speedup` their ratio; `full_frame_ms` and `warped_frame_ms` are whole frames from controls to
+  picture. The `cpu` preset uses the avatar file (`--avatar`, default the shipped one); a preset
+  the file is not gets random weights, which cost the same. MACs come from FlopCounterMode.
+  Networks run as the live renderer runs them: fp32, channels_last, inference mode.
+- head + UV runs (`--resolutions`): the mesh stages alone at other sizes with the benchmark's own
+  camera, the mesh covering a third of the frame.
+Each figure is the median over `--frames` frames (at most `PAPER_MAX_FRAMES` for `paper` on a CPU,
+where one generator pass takes seconds).
 """
 
 from __future__ import annotations
@@ -14,21 +26,34 @@ import argparse
 import json
 import math
 import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.timing import median_ms
+from bench.timing import median_ms, sync
+from engine.avatar import DEFAULT_AVATAR, Avatar
 from engine.camera import Camera, project
 from engine.controls import Controls, neutral, to_head_controls, update
 from engine.default_head import build_default_head
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
+from engine.frame import to_image
+from engine.frame_inputs import FrameInputs, control_vector, view_direction
 from engine.head_model import HeadModel, orbit_vertices
+from engine.networks import PRESETS, macs
+from engine.networks.generator import generator_input, make_cache
+from engine.neural_cache import NeuralCache
 from engine.raster import uv_map
 from engine.runtime import tune_allocator
 
 WARMUP_FRAMES = 20
+PAPER_MAX_FRAMES = 5  # the paper preset's generator takes seconds per frame on a CPU
+PAPER_WARMUP_FRAMES = 2
+STAGES = ("head", "uv", "texture", "generator", "warp", "to_image")
 HEAD_DISTANCE_CM = 60.0  # the benchmark camera's distance to the head
 FOCAL = 2.4  # focal length in image widths: the mesh covers about a third of the frame at 60 cm,
 # more than in the sample capture's crops (21%), so the UV figures are not flattered
@@ -55,6 +80,116 @@ def trajectory(names: tuple[str, ...], frames: int) -> list[Controls]:
             )
         )
     return out
+
+
+def _timed(times: dict[str, list[float]], name: str, device: torch.device, start: float) -> float:
+    """Record the milliseconds since `start` under `name` (after a CUDA sync); return now."""
+    sync(device)
+    now = time.perf_counter()
+    times[name].append((now - start) * 1000.0)
+    return now
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def preset_avatar(
+    preset: str, avatar_path: Path | None, device: torch.device
+) -> tuple[Avatar, str]:
+    """The avatar file when it is of `preset`, else an untrained avatar of that preset (its speed is
+    the same); with a note saying which."""
+    if avatar_path is not None and avatar_path.exists():
+        avatar = Avatar.load(avatar_path, device)
+        if avatar.config == replace(
+            PRESETS[preset],
+            cache_layers=avatar.config.cache_layers,
+            warp_kind=avatar.config.warp_kind,
+        ):
+            return avatar, str(avatar_path)
+    head = build_default_head()
+    camera = Camera(fx=FOCAL, fy=FOCAL)
+    translation = torch.tensor([0.0, 0.0, -HEAD_DISTANCE_CM])
+    torch.manual_seed(0)
+    return Avatar(PRESETS[preset], head, camera, translation).to(device), "untrained weights"
+
+
+def measure_preset(
+    preset: str, avatar_path: Path | None, device: torch.device, frames: int
+) -> dict[str, Any]:
+    """Every stage of a frame through an avatar of `preset` (see the module docstring)."""
+    avatar, weights = preset_avatar(preset, avatar_path, device)
+    avatar.use_channels_last().eval()
+    warmup = WARMUP_FRAMES
+    if preset == "paper" and device.type == "cpu":
+        frames, warmup = min(frames, PAPER_MAX_FRAMES), PAPER_WARMUP_FRAMES
+    head, res, camera = avatar.head, avatar.resolution, avatar.camera
+    controls = trajectory(avatar.expression_names, frames + warmup)
+    times: dict[str, list[float]] = {name: [] for name in STAGES}
+    previous: tuple[NeuralCache, FrameInputs] | None = None
+    with torch.inference_mode():
+        for c in controls:
+            start = time.perf_counter()
+            hc, view = to_head_controls([c], head, avatar.translation)
+            out = head(hc)
+            verts = orbit_vertices(out.vertices, out.centre, view)  # (1, V, 3)
+            angles = torch.tensor(
+                [[c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch]], device=device
+            )
+            now = _timed(times, "head", device, start)
+            screen = project(verts, camera, res, res)  # (1, V, 3)
+            uvm, fragments = uv_map(screen, head.faces, head.face_uvs, res, res)
+            x = FrameInputs(
+                uv=uvm.uv,
+                mask=uvm.mask,
+                screen=screen,
+                fragments=fragments,
+                controls=control_vector(hc.expression, angles),
+                view_dir=view_direction(hc.rotation, out.centre, view),
+            )
+            now = _timed(times, "uv", device, now)
+            features = avatar.texture(x.uv, x.mask, x.view_dir)  # (1, C, H, W)
+            now = _timed(times, "texture", device, now)
+            net_in = generator_input(features, x.mask).contiguous(
+                memory_format=avatar.memory_format
+            )
+            gen = avatar.generator(net_in)
+            avatar.composite(gen.rgb, gen.alpha)  # the full frame's picture
+            cache = make_cache(gen, avatar.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
+            now = _timed(times, "generator", device, now)
+            # The warp renders this frame from the previous frame's cache (k = 1), as a pipeline
+            # worker does between two generator passes.
+            cached, _ = previous or (cache, x)
+            warped = avatar.warp(cached, x)
+            now = _timed(times, "warp", device, now)
+            to_image(warped.image)
+            _timed(times, "to_image", device, now)
+            previous = (cache, x)
+    kept = {k: v[warmup:] for k, v in times.items()}
+    stages = {k: _median(v) for k, v in kept.items()}
+    per_frame = list(zip(*(kept[k] for k in STAGES), strict=True))
+    full_ms = _median([h + u + t + g + o for h, u, t, g, _, o in per_frame])
+    warped_ms = _median([h + u + w + o for h, u, _, _, w, o in per_frame])
+    generator_ms = _median([t + g for _, _, t, g, _, _ in per_frame])
+    counts = macs(avatar.config)
+    coverage = float(x.mask.float().mean())
+    return {
+        "preset": preset,
+        "resolution": res,
+        "weights": weights,
+        "warp_kind": avatar.config.warp_kind,
+        "cache_layers": list(avatar.config.cache_layers),
+        "frames": len(per_frame),
+        "stages_ms": stages,
+        "generator_ms": generator_ms,
+        "warp_ms": stages["warp"],
+        "speedup": round(generator_ms / stages["warp"], 2),
+        "full_frame_ms": full_ms,
+        "warped_frame_ms": warped_ms,
+        "generator_gmac": round(counts["generator"] / 1e9, 3),
+        "warp_gmac": round(counts["warp"] / 1e9, 3),
+        "mesh_coverage": round(coverage, 3),
+    }
 
 
 def measure(device: torch.device, resolutions: list[int], frames: int) -> dict[str, Any]:
@@ -114,13 +249,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--pipeline", action="store_true", help="pipeline modes (not built yet)")
     parser.add_argument(
-        "--avatar", type=Path, help="avatar file (not built yet: the default head is used)"
+        "--avatar",
+        type=Path,
+        default=DEFAULT_AVATAR,
+        help="avatar file for its preset's run (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--presets",
+        nargs="*",
+        choices=sorted(PRESETS),
+        default=["cpu", "paper"],
+        help="renderer presets to time (none: head and UV only)",
     )
     args = parser.parse_args(argv)
-    if args.pipeline or args.avatar:
-        parser.error("--pipeline and --avatar need the neural renderer, which is not built yet")
+    if args.pipeline:
+        parser.error("--pipeline needs the worker pipeline, which is not built yet")
     if args.frames < 1 or any(r < 8 or r > 4096 for r in args.resolutions):
         parser.error("--frames must be >= 1 and resolutions within 8..4096")
+    if args.avatar != DEFAULT_AVATAR and not args.avatar.exists():
+        parser.error(f"--avatar: no such file: {args.avatar}")
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
@@ -128,13 +275,24 @@ def main(argv: list[str] | None = None) -> int:
     allocator_tuned = tune_allocator()
     report = measure(device, args.resolutions, args.frames)
     report["allocator_tuned"] = allocator_tuned
+    try:
+        report["runs"] = [
+            measure_preset(p, args.avatar, device, args.frames) for p in args.presets
+        ] + report["runs"]
+    except ValueError as exc:  # a damaged or foreign avatar file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     for run in report["runs"]:
-        s = run["stages_ms"]
-        print(
-            f"{run['resolution']:>5}^2  head {s['head']:.2f} ms  uv {s['uv']:.2f} ms  total {run['head_plus_uv_ms']:.2f} ms"
+        stages = "  ".join(f"{k} {v:.2f}" for k, v in run["stages_ms"].items())
+        extra = (
+            f"  | generator {run['generator_ms']:.1f} ms, warp {run['warp_ms']:.1f} ms, "
+            f"speedup {run['speedup']:.2f}, warped frame {run['warped_frame_ms']:.1f} ms"
+            if run["preset"]
+            else f"  | head + uv {run['head_plus_uv_ms']:.2f} ms"
         )
+        print(f"{run['preset'] or '-':>6} {run['resolution']:>4}^2  {stages} ms{extra}")
     return 0
 
 

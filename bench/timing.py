@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -22,11 +23,11 @@ def median_ms(
     caller can step through a trajectory."""
     for i in range(warmup):
         fn(i)
-    _sync(device)
+    sync(device)
     times = []
     for i in range(warmup, warmup + repeats):
         start = time.perf_counter()
         fn(i)
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - start) * 1000.0)
     return round(statistics.median(times), 3)

@@ -31,6 +31,7 @@ from engine.networks.generator import generator_input, make_cache
 from engine.neural_cache import NeuralCache
 from engine.raster import pixel_motion
 
+DEFAULT_AVATAR = Path(__file__).resolve().parents[1] / "static" / "default_avatar.pt"
 AVATAR_FORMAT = "neural-avatar"
 AVATAR_VERSION = 1
 BACKGROUND_INIT = 0.5  # grey, until training learns the real one
@@ -66,8 +67,21 @@ class Avatar(nn.Module):
         r = config.resolution
         self.background = nn.Parameter(torch.full((1, 3, r, r), BACKGROUND_INIT))
         self.register_buffer("translation", translation.detach().float().reshape(3).clone())
+        self.memory_format = torch.contiguous_format
 
     translation: torch.Tensor
+
+    def use_channels_last(self, enabled: bool = True) -> Avatar:
+        """Store the conv networks' weights (and feed them activations) as channels_last.
+
+        oneDNN's CPU convs work in NHWC; NCHW tensors are reordered around every conv. Measured on
+        the 2-core CPU at 256^2: inference 1.3-1.5x faster, a training step ~1.3x faster.
+        """
+        self.memory_format = torch.channels_last if enabled else torch.contiguous_format
+        for net in (self.generator, self.warp_net):
+            # nn.Module.to accepts memory_format at run time; its type stubs do not list it.
+            net.to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        return self
 
     @property
     def resolution(self) -> int:
@@ -95,7 +109,8 @@ class Avatar(nn.Module):
     def generate(self, x: FrameInputs) -> tuple[Rendered, NeuralCache]:
         """The expensive path: a full generator pass, and the cache it leaves."""
         features = self.texture(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
-        out = self.generator(generator_input(features, x.mask))
+        x_in = generator_input(features, x.mask).contiguous(memory_format=self.memory_format)
+        out = self.generator(x_in)  # (B, C + 1, H, W) -> GeneratorOutput
         cache = make_cache(
             out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen
         )

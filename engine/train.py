@@ -159,7 +159,7 @@ def train(
     avatar = Avatar(config, head_data, capture.camera, frames.median_translation)
     with torch.no_grad():
         avatar.background.copy_(median_background(frames, split.train))
-    avatar.to(device).train()
+    avatar.to(device).use_channels_last().train()
     frames.head = avatar.head  # rasterise with the avatar's own head model (same arrays)
     optimizer = make_optimizer(avatar, settings.lr)
     rng = torch.Generator().manual_seed(settings.seed)
@@ -310,9 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op CPU threads (default: torch's choice, one per core); 1 lets two runs "
+        "share a 2-core machine without fighting over the cores",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.max_k < 1 or not args.max_minutes > 0:
         parser.error("--steps, --batch, --max-k and --max-minutes must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be positive")
+        torch.set_num_threads(args.threads)
     settings = TrainSettings(
         preset=args.preset,
         steps=args.steps,

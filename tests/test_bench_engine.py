@@ -1,5 +1,5 @@
-"""bench.engine writes the DESIGN.md JSON keys for the stages built so far (a few frames only:
-speed is the benchmark's business, not the tests')."""
+"""bench.engine writes the DESIGN.md JSON keys for every stage of a frame (a few frames only: speed
+is the benchmark's business, not the tests')."""
 
 from __future__ import annotations
 
@@ -7,21 +7,68 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import engine as bench_engine
+from engine.avatar import Avatar
+from engine.camera import Camera
+from engine.default_head import build_default_head
+from engine.networks import PRESETS
+
+RENDER_KEYS = {
+    "preset",
+    "resolution",
+    "stages_ms",
+    "generator_ms",
+    "warp_ms",
+    "speedup",
+    "generator_gmac",
+    "warp_gmac",
+    "full_frame_ms",
+    "warped_frame_ms",
+}
 
 
 def test_json_has_the_contract_keys(tmp_path: Path) -> None:
-    out = tmp_path / "engine.json"
-    assert (
-        bench_engine.main(["--json", str(out), "--frames", "3", "--resolutions", "64", "128"]) == 0
+    avatar_path = tmp_path / "tiny.pt"
+    camera = Camera(fx=2.0, fy=2.0)
+    Avatar(PRESETS["tiny"], build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(
+        avatar_path
     )
+    out = tmp_path / "engine.json"
+    argv = ["--json", str(out), "--frames", "3", "--resolutions", "64", "128"]
+    assert bench_engine.main([*argv, "--presets", "tiny", "--avatar", str(avatar_path)]) == 0
     report = json.loads(out.read_text())
     assert {"device", "torch", "threads", "runs", "modes"} <= set(report)
-    assert [r["resolution"] for r in report["runs"]] == [64, 128]
-    for run in report["runs"]:
-        assert set(run["stages_ms"]) == {"head", "uv"}  # stages not built yet are absent
+    render, *mesh_only = report["runs"]
+    assert set(render) >= RENDER_KEYS
+    assert render["preset"] == "tiny" and render["weights"] == str(avatar_path)
+    assert set(render["stages_ms"]) == set(bench_engine.STAGES)
+    assert all(v > 0 for v in render["stages_ms"].values())
+    assert render["speedup"] == pytest.approx(render["generator_ms"] / render["warp_ms"], rel=0.01)
+    assert render["generator_gmac"] > render["warp_gmac"] > 0
+    assert [r["resolution"] for r in mesh_only] == [64, 128]
+    for run in mesh_only:
+        assert set(run["stages_ms"]) == {"head", "uv"}
         assert all(v > 0 for v in run["stages_ms"].values())
+
+
+def test_a_preset_without_its_avatar_file_is_timed_untrained(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    argv = ["--json", str(out), "--frames", "2", "--resolutions", "64", "--presets", "tiny"]
+    with pytest.raises(SystemExit):  # a named file that is absent is refused, not replaced
+        bench_engine.main([*argv, "--avatar", str(tmp_path / "absent.pt")])
+    assert bench_engine.main(argv) == 0
+    (run, _) = json.loads(out.read_text())["runs"]
+    assert run["preset"] == "tiny" and run["weights"] == "untrained weights"
+
+
+def test_a_file_that_is_not_an_avatar_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    argv = ["--json", str(tmp_path / "x.json"), "--frames", "2", "--resolutions", "64"]
+    assert bench_engine.main([*argv, "--presets", "tiny", "--avatar", str(bad)]) == 2
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_trajectory_moves() -> None:
