@@ -23,6 +23,7 @@ from torch import nn
 
 from engine.camera import Camera
 from engine.controls import Controls, to_head_controls
+from engine.frame import to_image
 from engine.frame_inputs import FrameInputs, make_inputs
 from engine.head_model import HeadModel
 from engine.head_model_data import HeadModelData
@@ -126,6 +127,12 @@ class Avatar(nn.Module):
         else:
             out = self.warp_net(cache, x.uv, x.mask, x.controls)
         return self.composite(out.rgb, out.alpha)
+
+    @torch.inference_mode()
+    def render(self, controls: Controls) -> np.ndarray:
+        """One full (generator) frame of `controls` -> (H, W, 3) uint8 picture."""
+        rendered, _ = self.generate(self.inputs([controls]))
+        return to_image(rendered.image)
 
     def texture_rgb(self, x: FrameInputs) -> torch.Tensor:
         """(B, 3, H, W) the texture's RGB channels at the UV map (supervised as colour)."""

@@ -1,16 +1,86 @@
-"""The placeholder server answers honestly: a page that says no avatar is served, and /health."""
+"""The interim server: a page, stills of the avatar rendered from a control state, /health, and
+clear refusals of bad states; run.py refuses a file that is not an avatar before serving."""
 
 from __future__ import annotations
 
-from aiohttp.test_utils import TestClient, TestServer
+import io
+import json
+from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
+
+import run
+from engine.avatar import Avatar
+from engine.camera import Camera
+from engine.default_head import build_default_head
+from engine.networks import PRESETS
 from server.app import ServerConfig, create_app
 
 
-async def test_placeholder_page_and_health() -> None:
-    async with TestClient(TestServer(create_app(ServerConfig()))) as client:
+@pytest.fixture(scope="module")
+def tiny_avatar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("avatar") / "tiny.pt"
+    torch.manual_seed(0)
+    camera = Camera(fx=2.0, fy=2.0)
+    avatar = Avatar(PRESETS["tiny"], build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0]))
+    avatar.save(path)
+    return path
+
+
+def _picture(body: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+async def test_page_health_and_stills(tiny_avatar: Path) -> None:
+    app = create_app(ServerConfig(avatar_path=tiny_avatar))
+    async with TestClient(TestServer(app)) as client:
         page = await client.get("/")
         assert page.status == 200
-        assert "No avatar is served yet" in await page.text()
-        health = await client.get("/health")
-        assert (await health.json()) == {"status": "ok", "avatar": None, "webrtc": False}
+        assert "No live stream yet" in await page.text()
+        health = await (await client.get("/health")).json()
+        assert health["status"] == "ok" and health["webrtc"] is False
+        assert health["avatar"]["resolution"] == 64
+        assert "jawOpen" in health["avatar"]["expression_names"]
+
+        neutral = await client.get("/still.png")
+        assert neutral.status == 200 and neutral.content_type == "image/png"
+        first = _picture(await neutral.read())
+        assert first.shape == (64, 64, 3)
+        state = json.dumps({"pose": {"yaw": 30}, "expression": {"jawOpen": 1.0}})
+        turned = await client.get("/still.png", params={"state": state})
+        assert turned.status == 200
+        assert not np.array_equal(_picture(await turned.read()), first)  # the controls count
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"expression": {"noSuchShape": 1}}', "noSuchShape"),
+        ('{"expression": {"jawOpen": 7}}', "jawOpen"),
+        ('{"pose": {"yaw": 400}}', "yaw"),
+        ('{"colour": 1}', "colour"),
+    ],
+)
+async def test_bad_states_are_refused_with_the_reason(
+    tiny_avatar: Path, state: str, message: str
+) -> None:
+    async with TestClient(TestServer(create_app(ServerConfig(avatar_path=tiny_avatar)))) as client:
+        response = await client.get("/still.png", params={"state": state})
+        assert response.status == 400
+        assert message in await response.text()
+
+
+def test_run_refuses_a_file_that_is_not_an_avatar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "notes.pt"
+    bad.write_text("hello")
+    assert run.main(["--avatar", str(bad)]) == 2
+    assert "not an avatar file" in capsys.readouterr().err
+    assert run.main(["--avatar", str(tmp_path / "absent.pt")]) == 2
