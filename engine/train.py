@@ -174,7 +174,9 @@ def train(
     budget_s = settings.max_minutes * 60.0
     started = time.perf_counter() - elapsed
     last_ckpt = time.perf_counter()
-    bar = tqdm(total=settings.steps, initial=step, disable=not progress, desc="train", unit="step")
+    # With a time budget the step count is unknown: the bar then counts steps without a total.
+    total = settings.steps if math.isinf(settings.max_minutes) else None
+    bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
     while step < settings.steps and time.perf_counter() - started < budget_s:
         t_rows, tk_rows = sample_pairs(split.train, settings.batch, settings.max_k, rng)
         affine = random_affines(settings.batch, res, AUG_SHIFT_PX_FRACTION * res, AUG_SCALE, rng)
