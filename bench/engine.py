@@ -119,7 +119,7 @@ def measure_preset(
 ) -> dict[str, Any]:
     """Every stage of a frame through an avatar of `preset` (see the module docstring)."""
     avatar, weights = preset_avatar(preset, avatar_path, device)
-    avatar.use_channels_last().eval()
+    avatar.prepare_for_inference()
     warmup = WARMUP_FRAMES
     if preset == "paper" and device.type == "cpu":
         frames, warmup = min(frames, PAPER_MAX_FRAMES), PAPER_WARMUP_FRAMES

@@ -27,7 +27,13 @@ from engine.frame import to_image
 from engine.frame_inputs import FrameInputs, make_inputs
 from engine.head_model import HeadModel
 from engine.head_model_data import HeadModelData
-from engine.networks import Generator, NeuralTexture, RendererConfig, make_warp
+from engine.networks import (
+    Generator,
+    NeuralTexture,
+    RendererConfig,
+    make_warp,
+    prepare_for_inference,
+)
 from engine.networks.generator import generator_input, make_cache
 from engine.neural_cache import NeuralCache
 from engine.raster import pixel_motion
@@ -69,8 +75,21 @@ class Avatar(nn.Module):
         self.background = nn.Parameter(torch.full((1, 3, r, r), BACKGROUND_INIT))
         self.register_buffer("translation", translation.detach().float().reshape(3).clone())
         self.memory_format = torch.contiguous_format
+        self.inference_only = False
 
     translation: torch.Tensor
+
+    def prepare_for_inference(self) -> Avatar:
+        """Eval mode, BatchNorms folded into their convs, channels_last: how the live renderer runs
+        (see `engine.networks.inference`). The avatar can then neither train nor be saved."""
+        self.eval()
+        for net in (self.generator, self.warp_net):
+            prepare_for_inference(net, self.translation.device, channels_last=True)
+        self.memory_format = torch.channels_last
+        self.inference_only = True
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        return self
 
     def use_channels_last(self, enabled: bool = True) -> Avatar:
         """Store the conv networks' weights (and feed them activations) as channels_last.
@@ -142,6 +161,8 @@ class Avatar(nn.Module):
 
     def save(self, path: Path) -> None:
         """Write the avatar file atomically (a failed write leaves any old file intact)."""
+        if self.inference_only:
+            raise ValueError("an avatar prepared for inference has no BatchNorms left to save")
         head = self.head.data
         payload = {
             "format": AVATAR_FORMAT,

@@ -117,7 +117,7 @@ async def avatar_ctx(app: web.Application) -> AsyncIterator[None]:
     path = app[CONFIG_KEY].avatar_path
     loop = asyncio.get_running_loop()
     avatar = await loop.run_in_executor(None, Avatar.load, path)
-    avatar.use_channels_last()
+    avatar.prepare_for_inference()
     LOG.info(
         "avatar %s loaded (%d^2, %s threads)", path, avatar.resolution, torch.get_num_threads()
     )

@@ -27,6 +27,7 @@ from engine.networks import (
     sh_basis,
     warp_features,
 )
+from engine.networks.inference import fuse_batch_norms
 from engine.neural_cache import NeuralCache
 from engine.raster import PixelMotion
 
@@ -218,25 +219,55 @@ def test_explicit_warp_follows_a_shift() -> None:
     torch.testing.assert_close(moved[:, :3, :, 1:], features[:, :, :, :-1], atol=1e-5, rtol=0)
 
 
+def _randomise_batch_norms(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Running statistics and affine parameters far from the identity, as after training."""
+    for bn in module.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            n = bn.num_features
+            assert bn.running_mean is not None and bn.running_var is not None
+            with torch.no_grad():
+                bn.running_mean.copy_(torch.randn(n, generator=gen))
+                bn.running_var.copy_(torch.rand(n, generator=gen) * 3 + 0.2)
+                bn.weight.copy_(torch.randn(n, generator=gen))
+                bn.bias.copy_(torch.randn(n, generator=gen))
+
+
 @pytest.mark.parametrize("kind", ["implicit", "explicit"])
-def test_channels_last_matches_nchw(kind: str) -> None:
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_preparation_keeps_the_outputs(kind: str, channels_last: bool) -> None:
+    """Folded BatchNorms and channels_last give the eval-mode networks' outputs."""
     config = replace(TINY, warp_kind=kind)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    generator, warp = Generator(config).eval(), make_warp(config).eval()
+    generator, warp = Generator(config), make_warp(config)
+    _randomise_batch_norms(generator, gen)
+    _randomise_batch_norms(warp, gen)
     uv, mask, controls = _frame()
-    x = torch.rand(2, config.generator_in_channels, SIZE, SIZE)
+    x = torch.rand(2, config.generator_in_channels, SIZE, SIZE, generator=gen)
     motion = identity_motion(2, SIZE, SIZE, torch.device("cpu"))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     results = []
     with torch.inference_mode():
-        for memory_format in (torch.contiguous_format, torch.channels_last):
-            channels_last = memory_format == torch.channels_last
-            prepare_for_inference(generator, channels_last=channels_last)
-            prepare_for_inference(warp, channels_last=channels_last)
-            out = generator(x.contiguous(memory_format=memory_format))
+        for prepared in (False, True):
+            if prepared:
+                prepare_for_inference(generator, channels_last=channels_last)
+                prepare_for_inference(warp, channels_last=channels_last)
+                assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules())
+            else:
+                generator.eval()
+                warp.eval()
+            out = generator(
+                x.contiguous(memory_format=memory_format if prepared else torch.contiguous_format)
+            )
             cache = make_cache(out, config.cache_layers, uv, mask, controls, torch.zeros(2, 1, 3))
-            results.append((out.rgb, warp(cache, uv, mask, controls, motion).rgb))
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
+            results.append((out.rgb, out.c3, warp(cache, uv, mask, controls, motion).rgb))
+    for before, after in zip(*results, strict=True):
+        torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-3)
+
+
+def test_batch_norms_only_fold_in_eval_mode() -> None:
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_batch_norms(Generator(TINY).train())
 
 
 # ----------------------------------------------------------------------------- training
@@ -277,7 +308,7 @@ def _fit(params: list[torch.nn.Parameter], loss_fn: object, steps: int = 10) -> 
         loss.backward()
         optimizer.step()
         if step == 0:
-            first = float(loss)
+            first = float(loss.detach())
         last = float(loss)
     return first, last
 

@@ -180,8 +180,8 @@ class WarpTrunk(nn.Module):
 
 
 def conv_block_1x1(in_channels: int, out_channels: int) -> nn.Sequential:
-    """1x1 conv + LeakyReLU: a channel reduction."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.LeakyReLU(LEAKY_SLOPE, True))
+    """1x1 conv + BatchNorm + LeakyReLU: a channel reduction."""
+    return conv_block(in_channels, out_channels, 1, kernel=1)
 
 
 def _cached_layer(cache: NeuralCache, name: str, config: RendererConfig) -> torch.Tensor | None:
