@@ -3,7 +3,8 @@
     python -m engine.evaluate --avatar A --data DIR --out REPORT_DIR [--ablation A3 A34 A345]
 
 Writes REPORT_DIR/report.json (keys: DESIGN.md, "Measurement contracts"), report.md, a plot of
-quality against warp distance and an image strip (ground truth, generator, warp k=1, warp k=4).
+quality against warp distance, an image strip (ground truth, generator, warp k=1, warp k=4) and a
+strip of the avatar driven by controls alone (neutral, jaw open, smile, blink, head turns).
 - generator: the generator run on every test frame (the baseline);
 - warp_distance: for k = 1..8, frame t + k warped from the cache of frame t (supplemental Fig. 2);
 - ablation: warp k=1 quality of avatars trained with cached layers C3, C3+C4, C3+C4+C5 on an
@@ -29,6 +30,7 @@ from torchmetrics.functional.image import (
 
 from engine.avatar import Avatar
 from engine.capture import load_capture
+from engine.controls import neutral, update
 from engine.dataset import CaptureFrames, temporal_split
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.runtime import tune_allocator
@@ -37,6 +39,15 @@ MAX_K = 8
 BATCH = 8  # frames rendered at once
 STRIP_FRAMES = 4
 STRIP_K = (1, 4)
+# What the controls strip shows: (label, expression weights, pose in degrees).
+CONTROL_POSES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
+    ("neutral", {}, {}),
+    ("jawOpen 1", {"jawOpen": 1.0}, {}),
+    ("smile 1", {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}, {}),
+    ("blink 1", {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}, {}),
+    ("yaw -30", {}, {"yaw": -30.0}),
+    ("yaw +30", {}, {"yaw": 30.0}),
+)
 
 
 def metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -94,6 +105,17 @@ def image_strip(avatar: Avatar, frames: CaptureFrames, test_rows: np.ndarray, ou
         [torch.cat(list(col.clamp(0, 1)), dim=1) for col in columns], dim=2
     )  # (3, H*n, W*4)
     Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(out)
+
+
+def control_strip(avatar: Avatar, out: Path) -> list[str]:
+    """One generator frame per entry of CONTROL_POSES, side by side; returns the labels in order."""
+    names = avatar.expression_names
+    pictures = []
+    for _, expression, pose in CONTROL_POSES:
+        known = {k: v for k, v in expression.items() if k in names}
+        pictures.append(avatar.render(update(neutral(names), names, known, pose)))
+    Image.fromarray(np.concatenate(pictures, axis=1)).save(out)
+    return [label for label, _, _ in CONTROL_POSES]
 
 
 def plot_warp_distance(report: dict[str, Any], out: Path) -> None:
@@ -167,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         device = resolve_device(args.device)
-        avatar = Avatar.load(args.avatar, device)
+        avatar = Avatar.load(args.avatar, device).prepare_for_inference()
         capture = load_capture(args.data)
-        ablation_avatars = [Avatar.load(p, device) for p in args.ablation]
+        ablation_avatars = [Avatar.load(p, device).prepare_for_inference() for p in args.ablation]
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -196,9 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "report.md").write_text(markdown(report))
     plot_warp_distance(report, args.out / "warp_distance.png")
     image_strip(avatar, frames, test_rows, args.out / "strip.png")
+    labels = control_strip(avatar, args.out / "controls.png")
+    (args.out / "report.md").write_text(
+        markdown(report)
+        + "\n`strip.png`: columns ground truth, generator, warp k=1, warp k=4; rows test frames.\n"
+        + f"`controls.png`, left to right: {', '.join(labels)}.\n"
+    )
     print(markdown(report))
     return 0
 

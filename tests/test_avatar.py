@@ -133,5 +133,19 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert set(report["generator"]) == {"l1", "psnr", "ssim"}
     assert report["warp_distance"][0]["k"] == 1
     assert report["ablation"][0]["cache_layers"] == "C3+C4+C5" and "budget" in report["ablation"][0]
-    assert (report_dir / "strip.png").exists() and (report_dir / "warp_distance.png").exists()
+    for name in ("strip.png", "warp_distance.png", "controls.png", "report.md"):
+        assert (report_dir / name).stat().st_size > 0, name
     assert report["test_frames"] == len(temporal_split(40).test)
+
+
+def test_same_seed_same_avatar(short_capture: Path, tmp_path: Path) -> None:
+    settings = TrainSettings(
+        preset="tiny", steps=2, max_minutes=5.0, batch=2, max_k=2, lr=1e-3, seed=3,
+        cache_layers=("c3",), warp_kind="explicit",
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    a = train(short_capture, tmp_path / "a.pt", settings, cpu, progress=False).state_dict()
+    b = train(short_capture, tmp_path / "b.pt", settings, cpu, progress=False).state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=0, rtol=0, msg=name)
