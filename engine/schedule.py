@@ -1,0 +1,124 @@
+"""Who renders which frame, and how: the cache/warp schedules, as pure functions of the frame index.
+
+A schedule maps output frame f to a `Step`: the worker that makes it, whether it is generated or
+warped, from which cache (caches are numbered by the block that builds them) and how far that
+cache's frame lies behind f. It also says which worker starts building which cache at f. Workers
+own their caches: a frame is only ever warped by the worker that built its cache, after building it,
+so no cache crosses a process and none is read while it is being built.
+
+- `generator`: NUM_WARPS = 0, every frame is a generator frame (round robin over the workers).
+- `sequential` (one worker): the generator renders frame f and leaves cache f; frames f + 1 ..
+  f + NUM_WARPS are warped from it; then again. Blocks of NUM_WARPS + 1 frames.
+- `parallel` (Yu et al. 2023, supplemental Algorithm 1; N workers): blocks of NUM_WARPS frames. At
+  the first frame of block b, worker b mod N starts building cache b from that frame's controls; the
+  frames of block b + N - 1 are warped from cache b by the same worker, which has had N - 1 blocks
+  of time to build it while the others warped. So every output frame is a warp (latency: one warp),
+  the caching role moves to the next worker every NUM_WARPS frames, and a cache serves NUM_WARPS
+  frames at distances (N - 1) NUM_WARPS .. N NUM_WARPS - 1. The first N - 1 blocks have no finished
+  cache yet: they are warped from cache 0, after it is built (the pipeline's warm-up). With N = 1 a
+  block's first frame is its cache's own frame, output as generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ScheduleName = Literal["generator", "sequential", "parallel"]
+SCHEDULES: tuple[str, ...] = ("generator", "sequential", "parallel")
+
+
+@dataclass(frozen=True)
+class Step:
+    """How output frame `frame` is made.
+
+    worker     index of the worker that renders it
+    generated  True: a generator frame (its cache is `cache`); False: warped from `cache`
+    cache      the cache (numbered by the block that built it) it is made from or makes
+    distance   frames between the cache's frame and this one (0 for a generated frame)
+    """
+
+    frame: int
+    worker: int
+    generated: bool
+    cache: int
+    distance: int
+
+
+@dataclass(frozen=True)
+class Build:
+    """At output frame `frame`, `worker` starts building cache `cache` from that frame's controls
+    (before its part in rendering `frame`, if it has one)."""
+
+    frame: int
+    worker: int
+    cache: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule by name, with its worker count and warps per cache (validated)."""
+
+    name: ScheduleName
+    workers: int = 1
+    num_warps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.name!r}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        if not isinstance(self.num_warps, int) or self.num_warps < 0:
+            raise ValueError(f"num_warps must be a non-negative integer, got {self.num_warps!r}")
+        if self.name == "generator" and self.num_warps != 0:
+            raise ValueError("the generator schedule renders every frame: num_warps must be 0")
+        if self.name != "generator" and self.num_warps == 0:
+            raise ValueError(f"the {self.name} schedule needs num_warps >= 1 (0 is 'generator')")
+        if self.name == "sequential" and self.workers != 1:
+            raise ValueError("the sequential schedule runs on one worker")
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: generator, sequential-W2, parallel-N2-W4."""
+        if self.name == "generator":
+            return "generator" if self.workers == 1 else f"generator-N{self.workers}"
+        if self.name == "sequential":
+            return f"sequential-W{self.num_warps}"
+        return f"parallel-N{self.workers}-W{self.num_warps}"
+
+    def step(self, frame: int) -> Step:
+        """The step that makes output frame `frame` (>= 0)."""
+        if frame < 0:
+            raise ValueError(f"frame must be >= 0, got {frame}")
+        if self.name == "generator":
+            return Step(frame, frame % self.workers, True, frame, 0)
+        if self.name == "sequential":
+            block, offset = divmod(frame, self.num_warps + 1)
+            return Step(frame, 0, offset == 0, block, offset)
+        block = frame // self.num_warps
+        cache = max(0, block - (self.workers - 1))  # the warm-up blocks use cache 0
+        distance = frame - self.cache_frame(cache)
+        # distance 0 only with one worker: the cache's own frame, output as generated.
+        return Step(frame, self.builder(cache), distance == 0, cache, distance)
+
+    def build(self, frame: int) -> Build | None:
+        """The cache whose building starts at output frame `frame`, if any."""
+        if frame < 0:
+            raise ValueError(f"frame must be >= 0, got {frame}")
+        period = 1 if self.name == "generator" else self.num_warps + (self.name == "sequential")
+        if frame % period:
+            return None
+        cache = frame // period
+        return Build(frame, self.builder(cache), cache)
+
+    def builder(self, cache: int) -> int:
+        """The worker that builds cache `cache` (round robin: the caching role moves on)."""
+        return cache % self.workers
+
+    def cache_frame(self, cache: int) -> int:
+        """The frame whose controls cache `cache` is built from."""
+        if self.name == "generator":
+            return cache
+        if self.name == "sequential":
+            return cache * (self.num_warps + 1)
+        return cache * self.num_warps

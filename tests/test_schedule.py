@@ -1,0 +1,92 @@
+"""engine.schedule: which worker makes which frame, from which cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.schedule import Schedule
+
+FRAMES = 200
+SETTINGS = [
+    Schedule("generator"),
+    Schedule("generator", workers=2),
+    *(Schedule("sequential", 1, w) for w in (1, 2, 4)),
+    *(Schedule("parallel", n, w) for n in (1, 2, 3) for w in (1, 2, 4)),
+]
+
+
+def _tasks(schedule: Schedule) -> dict[int, list[tuple[str, int, int]]]:
+    """Each worker's task list in dispatch order: ("build", cache, frame) / ("out", cache, frame)."""
+    tasks: dict[int, list[tuple[str, int, int]]] = {w: [] for w in range(schedule.workers)}
+    for f in range(FRAMES):
+        build = schedule.build(f)
+        if build is not None:
+            tasks[build.worker].append(("build", build.cache, f))
+        step = schedule.step(f)
+        tasks[step.worker].append(("out", step.cache, f))
+    return tasks
+
+
+@pytest.mark.parametrize("schedule", SETTINGS, ids=lambda s: s.label)
+def test_a_worker_only_uses_caches_it_finished_building(schedule: Schedule) -> None:
+    for worker, tasks in _tasks(schedule).items():
+        built: set[int] = set()
+        for kind, cache, frame in tasks:
+            if kind == "build":
+                assert schedule.builder(cache) == worker
+                assert schedule.cache_frame(cache) == frame
+                built.add(cache)
+            else:
+                assert cache in built, f"worker {worker} uses cache {cache} at frame {frame}"
+
+
+@pytest.mark.parametrize("schedule", SETTINGS, ids=lambda s: s.label)
+def test_steps_are_consistent(schedule: Schedule) -> None:
+    for f in range(FRAMES):
+        step = schedule.step(f)
+        assert step.frame == f and step.distance == f - schedule.cache_frame(step.cache) >= 0
+        assert step.generated == (step.distance == 0)
+        if step.generated:  # a generated frame is its own cache's frame, built just now
+            build = schedule.build(f)
+            assert build is not None and build.cache == step.cache
+
+
+@pytest.mark.parametrize("warps", [1, 2, 4])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_parallel_role_rotation_follows_num_warps(workers: int, warps: int) -> None:
+    schedule = Schedule("parallel", workers, warps)
+    builds = [b for f in range(FRAMES) if (b := schedule.build(f)) is not None]
+    assert [b.frame for b in builds] == list(range(0, FRAMES, warps))  # every NUM_WARPS frames
+    assert [b.worker for b in builds] == [i % workers for i in range(len(builds))]  # next worker
+    steady = [schedule.step(f) for f in range(workers * warps, FRAMES)]  # after the warm-up
+    assert {s.distance for s in steady} == set(range((workers - 1) * warps, workers * warps))
+    for s in steady:  # a cache serves exactly one block of NUM_WARPS frames
+        assert s.frame // warps == s.cache + workers - 1
+    if workers > 1:
+        assert not any(s.generated for s in steady)  # every output frame is a warp
+
+
+def test_sequential_and_generator_shapes() -> None:
+    seq = Schedule("sequential", 1, 2)
+    assert [(s.generated, s.distance) for s in map(seq.step, range(6))] == [
+        (True, 0), (False, 1), (False, 2), (True, 0), (False, 1), (False, 2),
+    ]  # fmt: skip
+    gen = Schedule("generator", workers=2)
+    assert [gen.step(f).worker for f in range(4)] == [0, 1, 0, 1]
+    assert all(gen.step(f).generated for f in range(4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "fast"}, "schedule must be"),
+        ({"name": "generator", "num_warps": 2}, "num_warps must be 0"),
+        ({"name": "parallel", "workers": 2, "num_warps": 0}, "num_warps >= 1"),
+        ({"name": "sequential", "workers": 2, "num_warps": 1}, "one worker"),
+        ({"name": "parallel", "workers": 0, "num_warps": 1}, "workers must be"),
+        ({"name": "parallel", "workers": 1, "num_warps": -1}, "non-negative"),
+    ],
+)
+def test_impossible_settings_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Schedule(**kwargs)  # type: ignore[arg-type]
