@@ -1,0 +1,269 @@
+"""One render worker process: one avatar copy on one device, caches per session, pictures out
+through shared memory.
+
+The parent (`engine.pipeline`) sends small task records on a queue; the worker answers each with a
+small result record. Pictures go into the worker's `FrameRing` slot named by the task. A worker
+only ever warps from caches it built itself, after building them (tasks run in the order sent); a
+render that names a cache the worker does not hold fails loudly instead of using another. The
+worker exits on `Stop`, and by itself when its parent is gone (no orphan keeps a device busy).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.avatar import Avatar
+from engine.controls import Controls
+from engine.frame import to_image
+from engine.frame_ring import FrameRing, RingSpec
+from engine.neural_cache import NeuralCache
+from engine.runtime import tune_allocator
+
+POLL_S = 0.5  # how often an idle worker checks that its parent is alive
+CACHES_KEPT = 2  # per session: the cache being used and the one after it
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """index: the worker's number; device: "cpu" or "cuda:i"; threads: torch intra-op threads;
+    jitter_ms: a random sleep of up to this before every task (tests of ordering only)."""
+
+    index: int
+    avatar_path: Path
+    device: str
+    threads: int
+    ring: RingSpec
+    jitter_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class BuildTask:
+    """Run the generator on `controls` and keep the cache as (session, epoch, cache)."""
+
+    session: int
+    epoch: int
+    cache: int
+    seq: int
+    controls: Controls
+
+
+@dataclass(frozen=True)
+class RenderTask:
+    """Make output frame `frame` of a session into ring slot `slot`: the picture of the build of
+    `cache` when `generated`, else a warp from that cache to `controls`."""
+
+    session: int
+    epoch: int
+    frame: int
+    cache: int
+    generated: bool
+    distance: int
+    seq: int
+    controls: Controls
+    slot: int
+    submitted: float  # time.monotonic() when the control arrived (one clock for all processes)
+
+
+@dataclass(frozen=True)
+class DropSession:
+    session: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    worker: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class FrameDone:
+    """A picture is in `slot`. Times are time.monotonic() seconds; stages_ms per stage."""
+
+    worker: int
+    session: int
+    epoch: int
+    frame: int
+    cache: int
+    generated: bool
+    distance: int
+    seq: int
+    slot: int
+    submitted: float
+    started: float
+    finished: float
+    cache_ready: float  # when the cache this frame came from finished building
+    stages_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class BuildDone:
+    worker: int
+    session: int
+    epoch: int
+    cache: int
+    finished: float
+    generator_ms: float
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    """A task raised; `frame` is None for a failed build."""
+
+    worker: int
+    session: int
+    epoch: int
+    frame: int | None
+    cache: int
+    message: str
+
+
+@dataclass
+class _Kept:
+    cache: NeuralCache
+    image: torch.Tensor  # (1, 3, H, W) the generator's picture of the cache's own frame
+    ready: float
+
+
+class Worker:
+    """The worker's state; `run` is its loop. Separate from the process entry for tests."""
+
+    def __init__(self, settings: WorkerSettings, avatar: Avatar, ring: FrameRing) -> None:
+        self.settings = settings
+        self.avatar = avatar
+        self.ring = ring
+        self.caches: dict[int, dict[tuple[int, int], _Kept]] = {}  # session -> (epoch, id) -> kept
+
+    def handle(self, task: Any) -> Any:
+        """Run one task; returns its result record."""
+        if self.settings.jitter_ms > 0:
+            time.sleep(random.uniform(0.0, self.settings.jitter_ms) / 1000.0)
+        if isinstance(task, BuildTask):
+            return self.build(task)
+        if isinstance(task, RenderTask):
+            return self.render(task)
+        if isinstance(task, DropSession):
+            self.caches.pop(task.session, None)
+            return None
+        raise TypeError(f"unknown task {type(task).__name__}")
+
+    @torch.inference_mode()
+    def build(self, task: BuildTask) -> BuildDone:
+        start = time.monotonic()
+        rendered, cache = self.avatar.generate(self.avatar.inputs([task.controls]))
+        self._sync()
+        finished = time.monotonic()
+        kept = self.caches.setdefault(task.session, {})
+        kept[(task.epoch, task.cache)] = _Kept(cache, rendered.image, finished)
+        for key in sorted(kept)[:-CACHES_KEPT]:  # older epochs sort first, then older caches
+            del kept[key]
+        return BuildDone(
+            self.settings.index,
+            task.session,
+            task.epoch,
+            task.cache,
+            finished,
+            (finished - start) * 1000.0,
+        )
+
+    @torch.inference_mode()
+    def render(self, task: RenderTask) -> FrameDone:
+        started = time.monotonic()
+        kept = self.caches.get(task.session, {}).get((task.epoch, task.cache))
+        if kept is None:
+            raise LookupError(
+                f"worker {self.settings.index} holds no cache {task.cache} (epoch {task.epoch}) "
+                f"of session {task.session}: it was never built here or was dropped"
+            )
+        stages: dict[str, float] = {}
+        if task.generated:
+            image = kept.image
+        else:
+            x = self.avatar.inputs([task.controls])
+            self._sync()
+            inputs_done = time.monotonic()
+            stages["inputs"] = (inputs_done - started) * 1000.0
+            image = self.avatar.warp(kept.cache, x).image
+            self._sync()
+            stages["warp"] = (time.monotonic() - inputs_done) * 1000.0
+        before_copy = time.monotonic()
+        self.ring.write(task.slot, to_image(image))
+        finished = time.monotonic()
+        stages["to_image"] = (finished - before_copy) * 1000.0
+        return FrameDone(
+            worker=self.settings.index,
+            session=task.session,
+            epoch=task.epoch,
+            frame=task.frame,
+            cache=task.cache,
+            generated=task.generated,
+            distance=task.distance,
+            seq=task.seq,
+            slot=task.slot,
+            submitted=task.submitted,
+            started=started,
+            finished=finished,
+            cache_ready=kept.ready,
+            stages_ms=stages,
+        )
+
+    def _sync(self) -> None:
+        if self.avatar.translation.device.type == "cuda":
+            torch.cuda.synchronize(self.avatar.translation.device)
+
+    def failure(self, task: Any, exc: BaseException) -> TaskFailed | None:
+        if isinstance(task, BuildTask | RenderTask):
+            frame = task.frame if isinstance(task, RenderTask) else None
+            message = f"{type(exc).__name__}: {exc}"
+            return TaskFailed(
+                self.settings.index, task.session, task.epoch, frame, task.cache, message
+            )
+        return None
+
+
+def run_worker(settings: WorkerSettings, tasks: Connection, results: Connection) -> None:
+    """Process entry point (spawned): load the avatar, attach the ring, serve tasks until Stop.
+
+    Each worker has its own pair of pipes: a worker killed mid-write can then corrupt only its own
+    channel (a shared multiprocessing.Queue would stay locked for every other worker)."""
+    parent = os.getppid()
+    torch.set_num_threads(settings.threads)
+    tune_allocator()
+    avatar = Avatar.load(settings.avatar_path, settings.device).prepare_for_inference()
+    ring = FrameRing.attach(settings.ring)
+    worker = Worker(settings, avatar, ring)
+    results.send(WorkerReady(settings.index, os.getpid()))
+    try:
+        while True:
+            if not tasks.poll(POLL_S):  # idle: leave if the parent is gone
+                if os.getppid() != parent:
+                    return
+                continue
+            try:
+                task = tasks.recv()
+            except EOFError:  # the parent closed its end
+                return
+            if isinstance(task, Stop):
+                return
+            try:
+                result = worker.handle(task)
+            except Exception as exc:  # reported to the task's session; the worker goes on
+                traceback.print_exc()
+                result = worker.failure(task, exc)
+            if result is not None:
+                results.send(result)
+    finally:
+        ring.close()
