@@ -71,7 +71,9 @@ class FrameRing:
     def write(self, index: int, picture: np.ndarray) -> None:
         expected = (self.spec.height, self.spec.width, CHANNELS)
         if picture.shape != expected or picture.dtype != np.uint8:
-            raise ValueError(f"expected a {expected} uint8 picture, got {picture.shape} {picture.dtype}")
+            raise ValueError(
+                f"expected a {expected} uint8 picture, got {picture.shape} {picture.dtype}"
+            )
         self.slot(index)[...] = picture
 
     def close(self) -> None:

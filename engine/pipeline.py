@@ -208,7 +208,12 @@ class Pipeline:
             for i, device in enumerate(devices):
                 ring = FrameRing.create(RING_SLOTS, self._resolution, self._resolution)
                 ws = WorkerSettings(
-                    i, self.settings.avatar_path, device, threads, ring.spec, self.settings.jitter_ms
+                    i,
+                    self.settings.avatar_path,
+                    device,
+                    threads,
+                    ring.spec,
+                    self.settings.jitter_ms,
                 )
                 self._workers.append(_Worker(i, ws, ring, free_slots=list(range(RING_SLOTS))))
             for w in self._workers:
@@ -517,7 +522,7 @@ class Pipeline:
         """Start the schedule again for `s` (new caches); frames in flight will be lost."""
         s.epoch += 1
         for w in self._workers:
-            for (sid, frame) in list(w.in_flight):
+            for sid, frame in list(w.in_flight):
                 if sid == s.id and frame not in s.done:
                     s.done[frame] = None
                     s.lost += 1

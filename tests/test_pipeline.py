@@ -1,0 +1,231 @@
+"""engine.pipeline with real worker processes on a tiny untrained avatar: order, cache use, live
+mode, sessions, faults and clean shutdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.avatar import Avatar
+from engine.camera import Camera
+from engine.controls import Controls, neutral, update
+from engine.default_head import build_default_head
+from engine.networks import PRESETS
+from engine.pipeline import Frame, Pipeline, PipelineSettings, wait_for_exit
+from engine.schedule import Schedule
+
+NAMES = build_default_head().expression_names
+GET_TIMEOUT_S = 30.0  # generous: the test machine may be busy
+
+
+@pytest.fixture(scope="module")
+def tiny_avatar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pipeline") / "tiny.pt"
+    torch.manual_seed(0)
+    camera = Camera(fx=2.0, fy=2.0)
+    Avatar(PRESETS["tiny"], build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(
+        path
+    )
+    return path
+
+
+def _controls(i: int) -> Controls:
+    return update(neutral(NAMES), NAMES, pose={"yaw": float(i % 40 - 20)})
+
+
+def _collect(p: Pipeline, session: int, count: int) -> list[Frame]:
+    frames = []
+    while len(frames) < count:
+        frame = p.get(session, timeout=GET_TIMEOUT_S)
+        assert frame is not None, f"no frame after {len(frames)}: {p.stats(session)}"
+        frames.append(frame)
+    return frames
+
+
+def _shm_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").iterdir()} if Path("/dev/shm").exists() else set()
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [Schedule("sequential", 1, 2), Schedule("parallel", 2, 2), Schedule("generator", 2)],
+    ids=lambda s: s.label,
+)
+def test_replay_frames_leave_in_order_under_random_delays(
+    tiny_avatar: Path, schedule: Schedule
+) -> None:
+    settings = PipelineSettings(tiny_avatar, schedule, mode="replay", threads=1, jitter_ms=15.0)
+    count = 16
+    with Pipeline(settings) as p:
+        session = p.open_session()
+        for i in range(count):
+            p.submit(session, seq=i, controls=_controls(i))
+        frames = _collect(p, session, count)
+    assert [f.frame for f in frames] == list(range(count))
+    assert [f.seq for f in frames] == list(range(count))  # replay: every control, in order
+    for f in frames:
+        step = schedule.step(f.frame)
+        assert (f.worker, f.generated, f.distance) == (step.worker, step.generated, step.distance)
+        # Instrumented: the cache a frame came from was finished before the frame started.
+        assert f.cache_ready <= f.started <= f.finished
+        assert f.image.shape == (64, 64, 3) and f.image.dtype == np.uint8
+
+
+def test_live_mode_drops_stale_controls_and_latency_stays_flat(tiny_avatar: Path) -> None:
+    settings = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 2), mode="live", threads=1)
+    frames: list[Frame] = []
+    with Pipeline(settings) as p:
+        session = p.open_session()
+        seq = 0
+        while len(frames) < 1000:
+            for _ in range(3):  # controls arrive faster than frames can be made
+                seq += 1
+                p.submit(session, seq, _controls(seq))
+            frame = p.get(session, timeout=0.0)
+            if frame is not None:
+                frames.append(frame)
+            else:
+                time.sleep(0.001)
+        assert p.stats(session)["dropped"] > 0
+    seqs = [f.seq for f in frames]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # newer and newer, never repeated
+    early = np.median([f.latency_ms for f in frames[50:250]])
+    late = np.median([f.latency_ms for f in frames[-200:]])
+    assert late < 3 * early + 20  # nothing queues up with time (generous for a busy machine)
+
+
+def test_sessions_never_receive_each_others_frames(tiny_avatar: Path) -> None:
+    settings = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 1), mode="replay", threads=1)
+    with Pipeline(settings) as p:
+        a, b = p.open_session(), p.open_session()
+        for i in range(10):
+            p.submit(a, 1000 + i, _controls(i))
+            p.submit(b, 2000 + i, update(neutral(NAMES), NAMES, expression={"jawOpen": 1.0}))
+        frames_a, frames_b = _collect(p, a, 10), _collect(p, b, 10)
+    assert {f.session for f in frames_a} == {a} and {f.session for f in frames_b} == {b}
+    assert [f.seq for f in frames_a] == list(range(1000, 1010))
+    assert [f.seq for f in frames_b] == list(range(2000, 2010))
+
+
+def test_an_error_in_one_session_harms_no_other(tiny_avatar: Path) -> None:
+    bad = dataclasses.replace(
+        neutral(NAMES), expression=(0.0,) * 3
+    )  # wrong length: the worker raises
+    settings = PipelineSettings(tiny_avatar, Schedule("sequential", 1, 2), mode="replay", threads=1)
+    with Pipeline(settings) as p:
+        good, broken = p.open_session(), p.open_session()
+        for i in range(6):
+            p.submit(broken, i, bad)
+            p.submit(good, i, _controls(i))
+        frames = _collect(p, good, 6)
+        deadline = time.monotonic() + GET_TIMEOUT_S
+        while not p.errors(broken) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.stats(broken)["lost"] > 0
+        assert p.errors(good) == []
+    assert [f.seq for f in frames] == list(range(6))
+
+
+def test_a_killed_worker_is_restarted_and_sessions_go_on(tiny_avatar: Path) -> None:
+    settings = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 2), mode="live", threads=1)
+    with Pipeline(settings) as p:
+        session = p.open_session()
+        seq = 0
+
+        def frames_for(seconds: float) -> list[Frame]:
+            nonlocal seq
+            out = []
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                seq += 1
+                p.submit(session, seq, _controls(seq))
+                frame = p.get(session, timeout=0.05)
+                if frame is not None:
+                    out.append(frame)
+            return out
+
+        assert frames_for(1.0)
+        victim = p.worker_pids[1]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while p.restarts == 0:
+            assert time.monotonic() - killed_at < 1.5, "the dead worker was not noticed within 1 s"
+            time.sleep(0.01)
+        assert victim not in p.worker_pids
+        deadline = time.monotonic() + GET_TIMEOUT_S
+        after: list[Frame] = []
+        while len(after) < 20 and time.monotonic() < deadline:
+            after += frames_for(0.5)
+        assert len(after) >= 20, "no frames after the restart"
+        assert {f.worker for f in after} == {0, 1}  # the restarted worker renders again
+        assert any("died" in e for e in p.errors(session))
+        assert p.stats(session)["epoch"] >= 1  # caches were rebuilt
+
+
+def test_shutdown_leaves_no_process_and_no_shared_memory(tiny_avatar: Path) -> None:
+    before = _shm_segments()
+    settings = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 1), mode="live", threads=1)
+    p = Pipeline(settings).start()
+    pids = p.worker_pids
+    assert len(_shm_segments() - before) == 2  # one ring per worker
+    p.close()
+    p.close()  # idempotent
+    assert wait_for_exit(pids, 5.0)
+    assert _shm_segments() - before == set()
+
+
+def test_a_crashed_parent_leaves_no_process_and_no_shared_memory(tiny_avatar: Path) -> None:
+    before = _shm_segments()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from engine.pipeline import Pipeline, PipelineSettings
+        from engine.schedule import Schedule
+        p = Pipeline(PipelineSettings(Path({str(tiny_avatar)!r}), Schedule("parallel", 2, 1),
+                                      threads=1)).start()
+        print(" ".join(map(str, p.worker_pids)), flush=True)
+        sys.stdin.read()  # wait to be killed
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        text=True,
+    )
+    assert child.stdout is not None
+    pids = [int(x) for x in child.stdout.readline().split()]
+    assert len(pids) == 2 and len(_shm_segments() - before) == 2
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    assert wait_for_exit(pids, 10.0), "workers outlived their parent"
+    deadline = time.monotonic() + 10.0
+    while _shm_segments() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _shm_segments() - before == set(), "shared memory left behind"
+
+
+def test_bad_settings_are_refused(tiny_avatar: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        PipelineSettings(tiny_avatar, Schedule("generator"), mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="devices"):
+        PipelineSettings(tiny_avatar, Schedule("parallel", 2, 1), devices=("cpu",))
+    with pytest.raises(FileNotFoundError):
+        Pipeline(PipelineSettings(tmp_path / "absent.pt", Schedule("generator"))).start()
+    with Pipeline(PipelineSettings(tiny_avatar, Schedule("generator"), threads=1)) as p:
+        with pytest.raises(KeyError):
+            p.submit(12345, 1, neutral(NAMES))
