@@ -44,7 +44,7 @@ def _controls(i: int) -> Controls:
 
 
 def _collect(p: Pipeline, session: int, count: int) -> list[Frame]:
-    frames = []
+    frames: list[Frame] = []
     while len(frames) < count:
         frame = p.get(session, timeout=GET_TIMEOUT_S)
         assert frame is not None, f"no frame after {len(frames)}: {p.stats(session)}"
@@ -226,6 +226,6 @@ def test_bad_settings_are_refused(tiny_avatar: Path, tmp_path: Path) -> None:
         PipelineSettings(tiny_avatar, Schedule("parallel", 2, 1), devices=("cpu",))
     with pytest.raises(FileNotFoundError):
         Pipeline(PipelineSettings(tmp_path / "absent.pt", Schedule("generator"))).start()
-    with Pipeline(PipelineSettings(tiny_avatar, Schedule("generator"), threads=1)) as p:
-        with pytest.raises(KeyError):
-            p.submit(12345, 1, neutral(NAMES))
+    settings = PipelineSettings(tiny_avatar, Schedule("generator"), threads=1)
+    with Pipeline(settings) as p, pytest.raises(KeyError):
+        p.submit(12345, 1, neutral(NAMES))
