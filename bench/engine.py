@@ -1,7 +1,7 @@
 """Engine speed: per-stage milliseconds, written as JSON (keys: DESIGN.md, "Measurement contracts").
 
     python -m bench.engine --json OUT [--avatar A] [--presets cpu paper] [--device auto]
-                           [--frames 200] [--resolutions 256 512]
+                           [--frames 200] [--resolutions 256 512] [--pipeline]
 
 Two kinds of run, all at batch 1 (as the live server renders), over a smoothly moving control
 trajectory, after a warm-up:
@@ -16,6 +16,8 @@ trajectory, after a warm-up:
   Networks run as the live renderer runs them: fp32, channels_last, inference mode.
 - head + UV runs (`--resolutions`): the mesh stages alone at other sizes with the benchmark's own
   camera, the mesh covering a third of the frame.
+- pipeline modes (`--pipeline`): worker processes run by each schedule, fps and latency
+  (`bench.pipeline`), in the JSON's `modes`.
 Each figure is the median over `--frames` frames (at most `PAPER_MAX_FRAMES` for `paper` on a CPU,
 where one generator pass takes seconds).
 """
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 
+from bench import pipeline as pipeline_bench
 from bench.timing import median_ms, sync
 from engine.avatar import DEFAULT_AVATAR, Avatar
 from engine.camera import Camera, project
@@ -247,7 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--frames", type=int, default=200, help="frames timed per stage (median)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--pipeline", action="store_true", help="pipeline modes (not built yet)")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also time the pipeline modes with worker processes (needs the avatar file)",
+    )
+    parser.add_argument(
+        "--pipeline-frames", type=int, default=300, help="frames timed per pipeline mode"
+    )
     parser.add_argument(
         "--avatar",
         type=Path,
@@ -262,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         help="renderer presets to time (none: head and UV only)",
     )
     args = parser.parse_args(argv)
-    if args.pipeline:
-        parser.error("--pipeline needs the worker pipeline, which is not built yet")
+    if args.pipeline and not args.avatar.exists():
+        parser.error(f"--pipeline renders a trained avatar: no file at {args.avatar}")
+    if args.pipeline_frames < 10:
+        parser.error("--pipeline-frames must be >= 10")
     if args.frames < 1 or any(r < 8 or r > 4096 for r in args.resolutions):
         parser.error("--frames must be >= 1 and resolutions within 8..4096")
     if args.avatar != DEFAULT_AVATAR and not args.avatar.exists():
@@ -282,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a damaged or foreign avatar file
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.pipeline:
+        names = Avatar.load(args.avatar).expression_names
+        controls = trajectory(names, args.pipeline_frames)
+        report["modes"] = pipeline_bench.measure(args.avatar, controls, args.pipeline_frames)
+        report["pipeline_avatar"] = str(args.avatar)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     for run in report["runs"]:
@@ -293,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             else f"  | head + uv {run['head_plus_uv_ms']:.2f} ms"
         )
         print(f"{run['preset'] or '-':>6} {run['resolution']:>4}^2  {stages} ms{extra}")
+    if report["modes"]:
+        print(pipeline_bench.table(report["modes"]))
     return 0
 
 

@@ -77,6 +77,8 @@ def test_trajectory_moves() -> None:
     assert len({c.yaw for c in traj}) > 30 and len({c.expression for c in traj}) > 30
 
 
-def test_not_built_modes_are_refused(tmp_path: Path) -> None:
+def test_pipeline_needs_an_avatar_file(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
-        bench_engine.main(["--json", str(tmp_path / "x.json"), "--pipeline"])
+        bench_engine.main(
+            ["--json", str(tmp_path / "x.json"), "--pipeline", "--avatar", str(tmp_path / "no.pt")]
+        )

@@ -229,3 +229,23 @@ def test_bad_settings_are_refused(tiny_avatar: Path, tmp_path: Path) -> None:
     settings = PipelineSettings(tiny_avatar, Schedule("generator"), threads=1)
     with Pipeline(settings) as p, pytest.raises(KeyError):
         p.submit(12345, 1, neutral(NAMES))
+
+
+def test_pipeline_benchmark_reports_the_contract_keys(tiny_avatar: Path) -> None:
+    from bench import pipeline as pipeline_bench
+
+    controls = [_controls(i) for i in range(20)]
+    mode = pipeline_bench.measure_mode(tiny_avatar, Schedule("parallel", 2, 2), controls, 12)
+    assert {
+        "name",
+        "workers",
+        "num_warps",
+        "fps",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "frames",
+    } <= set(mode)
+    assert mode["name"] == "parallel-N2-W2" and mode["workers"] == 2 and mode["num_warps"] == 2
+    assert mode["frames"] == 12 and mode["fps"] > 0
+    assert 0 < mode["latency_ms_p50"] <= mode["latency_ms_p95"]
+    assert "| parallel-N2-W2 |" in pipeline_bench.table([mode])
