@@ -249,3 +249,17 @@ def test_pipeline_benchmark_reports_the_contract_keys(tiny_avatar: Path) -> None
     assert mode["frames"] == 12 and mode["fps"] > 0
     assert 0 < mode["latency_ms_p50"] <= mode["latency_ms_p95"]
     assert "| parallel-N2-W2 |" in pipeline_bench.table([mode])
+
+
+def test_a_busy_session_does_not_starve_another(tiny_avatar: Path) -> None:
+    settings = PipelineSettings(tiny_avatar, Schedule("sequential", 1, 2), mode="replay", threads=1)
+    with Pipeline(settings) as p:
+        busy, other = p.open_session(), p.open_session()
+        for i in range(300):  # a long backlog
+            p.submit(busy, i, _controls(i))
+        for i in range(5):
+            p.submit(other, i, _controls(i))
+        got = _collect(p, other, 5)
+        # The other session's frames came while the busy one still had most of its backlog.
+        assert p.stats(busy)["frames"] < 200
+    assert [f.seq for f in got] == list(range(5))
