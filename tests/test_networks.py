@@ -309,7 +309,7 @@ def _fit(params: list[torch.nn.Parameter], loss_fn: object, steps: int = 10) -> 
         optimizer.step()
         if step == 0:
             first = float(loss.detach())
-        last = float(loss)
+        last = float(loss.detach())
     return first, last
 
 
