@@ -85,7 +85,8 @@ def parse(text: str | bytes, state: Controls, names: Sequence[str], last_seq: in
         raise
     except ValueError as exc:
         seq = message.get("seq") if kind == "control" else None
-        raise ProtocolError(str(exc), seq if isinstance(seq, int) else None) from exc
+        valid = isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0
+        raise ProtocolError(str(exc), seq if valid else None) from exc
     raise ProtocolError(f"unknown message type {kind!r}: expected control, ping or probe")
 
 
