@@ -30,6 +30,7 @@ import multiprocessing.connection
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -160,6 +161,7 @@ class _Session:
     lost: int = 0
     dropped: int = 0  # live-mode controls replaced before they were rendered
     closed: bool = False
+    on_frame: Callable[[Frame], None] | None = None  # called instead of queueing for get()
 
 
 @dataclass
@@ -324,11 +326,34 @@ class Pipeline:
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process is not None]
 
+    def worker_states(self) -> list[dict[str, Any]]:
+        """Per worker: index, device, pid, alive, ready, frames in flight, restarts."""
+        with self._lock:
+            return [
+                {
+                    "index": w.index,
+                    "device": w.settings.device,
+                    "pid": w.process.pid if w.process is not None else None,
+                    "alive": bool(w.process is not None and w.process.is_alive()),
+                    "ready": w.ready,
+                    "in_flight": len(w.in_flight),
+                    "restarts": w.restarts,
+                }
+                for w in self._workers
+            ]
+
     def open_session(self) -> int:
         with self._lock:
             sid = next(self._session_ids)
             self._sessions[sid] = _Session(sid)
             return sid
+
+    def subscribe(self, session: int, on_frame: Callable[[Frame], None]) -> None:
+        """Have the session's frames, in order, passed to `on_frame` as they are released instead of
+        waiting for `get`. It is called on the pipeline's thread with its lock held: it must only
+        hand the frame over (e.g. `loop.call_soon_threadsafe`), never block or call back in."""
+        with self._lock:
+            self._session(session).on_frame = on_frame
 
     def close_session(self, session: int) -> None:
         """Forget a session; its caches are dropped on every worker, its frames discarded."""
@@ -513,7 +538,9 @@ class Pipeline:
         while s.next_out in s.done:
             frame = s.done.pop(s.next_out)
             s.next_out += 1
-            if frame is not None:
+            if frame is not None and s.on_frame is not None:
+                s.on_frame(frame)
+            elif frame is not None:
                 s.ready.append(frame)
                 while len(s.ready) > READY_FRAMES_KEPT:
                     s.ready.popleft()

@@ -1,6 +1,11 @@
-"""The aiohttp application. Until the WebRTC server lands it serves the shipped avatar as still
-pictures: a page with a few controls, `GET /still.png?state=JSON` rendering one generator frame,
-and `/health`. The page says plainly that the live stream is not there yet."""
+"""The aiohttp application: WebRTC signaling and sessions over the engine's worker pipeline.
+
+Routes: `GET /` the page; `POST /offer` (SDP offer in, answer out: aiortc gathers its candidates
+before answering, so no trickle); `GET /api/avatar`; `GET /api/stats`; `GET /health`; and
+`GET /still.png?state=JSON`, one generator frame as PNG (the page's preview until the browser
+client streams). The worker pool starts in `cleanup_ctx` and stops after every peer connection is
+closed in `on_shutdown`.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +13,60 @@ import asyncio
 import io
 import json
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aioice.ice
 import numpy as np
 import torch
 from aiohttp import web
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from PIL import Image
 
 from engine.avatar import DEFAULT_AVATAR, Avatar
-from engine.controls import Controls, neutral, update
+from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG, Controls, neutral, update
+from engine.pipeline import PipelineSettings
+from engine.schedule import Schedule
+from server.bridge import Bridge
+from server.session import Session
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_STATE_CHARS = 8192  # a full control state is ~2 KB of JSON
+MAX_OFFER_BYTES = 64 * 1024  # an SDP offer is a few KB
+RETRY_AFTER_S = 10  # what a client told "too many sessions" should wait
+TTL_CHECK_S = 1.0
 LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """host, port; avatar_path; schedule: how the workers render (see engine.schedule); device:
+    None = cuda where there are GPUs, else cpu; ice_servers: STUN/TURN (none: local use);
+    max_sessions; session_ttl_s: the longest a session may live; loopback_only: gather ICE
+    candidates on 127.0.0.1 only (tests and benchmarks on one machine)."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     avatar_path: Path = DEFAULT_AVATAR
+    schedule: Schedule = field(default_factory=lambda: Schedule("parallel", 2, 4))
+    device: str | None = None
+    ice_servers: tuple[RTCIceServer, ...] = ()
+    max_sessions: int = 4
+    session_ttl_s: float = 3600.0
+    loopback_only: bool = False
+
+    def pipeline_settings(self) -> PipelineSettings:
+        devices = None if self.device is None else (self.device,) * self.schedule.workers
+        return PipelineSettings(self.avatar_path, self.schedule, mode="live", devices=devices)
 
 
 @dataclass
 class Renderer:
-    """The loaded avatar and the lock that keeps one render at a time (each uses every core)."""
+    """The avatar for stills and the lock that keeps one still render at a time."""
 
     avatar: Avatar
     lock: asyncio.Lock
@@ -42,6 +74,11 @@ class Renderer:
 
 CONFIG_KEY = web.AppKey("config", ServerConfig)
 RENDERER_KEY = web.AppKey("renderer", Renderer)
+BRIDGE_KEY = web.AppKey("bridge", Bridge)
+SESSIONS_KEY = web.AppKey("sessions", dict[str, Session])
+
+
+# ---------------------------------------------------------------------------------- stills
 
 
 def parse_state(text: str, names: tuple[str, ...]) -> Controls:
@@ -74,32 +111,6 @@ def encode_png(picture: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_DIR / "still.html")
-
-
-async def health(request: web.Request) -> web.Response:
-    avatar = request.app[RENDERER_KEY].avatar
-    return web.json_response(
-        {
-            "status": "ok",
-            "avatar": {
-                "path": str(request.app[CONFIG_KEY].avatar_path),
-                "resolution": avatar.resolution,
-                "expression_names": list(avatar.expression_names),
-                "inert": [
-                    n
-                    for n, inert in zip(
-                        avatar.expression_names, avatar.head.data.expression_inert, strict=True
-                    )
-                    if inert
-                ],
-            },
-            "webrtc": False,
-        }
-    )
-
-
 async def still(request: web.Request) -> web.Response:
     renderer = request.app[RENDERER_KEY]
     try:
@@ -113,23 +124,195 @@ async def still(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-async def avatar_ctx(app: web.Application) -> AsyncIterator[None]:
-    path = app[CONFIG_KEY].avatar_path
-    loop = asyncio.get_running_loop()
-    avatar = await loop.run_in_executor(None, Avatar.load, path)
-    avatar.prepare_for_inference()
-    LOG.info(
-        "avatar %s loaded (%d^2, %s threads)", path, avatar.resolution, torch.get_num_threads()
+# ---------------------------------------------------------------------------------- pages, api
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "still.html")
+
+
+def _inert(avatar: Avatar) -> list[str]:
+    flags = zip(avatar.expression_names, avatar.head.data.expression_inert, strict=True)
+    return [name for name, inert in flags if inert]
+
+
+async def health(request: web.Request) -> web.Response:
+    avatar = request.app[RENDERER_KEY].avatar
+    bridge = request.app[BRIDGE_KEY]
+    workers = bridge.workers()
+    return web.json_response(
+        {
+            "status": "ok" if all(w["alive"] for w in workers) else "degraded",
+            "avatar": {
+                "path": str(request.app[CONFIG_KEY].avatar_path),
+                "resolution": avatar.resolution,
+                "expression_names": list(avatar.expression_names),
+                "inert": _inert(avatar),
+            },
+            "webrtc": True,
+            "sessions": len(request.app[SESSIONS_KEY]),
+            "workers": workers,
+        }
     )
+
+
+async def api_avatar(request: web.Request) -> web.Response:
+    avatar = request.app[RENDERER_KEY].avatar
+    return web.json_response(
+        {
+            "resolution": avatar.resolution,
+            "expression_names": list(avatar.expression_names),
+            "inert": _inert(avatar),
+            "expression_range": [0.0, 1.0],
+            "pose_limits_deg": {k: list(v) for k, v in POSE_LIMITS_DEG.items()},
+            "view_limits_deg": {k: list(v) for k, v in VIEW_LIMITS_DEG.items()},
+        }
+    )
+
+
+async def api_stats(request: web.Request) -> web.Response:
+    sessions = request.app[SESSIONS_KEY]
+    config = request.app[CONFIG_KEY]
+    return web.json_response(
+        {
+            "sessions": {sid: s.stats() for sid, s in sessions.items()},
+            "workers": request.app[BRIDGE_KEY].workers(),
+            "schedule": {
+                "name": config.schedule.name,
+                "workers": config.schedule.workers,
+                "num_warps": config.schedule.num_warps,
+            },
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------- signaling
+
+
+async def _read_offer(request: web.Request) -> RTCSessionDescription:
+    if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_OFFER_BYTES, actual_size=request.content_length
+        )
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(text=f"the offer is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='the offer must be a JSON object {"sdp", "type"}')
+    if body.get("type") != "offer":
+        raise web.HTTPBadRequest(text=f'"type" must be "offer", got {body.get("type")!r}')
+    sdp = body.get("sdp")
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise web.HTTPBadRequest(text='"sdp" must be an SDP session description (starting "v=0")')
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+async def offer(request: web.Request) -> web.Response:
+    app = request.app
+    config, sessions = app[CONFIG_KEY], app[SESSIONS_KEY]
+    description = await _read_offer(request)
+    if len(sessions) >= config.max_sessions:
+        raise web.HTTPServiceUnavailable(
+            text=f"the server is full ({config.max_sessions} sessions); try again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=list(config.ice_servers)))
+    sid = uuid.uuid4().hex[:12]
+    session = Session(sid, pc, app[BRIDGE_KEY], app[RENDERER_KEY].avatar.expression_names)
+    sessions[sid] = session
+
+    async def end() -> None:
+        sessions.pop(sid, None)
+        await session.close()
+
+    @pc.on("datachannel")
+    def on_datachannel(channel: Any) -> None:
+        session.attach(channel)
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            await end()
+
+    try:
+        await pc.setRemoteDescription(description)
+        if not any(t.kind == "video" for t in pc.getTransceivers()):
+            raise ValueError("the offer has no video transceiver to receive the avatar on")
+        pc.addTrack(session.track)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:  # aiortc raises several kinds for a malformed SDP
+        await end()
+        raise web.HTTPBadRequest(text=f"bad offer: {type(exc).__name__}: {exc}") from exc
+    LOG.info("session %s started (%d open)", sid, len(sessions))
+    answer = pc.localDescription
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": sid})
+
+
+async def _expire_sessions(app: web.Application) -> None:
+    ttl = app[CONFIG_KEY].session_ttl_s
+    while True:
+        await asyncio.sleep(TTL_CHECK_S)
+        now = time.monotonic()
+        for sid, session in list(app[SESSIONS_KEY].items()):
+            if now - session.created > ttl:
+                LOG.info("session %s reached its time limit (%.0f s)", sid, ttl)
+                app[SESSIONS_KEY].pop(sid, None)
+                await session.close()
+
+
+# ---------------------------------------------------------------------------------- lifecycle
+
+
+async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    loop = asyncio.get_running_loop()
+    avatar = await loop.run_in_executor(None, Avatar.load, config.avatar_path)
+    avatar.prepare_for_inference()
     app[RENDERER_KEY] = Renderer(avatar=avatar, lock=asyncio.Lock())
+    bridge = await Bridge.start(config.pipeline_settings())
+    app[BRIDGE_KEY] = bridge
+    LOG.info(
+        "avatar %s: %d^2, %s, %d torch threads here",
+        config.avatar_path,
+        avatar.resolution,
+        config.schedule.label,
+        torch.get_num_threads(),
+    )
+    expiry = asyncio.ensure_future(_expire_sessions(app))
     yield
+    expiry.cancel()
+    await bridge.close()
+
+
+async def close_sessions(app: web.Application) -> None:
+    sessions = app[SESSIONS_KEY]
+    await asyncio.gather(*(s.close() for s in list(sessions.values())))
+    sessions.clear()
+
+
+def _loopback_only() -> None:
+    """aioice gathers host candidates on every address but 127.0.0.1; on one machine (tests,
+    benchmarks) only 127.0.0.1 should be offered. aioice has no setting for it."""
+
+    def loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return ["127.0.0.1"] if use_ipv4 else []
+
+    aioice.ice.get_host_addresses = loopback
 
 
 def create_app(config: ServerConfig) -> web.Application:
-    app = web.Application()
+    if config.loopback_only:
+        _loopback_only()
+    app = web.Application(client_max_size=MAX_OFFER_BYTES)
     app[CONFIG_KEY] = config
-    app.cleanup_ctx.append(avatar_ctx)
+    app[SESSIONS_KEY] = {}
+    app.cleanup_ctx.append(engine_ctx)
+    app.on_shutdown.append(close_sessions)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/still.png", still)
+    app.router.add_get("/api/avatar", api_avatar)
+    app.router.add_get("/api/stats", api_stats)
+    app.router.add_post("/offer", offer)
     return app

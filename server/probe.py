@@ -57,7 +57,9 @@ def read(image: np.ndarray) -> int | None:
     size = block_size(luma.shape[1])
     band = luma[-size:]
     inner = slice(size // 4, size - size // 4) if size >= 4 else slice(0, size)
-    centres = [float(band[inner, i * size : (i + 1) * size][:, inner].mean()) for i in range(BLOCKS)]
+    centres = [
+        float(band[inner, i * size : (i + 1) * size][:, inner].mean()) for i in range(BLOCKS)
+    ]
     white, black = centres[0], centres[1]
     if white - black < 64:  # no reference contrast: no code here
         return None

@@ -18,6 +18,7 @@ from engine.avatar import Avatar
 from engine.camera import Camera
 from engine.default_head import build_default_head
 from engine.networks import PRESETS
+from engine.schedule import Schedule
 from server.app import ServerConfig, create_app
 
 
@@ -31,18 +32,23 @@ def tiny_avatar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _config(avatar: Path) -> ServerConfig:
+    return ServerConfig(avatar_path=avatar, schedule=Schedule("sequential", 1, 2))
+
+
 def _picture(body: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
 
 
 async def test_page_health_and_stills(tiny_avatar: Path) -> None:
-    app = create_app(ServerConfig(avatar_path=tiny_avatar))
+    app = create_app(_config(tiny_avatar))
     async with TestClient(TestServer(app)) as client:
         page = await client.get("/")
         assert page.status == 200
         assert "No live stream yet" in await page.text()
         health = await (await client.get("/health")).json()
-        assert health["status"] == "ok" and health["webrtc"] is False
+        assert health["status"] == "ok" and health["webrtc"] is True
+        assert [w["alive"] for w in health["workers"]] == [True]
         assert health["avatar"]["resolution"] == 64
         assert "jawOpen" in health["avatar"]["expression_names"]
 
@@ -70,7 +76,7 @@ async def test_page_health_and_stills(tiny_avatar: Path) -> None:
 async def test_bad_states_are_refused_with_the_reason(
     tiny_avatar: Path, state: str, message: str
 ) -> None:
-    async with TestClient(TestServer(create_app(ServerConfig(avatar_path=tiny_avatar)))) as client:
+    async with TestClient(TestServer(create_app(_config(tiny_avatar)))) as client:
         response = await client.get("/still.png", params={"state": state})
         assert response.status == 400
         assert message in await response.text()

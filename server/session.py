@@ -1,0 +1,131 @@
+"""One viewer: a peer connection, its control state and data channel, its track and its frames.
+
+Messages on the `control` channel are checked by `server.protocol`; a refused one is answered with an
+`error` and changes nothing. Every accepted control goes to the pipeline (live mode: only the newest
+one is rendered). Rendered frames come back through the bridge, get the probe's seq stamp when the
+page asked for it, and go to the track. Once a second the page gets a `stats` message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection
+
+from engine.controls import neutral
+from engine.pipeline import Frame
+from server import probe, protocol
+from server.bridge import Bridge
+from server.track import AvatarTrack
+
+STATS_PERIOD_S = 1.0
+RECENT_FRAMES = 90  # frames kept for the stats (3 s at 30 fps)
+LOG = logging.getLogger(__name__)
+
+
+class Session:
+    """State and lifecycle of one peer connection (created by the /offer handler)."""
+
+    def __init__(
+        self, sid: str, pc: RTCPeerConnection, bridge: Bridge, names: Sequence[str]
+    ) -> None:
+        self.id = sid
+        self.pc = pc
+        self.bridge = bridge
+        self.names = tuple(names)
+        self.state = neutral(self.names)
+        self.last_seq = -1
+        self.probe = False
+        self.channel: RTCDataChannel | None = None
+        self.track = AvatarTrack(bridge.resolution)
+        self.created = time.monotonic()
+        self.recent: collections.deque[Frame] = collections.deque(maxlen=RECENT_FRAMES)
+        self.errors_sent = 0
+        self.closed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pipeline_session = bridge.open_session(self._deliver)
+        # The first picture: the neutral state, before any control arrives.
+        bridge.submit(self.pipeline_session, 0, self.state)
+
+    # ------------------------------------------------------------------ frames
+
+    def _deliver(self, frame: Frame) -> None:
+        if self.closed.is_set():
+            return
+        self.recent.append(frame)
+        self.track.push(probe.stamp(frame.image, frame.seq) if self.probe else frame.image)
+
+    # ------------------------------------------------------------------ the data channel
+
+    def attach(self, channel: RTCDataChannel) -> None:
+        if channel.label != "control":
+            LOG.warning("session %s: ignoring data channel %r", self.id, channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self.on_message)
+        self._tasks.append(asyncio.ensure_future(self._stats_loop()))
+
+    def on_message(self, text: str | bytes) -> None:
+        try:
+            message = protocol.parse(text, self.state, self.names, self.last_seq)
+        except protocol.ProtocolError as exc:
+            self.errors_sent += 1
+            self._send(protocol.error(str(exc), exc.seq))
+            return
+        if isinstance(message, protocol.ControlMessage):
+            self.state, self.last_seq = message.controls, message.seq
+            self.bridge.submit(self.pipeline_session, message.seq, message.controls)
+        elif isinstance(message, protocol.Ping):
+            self._send(protocol.pong(message.t))
+        elif isinstance(message, protocol.Probe):
+            self.probe = message.on
+
+    def _send(self, text: str) -> None:
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(text)
+
+    async def _stats_loop(self) -> None:
+        while not self.closed.is_set():
+            await asyncio.sleep(STATS_PERIOD_S)
+            for error in self.bridge.pipeline.errors(self.pipeline_session):
+                self._send(protocol.error(error))
+            self._send(protocol.stats(self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        """fps and stage timings over the recent frames; what share of them were warped."""
+        frames = list(self.recent)
+        out: dict[str, Any] = {"frames": len(frames), "seq": self.last_seq, "probe": self.probe}
+        if len(frames) >= 2:
+            span = frames[-1].finished - frames[0].finished
+            out["fps"] = round((len(frames) - 1) / span, 2) if span > 0 else None
+            out["latency_ms"] = round(statistics.median(f.latency_ms for f in frames), 2)
+            out["warped"] = round(sum(not f.generated for f in frames) / len(frames), 3)
+            stages: dict[str, list[float]] = {}
+            for f in frames:
+                for name, ms in f.stages_ms.items():
+                    stages.setdefault(name, []).append(ms)
+            out["stages_ms"] = {k: round(statistics.median(v), 2) for k, v in stages.items()}
+        return out
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self) -> None:
+        """End the session: stop its tasks, free its pipeline state, close the connection."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.bridge.close_session(self.pipeline_session)
+        self.track.stop()
+        await self.pc.close()

@@ -1,0 +1,187 @@
+"""The WebRTC server end to end: a real aiortc peer in this process connects through the real aiohttp
+app (worker processes and all) on 127.0.0.1, drives the avatar over the data channel and reads the
+video back, including the latency probe's stamped seq."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from aiohttp.test_utils import TestClient, TestServer
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from engine.avatar import Avatar
+from engine.camera import Camera
+from engine.default_head import build_default_head
+from engine.networks import PRESETS
+from engine.schedule import Schedule
+from server import probe
+from server.app import ServerConfig, create_app
+
+WAIT_S = 30.0  # generous: the machine may be busy
+
+
+@pytest.fixture(scope="module")
+def avatar_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained avatar with the tiny networks at 256^2 (the probe code needs 8 px blocks)."""
+    path = tmp_path_factory.mktemp("webrtc") / "avatar.pt"
+    torch.manual_seed(0)
+    config = replace(PRESETS["tiny"], resolution=256)
+    camera = Camera(fx=2.0, fy=2.0)
+    Avatar(config, build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(path)
+    return path
+
+
+def _config(avatar: Path, **changes: Any) -> ServerConfig:
+    return ServerConfig(
+        avatar_path=avatar, schedule=Schedule("sequential", 1, 2), loopback_only=True, **changes
+    )
+
+
+@dataclass
+class Peer:
+    """The test's side of a call: the peer connection, its channel, what came back."""
+
+    pc: RTCPeerConnection
+    channel: RTCDataChannel
+    frames: asyncio.Queue[np.ndarray]
+    messages: asyncio.Queue[dict[str, Any]]
+    session: str
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(message))
+
+    async def message(self, kind: str) -> dict[str, Any]:
+        while True:
+            m = await asyncio.wait_for(self.messages.get(), WAIT_S)
+            if m["type"] == kind:
+                return m
+
+    async def frame_with_seq(self, seq: int) -> np.ndarray:
+        """The first picture whose stamp reads `seq`."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            image = await asyncio.wait_for(self.frames.get(), WAIT_S)
+            if probe.read(image) == seq:
+                return image
+        raise AssertionError(f"no frame stamped {seq}")
+
+
+async def connect(client: TestClient) -> Peer:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel("control")
+    pc.addTransceiver("video", direction="recvonly")
+    frames: asyncio.Queue[np.ndarray] = asyncio.Queue()
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    opened = asyncio.Event()
+
+    async def pump(track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                frames.put_nowait(frame.to_ndarray(format="rgb24"))
+        except MediaStreamError:
+            pass
+
+    pc.on("track", lambda track: asyncio.ensure_future(pump(track)))
+    channel.on("open", opened.set)
+    channel.on("message", lambda text: messages.put_nowait(json.loads(text)))
+    await pc.setLocalDescription(await pc.createOffer())
+    response = await client.post(
+        "/offer", json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+    )
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+    await asyncio.wait_for(opened.wait(), WAIT_S)
+    return Peer(pc, channel, frames, messages, answer["session"])
+
+
+@pytest.fixture
+async def client(avatar_256: Path) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(create_app(_config(avatar_256, max_sessions=2)))) as c:
+        yield c
+
+
+async def test_controls_drive_the_video_and_the_probe_reads_back(client: TestClient) -> None:
+    peer = await connect(client)
+    peer.send({"type": "probe", "on": True})
+    peer.send({"type": "control", "seq": 1, "t": 0, "pose": {"yaw": -30}})
+    left = await peer.frame_with_seq(1)
+    peer.send({"type": "control", "seq": 2, "t": 1, "pose": {"yaw": 30}})
+    right = await peer.frame_with_seq(2)
+    assert left.shape == (256, 256, 3)
+    band = probe.block_size(256)
+    change = np.abs(left[:-band].astype(int) - right[:-band].astype(int)).mean()
+    assert change > 1.0, "turning the head did not change the picture"
+
+    peer.send({"type": "ping", "t": 123.5})
+    assert (await peer.message("pong"))["t"] == 123.5
+    stats = await peer.message("stats")
+    assert stats["frames"] > 0 and stats["probe"] is True
+    await peer.pc.close()
+
+
+async def test_bad_messages_get_errors_and_break_nothing(client: TestClient) -> None:
+    peer = await connect(client)
+    peer.send({"type": "probe", "on": True})
+    peer.send({"type": "control", "seq": 5, "t": 0, "expression": {"jawOpen": 9}})
+    error = await peer.message("error")
+    assert "jawOpen" in error["message"] and error["seq"] == 5
+    peer.channel.send("not json at all")
+    assert "not JSON" in (await peer.message("error"))["message"]
+    peer.send({"type": "control", "seq": 6, "t": 0, "expression": {"jawOpen": 0.5}})
+    await peer.frame_with_seq(6)  # the session goes on
+    peer.send({"type": "control", "seq": 6, "t": 0})
+    assert "not newer" in (await peer.message("error"))["message"]
+    await peer.pc.close()
+
+
+async def test_bad_offers_are_refused(client: TestClient) -> None:
+    for body, reason in [
+        ("nope", "not JSON"),
+        (json.dumps({"type": "answer", "sdp": "v=0"}), "offer"),
+        (json.dumps({"type": "offer", "sdp": "hello"}), "SDP"),
+        (json.dumps({"type": "offer", "sdp": "v=0\r\nm=garbage\r\n"}), "bad offer"),
+    ]:
+        response = await client.post("/offer", data=body)
+        assert response.status == 400, body
+        assert reason in await response.text()
+    stats = await (await client.get("/api/stats")).json()
+    assert stats["sessions"] == {}  # nothing half-made is left
+
+
+async def test_session_limit_and_closing_frees_everything(client: TestClient) -> None:
+    first, second = await connect(client), await connect(client)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("control")
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    full = await client.post("/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+    assert full.status == 503 and full.headers["Retry-After"].isdigit()
+    await pc.close()
+    stats = await (await client.get("/api/stats")).json()
+    assert set(stats["sessions"]) == {first.session, second.session}
+    await first.pc.close()
+    await second.pc.close()
+    deadline = time.monotonic() + WAIT_S
+    while (await (await client.get("/api/stats")).json())["sessions"]:
+        assert time.monotonic() < deadline, "closed sessions were not freed"
+        await asyncio.sleep(0.1)
+    third = await connect(client)  # there is room again
+    await third.pc.close()
+
+
+async def test_api_avatar(client: TestClient) -> None:
+    info = await (await client.get("/api/avatar")).json()
+    assert info["resolution"] == 256 and "jawOpen" in info["expression_names"]
+    assert info["pose_limits_deg"]["yaw"] == [-45.0, 45.0]
