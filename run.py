@@ -1,6 +1,8 @@
-"""Start the server: `python run.py [--avatar A] [--host H] [--port P]`. The one command a user needs.
+"""Start the server: `python run.py` serves the shipped avatar at http://127.0.0.1:8080.
 
-With no arguments it serves the shipped avatar (static/default_avatar.pt) on http://127.0.0.1:8080.
+python run.py [--host H] [--port P] [--avatar A] [--device D] [--workers N] [--num-warps W]
+              [--codec vp8|h264] [--max-bitrate BPS] [--ice-server URL ...]
+              [--max-sessions S] [--session-ttl SECONDS]
 """
 
 from __future__ import annotations
@@ -9,32 +11,84 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
+from aiortc import RTCIceServer
 
 from engine.avatar import DEFAULT_AVATAR, Avatar
 from engine.runtime import tune_allocator
+from engine.schedule import Schedule
 from server.app import ServerConfig, create_app
+from server.codecs import CODECS, set_max_bitrate
+
+
+def ice_server(text: str) -> RTCIceServer:
+    """stun:host:port, or turn[s]://user:password@host:port (credentials URL-encoded)."""
+    if text.startswith("stun:"):
+        return RTCIceServer(urls=text)
+    parts = urlsplit(text)
+    if parts.scheme not in ("turn", "turns") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"--ice-server must be stun:HOST[:PORT] or turn://USER:PASSWORD@HOST[:PORT], got {text!r}"
+        )
+    port = f":{parts.port}" if parts.port else ""
+    return RTCIceServer(
+        urls=f"{parts.scheme}:{parts.hostname}{port}",
+        username=unquote(parts.username or ""),
+        credential=unquote(parts.password or ""),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve the neural avatar page")
+    parser = argparse.ArgumentParser(description="Serve the neural avatar over WebRTC")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument(
         "--avatar", type=Path, default=DEFAULT_AVATAR, help="avatar file (engine.train's output)"
     )
+    parser.add_argument("--device", default=None, help="cpu or cuda:N (default: GPUs if any)")
+    parser.add_argument("--workers", type=int, default=2, help="render worker processes")
+    parser.add_argument(
+        "--num-warps", type=int, default=4, help="warped frames per cache (0: generator only)"
+    )
+    parser.add_argument("--codec", choices=CODECS, default="vp8", help="the page's preference")
+    parser.add_argument("--max-bitrate", type=int, default=1_000_000, help="bits per second")
+    parser.add_argument(
+        "--ice-server", type=ice_server, action="append", default=[], help="STUN/TURN URL"
+    )
+    parser.add_argument("--max-sessions", type=int, default=4)
+    parser.add_argument("--session-ttl", type=float, default=3600.0, help="seconds")
     args = parser.parse_args(argv)
-    tune_allocator()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:  # fail here, with the reason, rather than inside the server's start-up
-        Avatar.load(args.avatar)
+    try:
+        if args.num_warps == 0:
+            schedule = Schedule("generator", args.workers)
+        elif args.workers == 1:
+            schedule = Schedule("sequential", 1, args.num_warps)
+        else:
+            schedule = Schedule("parallel", args.workers, args.num_warps)
+        if args.max_sessions < 1 or args.session_ttl <= 0:
+            raise ValueError("--max-sessions and --session-ttl must be positive")
+        set_max_bitrate(args.max_bitrate)
+        Avatar.load(args.avatar)  # fail here, with the reason, not inside the server's start-up
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = ServerConfig(host=args.host, port=args.port, avatar_path=args.avatar)
+    tune_allocator()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        avatar_path=args.avatar,
+        schedule=schedule,
+        device=args.device,
+        ice_servers=tuple(args.ice_server),
+        max_sessions=args.max_sessions,
+        session_ttl_s=args.session_ttl,
+        codec=args.codec,
+    )
     logging.info(
-        "serving %s on http://%s:%d (stills; no live stream yet)", args.avatar, args.host, args.port
+        "serving %s on http://%s:%d (%s)", args.avatar, args.host, args.port, schedule.label
     )
     web.run_app(create_app(config), host=config.host, port=config.port, print=None)
     return 0

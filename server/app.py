@@ -32,6 +32,7 @@ from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG, Controls, neutral,
 from engine.pipeline import PipelineSettings
 from engine.schedule import Schedule
 from server.bridge import Bridge
+from server.codecs import max_bitrate
 from server.session import Session
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -58,6 +59,7 @@ class ServerConfig:
     max_sessions: int = 4
     session_ttl_s: float = 3600.0
     loopback_only: bool = False
+    codec: str = "vp8"  # the page's setCodecPreferences choice (aiortc's answerer cannot choose)
 
     def pipeline_settings(self) -> PipelineSettings:
         devices = None if self.device is None else (self.device,) * self.schedule.workers
@@ -166,6 +168,8 @@ async def api_avatar(request: web.Request) -> web.Response:
             "expression_range": [0.0, 1.0],
             "pose_limits_deg": {k: list(v) for k, v in POSE_LIMITS_DEG.items()},
             "view_limits_deg": {k: list(v) for k, v in VIEW_LIMITS_DEG.items()},
+            "codec": request.app[CONFIG_KEY].codec,
+            "max_bitrate": max_bitrate(),
         }
     )
 

@@ -3,6 +3,7 @@ clear refusals of bad states; run.py refuses a file that is not an avatar before
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
@@ -90,3 +91,31 @@ def test_run_refuses_a_file_that_is_not_an_avatar(
     assert run.main(["--avatar", str(bad)]) == 2
     assert "not an avatar file" in capsys.readouterr().err
     assert run.main(["--avatar", str(tmp_path / "absent.pt")]) == 2
+
+
+def test_ice_server_flags() -> None:
+    stun = run.ice_server("stun:stun.example.org:3478")
+    assert stun.urls == "stun:stun.example.org:3478"
+    turn = run.ice_server("turn://ann:p%40ss@turn.example.org:3478")
+    assert (turn.urls, turn.username, turn.credential) == (
+        "turn:turn.example.org:3478",
+        "ann",
+        "p@ss",
+    )
+    with pytest.raises(argparse.ArgumentTypeError):
+        run.ice_server("http://example.org")
+
+
+def test_bitrate_cap_is_applied_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiortc.codecs import h264, vpx
+
+    from server.codecs import max_bitrate, set_max_bitrate
+
+    for module in (vpx, h264):  # restored after the test
+        for name in ("MAX_BITRATE", "MIN_BITRATE", "DEFAULT_BITRATE"):
+            monkeypatch.setattr(module, name, getattr(module, name))
+    set_max_bitrate(400_000)
+    assert max_bitrate() == {"vp8": 400_000, "h264": 400_000}
+    assert vpx.DEFAULT_BITRATE <= 400_000 and h264.MIN_BITRATE <= 400_000
+    with pytest.raises(ValueError, match="too low"):
+        set_max_bitrate(10)
