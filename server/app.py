@@ -2,7 +2,7 @@
 
 Routes: `GET /` the page; `POST /offer` (SDP offer in, answer out: aiortc gathers its candidates
 before answering, so no trickle); `GET /api/avatar`; `GET /api/stats`; `GET /health`; and
-`GET /still.png?state=JSON`, one generator frame as PNG (the page's preview until the browser
+`GET /metrics` (Prometheus); `GET /still.png?state=JSON`, one generator frame as PNG (the page's preview until the browser
 client streams). The worker pool starts in `cleanup_ctx` and stops after every peer connection is
 closed in `on_shutdown`.
 """
@@ -26,6 +26,7 @@ import torch
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
 from engine.avatar import DEFAULT_AVATAR, Avatar
 from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG, Controls, neutral, update
@@ -33,6 +34,7 @@ from engine.pipeline import PipelineSettings
 from engine.schedule import Schedule
 from server.bridge import Bridge
 from server.codecs import max_bitrate
+from server.metrics import ServerCollector, metrics_handler
 from server.session import Session
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -319,4 +321,12 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/api/avatar", api_avatar)
     app.router.add_get("/api/stats", api_stats)
     app.router.add_post("/offer", offer)
+    registry = CollectorRegistry()
+    registry.register(
+        ServerCollector(
+            sessions=lambda: {sid: s.stats() for sid, s in app[SESSIONS_KEY].items()},
+            workers=lambda: app[BRIDGE_KEY].workers() if BRIDGE_KEY in app else [],
+        )
+    )
+    app.router.add_get("/metrics", metrics_handler(registry))
     return app

@@ -185,3 +185,18 @@ async def test_api_avatar(client: TestClient) -> None:
     info = await (await client.get("/api/avatar")).json()
     assert info["resolution"] == 256 and "jawOpen" in info["expression_names"]
     assert info["pose_limits_deg"]["yaw"] == [-45.0, 45.0]
+
+
+async def test_metrics_in_prometheus_format(client: TestClient) -> None:
+    peer = await connect(client)
+    peer.send({"type": "probe", "on": True})
+    for seq in range(1, 4):  # frames are rendered when controls change
+        peer.send({"type": "control", "seq": seq, "t": 0, "pose": {"yaw": 5 * seq}})
+        await peer.frame_with_seq(seq)
+    response = await client.get("/metrics")
+    assert response.status == 200 and response.content_type.startswith("text/plain")
+    text = await response.text()
+    assert "avatar_sessions 1.0" in text
+    assert 'avatar_worker_up{worker="0"} 1.0' in text
+    assert f'avatar_session_fps{{session="{peer.session}"}}' in text
+    await peer.pc.close()
