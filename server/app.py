@@ -1,6 +1,6 @@
 """The aiohttp application: WebRTC signaling and sessions over the engine's worker pipeline.
 
-Routes: `GET /` the page; `POST /offer` (SDP offer in, answer out: aiortc gathers its candidates
+Routes: `GET /` the page (`web/`), `GET /call` the call demo, `GET /stills` stills only; `POST /offer` (SDP offer in, answer out: aiortc gathers its candidates
 before answering, so no trickle); `GET /api/avatar`; `GET /api/stats`; `GET /health`; and
 `GET /metrics` (Prometheus); `GET /still.png?state=JSON`, one generator frame as PNG (the page's preview until the browser
 client streams). The worker pool starts in `cleanup_ctx` and stops after every peer connection is
@@ -131,8 +131,11 @@ async def still(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------------- pages, api
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_DIR / "still.html")
+def _page(name: str) -> Any:
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / name, headers={"Cache-Control": "no-cache"})
+
+    return page
 
 
 def _inert(avatar: Avatar) -> list[str]:
@@ -315,7 +318,10 @@ def create_app(config: ServerConfig) -> web.Application:
     app[SESSIONS_KEY] = {}
     app.cleanup_ctx.append(engine_ctx)
     app.on_shutdown.append(close_sessions)
-    app.router.add_get("/", index)
+    app.router.add_get("/", _page("index.html"))
+    app.router.add_get("/call", _page("call.html"))
+    app.router.add_get("/stills", _page("still.html"))
+    app.router.add_static("/web/", WEB_DIR)
     app.router.add_get("/health", health)
     app.router.add_get("/still.png", still)
     app.router.add_get("/api/avatar", api_avatar)

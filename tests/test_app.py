@@ -45,8 +45,9 @@ async def test_page_health_and_stills(tiny_avatar: Path) -> None:
     app = create_app(_config(tiny_avatar))
     async with TestClient(TestServer(app)) as client:
         page = await client.get("/")
-        assert page.status == 200
-        assert "No live stream yet" in await page.text()
+        assert page.status == 200 and "/web/app.js" in await page.text()
+        for path in ("/call", "/stills", "/web/app.js", "/web/avatar-client.js", "/web/probe.js"):
+            assert (await client.get(path)).status == 200, path
         health = await (await client.get("/health")).json()
         assert health["status"] == "ok" and health["webrtc"] is True
         assert [w["alive"] for w in health["workers"]] == [True]

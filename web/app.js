@@ -1,0 +1,245 @@
+// The page: connect, build the controls from /api/avatar, send changes over the data channel, show
+// stats, and measure motion-to-photon latency with the probe.
+import { connectAvatar } from "/web/avatar-client.js";
+import { probeReader } from "/web/probe.js";
+
+const $ = (id) => document.getElementById(id);
+const video = $("video");
+const GROUPS = [
+  ["jaw and mouth", (n) => /^(jaw|mouth|tongue)/.test(n)],
+  ["eyes", (n) => n.startsWith("eye")],
+  ["brows", (n) => n.startsWith("brow")],
+  ["cheeks and nose", (n) => /^(cheek|nose)/.test(n)],
+];
+const PRESETS = {
+  neutral: {},
+  smile: { mouthSmileLeft: 1, mouthSmileRight: 1, cheekSquintLeft: 0.3, cheekSquintRight: 0.3 },
+  surprise: { jawOpen: 0.6, browInnerUp: 1, browOuterUpLeft: 0.8, browOuterUpRight: 0.8, eyeWideLeft: 0.8, eyeWideRight: 0.8 },
+};
+
+let avatar = null;
+let info = null;
+const sliders = new Map(); // "expression.jawOpen" / "pose.yaw" -> input
+let pending = null; // fields changed since the last send
+let animation = null; // "talking" | "idle" | null
+const mtp = []; // {seq, ms}
+const shownSeqs = new Set();
+let frames = 0;
+let lastStats = {};
+let rtt = null;
+let testRun = null;
+
+function queue(group, name, value) {
+  pending = pending || {};
+  pending[group] = pending[group] || {};
+  pending[group][name] = value;
+}
+
+// Controls go out at most once per animation frame: the newest state wins.
+function flush() {
+  if (pending && avatar) avatar.setControls(pending);
+  pending = null;
+}
+
+function slider(parent, group, name, min, max, step, value, inert = false) {
+  const label = document.createElement("label");
+  if (inert) label.className = "inert";
+  const input = Object.assign(document.createElement("input"), { type: "range", min, max, step, value, disabled: inert });
+  const out = document.createElement("output");
+  out.textContent = value;
+  input.addEventListener("input", () => { out.textContent = input.value; queue(group, name, Number(input.value)); });
+  label.append(name, input, out);
+  parent.append(label);
+  sliders.set(`${group}.${name}`, { input, out });
+}
+
+function set(group, name, value) {
+  const s = sliders.get(`${group}.${name}`);
+  if (!s || s.input.disabled) return;
+  s.input.value = value;
+  s.out.textContent = Number(value).toFixed(2);
+  queue(group, name, Number(value));
+}
+
+function buildControls() {
+  const pose = $("pose"), view = $("view");
+  for (const [k, [lo, hi]] of Object.entries(info.pose_limits_deg)) slider(pose, "pose", k, lo, hi, 1, 0);
+  for (const [k, [lo, hi]] of Object.entries(info.view_limits_deg)) slider(view, "view", k, lo, hi, 1, 0);
+  const inert = new Set(info.inert);
+  for (const [title, test] of GROUPS) {
+    const fs = document.createElement("fieldset");
+    fs.innerHTML = `<legend>${title}</legend>`;
+    for (const name of info.expression_names.filter(test)) slider(fs, "expression", name, 0, 1, 0.01, 0, inert.has(name));
+    $("expressions").append(fs);
+  }
+}
+
+function applyPreset(name) {
+  animation = name === "talking" ? "talking" : animation === "talking" ? null : animation;
+  if (name === "talking") return;
+  for (const n of info.expression_names) set("expression", n, PRESETS[name][n] ?? 0);
+}
+
+function animate(now) {
+  const t = now / 1000;
+  if (animation === "talking") {
+    set("expression", "jawOpen", (0.5 + 0.5 * Math.sin(t * 9)) * 0.6);
+    set("expression", "mouthSmileLeft", 0.2 + 0.2 * Math.sin(t * 1.3));
+    set("expression", "mouthSmileRight", 0.2 + 0.2 * Math.sin(t * 1.3));
+  }
+  if ($("idle").checked) {
+    set("pose", "yaw", 8 * Math.sin(t * 0.5));
+    set("pose", "pitch", 3 * Math.sin(t * 0.37));
+    const blink = t % 4 < 0.15 ? 1 : 0;
+    set("expression", "eyeBlinkLeft", blink);
+    set("expression", "eyeBlinkRight", blink);
+  }
+  if (testRun) {
+    set("pose", "yaw", 30 * Math.sin(t * 2));
+  }
+  flush();
+  requestAnimationFrame(animate);
+}
+
+// Drag on the video turns the head.
+function dragToTurn() {
+  let start = null;
+  video.addEventListener("pointerdown", (e) => {
+    start = { x: e.clientX, y: e.clientY, yaw: Number(sliders.get("pose.yaw").input.value), pitch: Number(sliders.get("pose.pitch").input.value) };
+    video.setPointerCapture(e.pointerId);
+  });
+  video.addEventListener("pointermove", (e) => {
+    if (!start) return;
+    const [ylo, yhi] = info.pose_limits_deg.yaw, [plo, phi] = info.pose_limits_deg.pitch;
+    set("pose", "yaw", Math.max(ylo, Math.min(yhi, start.yaw + (e.clientX - start.x) * 0.3)));
+    set("pose", "pitch", Math.max(plo, Math.min(phi, start.pitch + (e.clientY - start.y) * 0.3)));
+  });
+  video.addEventListener("pointerup", () => { start = null; });
+}
+
+function percentile(values, p) {
+  if (!values.length) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+function onVideoFrame(readSeq) {
+  const step = (now, metadata) => {
+    frames++;
+    const seq = readSeq();
+    if (seq !== null && !shownSeqs.has(seq) && avatar.sent.has(seq)) {
+      shownSeqs.add(seq);
+      const shown = metadata.expectedDisplayTime ?? now;
+      const sample = { seq, ms: shown - avatar.sent.get(seq) };
+      mtp.push(sample);
+      if (mtp.length > 2000) mtp.shift();
+      if (testRun) testRun.samples.push(sample);
+    }
+    video.requestVideoFrameCallback(step);
+  };
+  video.requestVideoFrameCallback(step);
+}
+
+async function statsLoop(pc) {
+  let lastBytes = 0, lastTime = performance.now(), lastFrames = 0;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 1000));
+    if (!avatar) return;
+    avatar.ping();
+    const report = await pc.getStats();
+    let inbound = null;
+    report.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") inbound = s; });
+    const now = performance.now();
+    const seconds = (now - lastTime) / 1000;
+    const lines = [];
+    const fps = (frames - lastFrames) / seconds;
+    lines.push(`fps ${fps.toFixed(1)}  server ${lastStats.fps ?? "-"}`);
+    if (inbound) {
+      const kbps = ((inbound.bytesReceived - lastBytes) * 8) / seconds / 1000;
+      lastBytes = inbound.bytesReceived;
+      const jb = inbound.jitterBufferEmittedCount ? (1000 * inbound.jitterBufferDelay) / inbound.jitterBufferEmittedCount : null;
+      lines.push(`${kbps.toFixed(0)} kb/s  jitter buffer ${jb === null ? "-" : jb.toFixed(1)} ms`);
+      window.avatarStats = { fps, kbps, jitterBufferMs: jb, decodeMs: inbound.framesDecoded ? (1000 * inbound.totalDecodeTime) / inbound.framesDecoded : null, dropped: inbound.framesDropped ?? 0, codec: report.get(inbound.codecId)?.mimeType ?? null, width: inbound.frameWidth, height: inbound.frameHeight };
+    }
+    lines.push(`rtt ${rtt === null ? "-" : rtt.toFixed(1)} ms`);
+    const recent = mtp.slice(-300).map((s) => s.ms);
+    lines.push(`motion-to-photon p50 ${percentile(recent, 50)?.toFixed(1) ?? "-"} p95 ${percentile(recent, 95)?.toFixed(1) ?? "-"} ms`);
+    if (lastStats.stages_ms) lines.push(`server ${Object.entries(lastStats.stages_ms).map(([k, v]) => `${k} ${v}`).join("  ")} ms`);
+    if (lastStats.warped !== undefined) lines.push(`warped ${(100 * lastStats.warped).toFixed(0)}%  latency ${lastStats.latency_ms} ms`);
+    $("overlay").textContent = lines.join("\n");
+    lastTime = now;
+    lastFrames = frames;
+  }
+}
+
+function drawHistogram(values) {
+  const canvas = $("histogram"), ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!values.length) return;
+  const max = Math.max(...values), bins = 30, width = Math.max(1, max / bins);
+  const counts = new Array(bins).fill(0);
+  for (const v of values) counts[Math.min(bins - 1, Math.floor(v / width))]++;
+  const top = Math.max(...counts);
+  ctx.fillStyle = "#4a7";
+  counts.forEach((c, i) => {
+    const h = (c / top) * (canvas.height - 14);
+    ctx.fillRect((i * canvas.width) / bins, canvas.height - 12 - h, canvas.width / bins - 1, h);
+  });
+  ctx.fillStyle = "#333";
+  ctx.fillText("0", 0, canvas.height - 1);
+  ctx.fillText(`${max.toFixed(0)} ms`, canvas.width - 40, canvas.height - 1);
+}
+
+function download(id, name, type, text) {
+  const a = $(id);
+  a.href = URL.createObjectURL(new Blob([text], { type }));
+  a.download = name;
+  a.hidden = false;
+}
+
+// The latency test: sweep the head at 30 Hz for N seconds, then summarise what the probe saw.
+async function latencyTest(seconds) {
+  $("probe").checked = true;
+  avatar.probe(true);
+  testRun = { samples: [], started: performance.now() };
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const run = testRun;
+  testRun = null;
+  const ms = run.samples.map((s) => s.ms);
+  const result = { seconds, samples: ms.length, p50: percentile(ms, 50), p95: percentile(ms, 95), fps: ms.length / seconds, latencies_ms: ms };
+  $("latency-result").textContent = `${ms.length} frames, p50 ${result.p50?.toFixed(1)} ms, p95 ${result.p95?.toFixed(1)} ms`;
+  drawHistogram(ms);
+  download("download-csv", "latency.csv", "text/csv", "seq,ms\n" + run.samples.map((s) => `${s.seq},${s.ms.toFixed(2)}`).join("\n"));
+  download("download-json", "latency.json", "application/json", JSON.stringify(result));
+  window.latencyResult = result;
+  return result;
+}
+
+async function start() {
+  info = await (await fetch("/api/avatar")).json();
+  const params = new URLSearchParams(location.search);
+  $("codec").value = params.get("codec") || info.codec;
+  buildControls();
+  avatar = await connectAvatar({
+    codec: $("codec").value,
+    onMessage: (m) => {
+      if (m.type === "stats") lastStats = m;
+      else if (m.type === "pong") rtt = performance.now() - m.t;
+      else if (m.type === "error") console.warn("server:", m.message);
+    },
+  });
+  video.srcObject = avatar.stream;
+  avatar.probe($("probe").checked);
+  $("probe").addEventListener("change", () => avatar.probe($("probe").checked));
+  $("codec").addEventListener("change", () => { location.search = `?codec=${$("codec").value}`; });
+  for (const b of document.querySelectorAll("[data-preset]")) b.addEventListener("click", () => applyPreset(b.dataset.preset));
+  $("latency-test").addEventListener("click", () => latencyTest(Number($("latency-seconds").value)));
+  dragToTurn();
+  onVideoFrame(probeReader(video));
+  requestAnimationFrame(animate);
+  statsLoop(avatar.pc);
+  $("status").textContent = `connected (${info.resolution}²)`;
+  window.avatarPage = { avatar, latencyTest, set, flush, mtp };
+}
+
+start().catch((e) => { $("status").textContent = `error: ${e.message}`; console.error(e); });

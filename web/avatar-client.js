@@ -1,0 +1,80 @@
+// Embedding API: connect to an avatar server and get a MediaStream to show or to send into a call.
+//
+//   import { connectAvatar } from "/web/avatar-client.js";
+//   const avatar = await connectAvatar({ url: "", codec: "vp8" });
+//   video.srcObject = avatar.stream;            // or pc.addTrack(avatar.stream.getVideoTracks()[0])
+//   avatar.setControls({ expression: { jawOpen: 0.5 }, pose: { yaw: 10 } });
+//   avatar.close();
+
+function waitForIceGathering(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+function preferCodec(transceiver, codec) {
+  if (!transceiver.setCodecPreferences || !window.RTCRtpReceiver?.getCapabilities) return;
+  const all = RTCRtpReceiver.getCapabilities("video").codecs;
+  const wanted = all.filter((c) => c.mimeType.toLowerCase() === `video/${codec.toLowerCase()}`);
+  if (wanted.length) transceiver.setCodecPreferences([...wanted, ...all.filter((c) => !wanted.includes(c))]);
+}
+
+export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], onMessage = null } = {}) {
+  const pc = new RTCPeerConnection({ iceServers });
+  const channel = pc.createDataChannel("control");
+  const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
+  preferCodec(transceiver, codec);
+  const stream = new MediaStream();
+  pc.addEventListener("track", (event) => stream.addTrack(event.track));
+  const opened = new Promise((resolve, reject) => {
+    channel.addEventListener("open", resolve, { once: true });
+    channel.addEventListener("error", reject, { once: true });
+  });
+  channel.addEventListener("message", (event) => {
+    if (onMessage) onMessage(JSON.parse(event.data));
+  });
+  await pc.setLocalDescription(await pc.createOffer());
+  await waitForIceGathering(pc);
+  const response = await fetch(`${url}/offer`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+  });
+  if (!response.ok) {
+    pc.close();
+    const retry = response.headers.get("Retry-After");
+    throw new Error(`${response.status}: ${await response.text()}${retry ? ` (retry after ${retry} s)` : ""}`);
+  }
+  const answer = await response.json();
+  await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+  await opened;
+  let seq = 0;
+  const sent = new Map(); // seq -> send time (performance.now), for the latency probe
+  const send = (message) => {
+    if (channel.readyState === "open") channel.send(JSON.stringify(message));
+  };
+  return {
+    stream,
+    pc,
+    session: answer.session,
+    sent,
+    setControls(fields) {
+      seq += 1;
+      const t = performance.now();
+      sent.set(seq, t);
+      if (sent.size > 4096) sent.delete(sent.keys().next().value);
+      send({ type: "control", seq, t, ...fields });
+      return seq;
+    },
+    ping() { send({ type: "ping", t: performance.now() }); },
+    probe(on) { send({ type: "probe", on }); },
+    close() { channel.close(); pc.close(); },
+  };
+}
