@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: run test lint setup bench clean
+.PHONY: run test lint setup bench clean browser
 
 setup: $(STAMP)
 
@@ -21,10 +21,20 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	$(PY) run.py
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q
+
+# The real-browser tests need Debian's chromium (never a downloaded browser). Installed where we
+# can (root with apt-get); otherwise this says so and those tests skip with the reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "NOTE: chromium could not be installed: the browser tests will be skipped"; \
+	else echo "NOTE: no chromium and no root to install it: the browser tests will be skipped"; fi
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-sessions", type=int, default=4)
     parser.add_argument("--session-ttl", type=float, default=3600.0, help="seconds")
+    parser.add_argument(
+        "--loopback-only",
+        action="store_true",
+        help="offer ICE candidates on 127.0.0.1 only (tests and benchmarks on one machine)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.num_warps == 0:
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         max_sessions=args.max_sessions,
         session_ttl_s=args.session_ttl,
         codec=args.codec,
+        loopback_only=args.loopback_only,
     )
     logging.info(
         "serving %s on http://%s:%d (%s)", args.avatar, args.host, args.port, schedule.label
