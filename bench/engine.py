@@ -45,7 +45,7 @@ from engine.controls import Controls, neutral, to_head_controls, update
 from engine.default_head import build_default_head
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.frame import to_image
-from engine.frame_inputs import FrameInputs, control_vector, view_direction
+from engine.frame_inputs import FrameInputs, inputs_from_mesh, posed_mesh
 from engine.head_model import HeadModel, orbit_vertices
 from engine.networks import PRESETS, macs
 from engine.networks.generator import generator_input, make_cache
@@ -134,22 +134,12 @@ def measure_preset(
         for c in controls:
             start = time.perf_counter()
             hc, view = to_head_controls([c], head, avatar.translation)
-            out = head(hc)
-            verts = orbit_vertices(out.vertices, out.centre, view)  # (1, V, 3)
+            verts, centre = posed_mesh(head, hc, view)  # (1, V, 3), (1, 3)
             angles = torch.tensor(
                 [[c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch]], device=device
             )
             now = _timed(times, "head", device, start)
-            screen = project(verts, camera, res, res)  # (1, V, 3)
-            uvm, fragments = uv_map(screen, head.faces, head.face_uvs, res, res)
-            x = FrameInputs(
-                uv=uvm.uv,
-                mask=uvm.mask,
-                screen=screen,
-                fragments=fragments,
-                controls=control_vector(hc.expression, angles),
-                view_dir=view_direction(hc.rotation, out.centre, view),
-            )
+            x = inputs_from_mesh(head, verts, centre, hc, view, angles, camera, res)
             now = _timed(times, "uv", device, now)
             features = avatar.texture(x.uv, x.mask, x.view_dir)  # (1, C, H, W)
             now = _timed(times, "texture", device, now)

@@ -75,6 +75,42 @@ def screen_affine(screen: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     return torch.cat((xy, screen[..., 2:]), dim=-1)
 
 
+def posed_mesh(
+    head: HeadModel, controls: HeadControls, view_rotation: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The control -> mesh step: (B, V, 3) world vertices, orbited about the head centre by
+    view_rotation (B, 3, 3), and (B, 3) the head centres."""
+    out = head(controls)
+    return orbit_vertices(out.vertices, out.centre, view_rotation), out.centre
+
+
+def inputs_from_mesh(
+    head: HeadModel,
+    verts: torch.Tensor,
+    centre: torch.Tensor,
+    controls: HeadControls,
+    view_rotation: torch.Tensor,
+    angles_deg: torch.Tensor,
+    camera: Camera,
+    resolution: int,
+    affine: torch.Tensor | None = None,
+) -> FrameInputs:
+    """The mesh -> UV map step: project `verts` (B, V, 3), rasterise, and gather what the renderer
+    sees (see `make_inputs`)."""
+    screen = project(verts, camera, resolution, resolution)  # (B, V, 3)
+    if affine is not None:
+        screen = screen_affine(screen, affine)
+    uv, fragments = uv_map(screen, head.faces, head.face_uvs, resolution, resolution)
+    return FrameInputs(
+        uv=uv.uv,
+        mask=uv.mask,
+        screen=screen,
+        fragments=fragments,
+        controls=control_vector(controls.expression, angles_deg),
+        view_dir=view_direction(controls.rotation, centre, view_rotation),
+    )
+
+
 def make_inputs(
     head: HeadModel,
     controls: HeadControls,
@@ -90,19 +126,9 @@ def make_inputs(
     angles_deg (B, 5) the angles that go into the control vector; affine (B, 2, 3) optional
     pixel-space transform of the projected mesh (training augmentation: the target image is moved
     by the same affine, so the two stay aligned)."""
-    out = head(controls)
-    verts = orbit_vertices(out.vertices, out.centre, view_rotation)  # (B, V, 3)
-    screen = project(verts, camera, resolution, resolution)  # (B, V, 3)
-    if affine is not None:
-        screen = screen_affine(screen, affine)
-    uv, fragments = uv_map(screen, head.faces, head.face_uvs, resolution, resolution)
-    return FrameInputs(
-        uv=uv.uv,
-        mask=uv.mask,
-        screen=screen,
-        fragments=fragments,
-        controls=control_vector(controls.expression, angles_deg),
-        view_dir=view_direction(controls.rotation, out.centre, view_rotation),
+    verts, centre = posed_mesh(head, controls, view_rotation)
+    return inputs_from_mesh(
+        head, verts, centre, controls, view_rotation, angles_deg, camera, resolution, affine
     )
 
 
