@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-sessions", type=int, default=4)
     parser.add_argument("--session-ttl", type=float, default=3600.0, help="seconds")
+    parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on POST /offer")
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        help="another origin (scheme://host:port) whose pages may connect; repeatable",
+    )
     parser.add_argument(
         "--loopback-only",
         action="store_true",
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         session_ttl_s=args.session_ttl,
         codec=args.codec,
         loopback_only=args.loopback_only,
+        token=args.token,
+        allowed_origins=tuple(args.allowed_origin),
     )
     logging.info(
         "serving %s on http://%s:%d (%s)", args.avatar, args.host, args.port, schedule.label

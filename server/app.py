@@ -10,6 +10,7 @@ closed in `on_shutdown`.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
 import logging
@@ -62,6 +63,8 @@ class ServerConfig:
     session_ttl_s: float = 3600.0
     loopback_only: bool = False
     codec: str = "vp8"  # the page's setCodecPreferences choice (aiortc's answerer cannot choose)
+    token: str | None = None  # when set, POST /offer needs "Authorization: Bearer <token>"
+    allowed_origins: tuple[str, ...] = ()  # cross-origin pages allowed to POST (same origin always)
 
     def pipeline_settings(self) -> PipelineSettings:
         devices = None if self.device is None else (self.device,) * self.schedule.workers
@@ -217,9 +220,35 @@ async def _read_offer(request: web.Request) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
+def _check_token(request: web.Request, token: str | None) -> None:
+    if token is None:
+        return
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    # Constant-time: the comparison must not tell how much of a guess was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+        raise web.HTTPUnauthorized(
+            text="POST /offer needs 'Authorization: Bearer <token>' (the server's --token)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+@web.middleware
+async def origin_check(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Browsers send Origin with cross-site POSTs: only the server's own origin and the configured
+    ones may start sessions (a page elsewhere must not spend this server's GPUs)."""
+    origin = request.headers.get("Origin")
+    if request.method == "POST" and origin is not None:
+        own = f"{request.scheme}://{request.host}"
+        if origin != own and origin not in request.app[CONFIG_KEY].allowed_origins:
+            raise web.HTTPForbidden(text=f"origin {origin} is not allowed to use this server")
+    return await handler(request)
+
+
 async def offer(request: web.Request) -> web.Response:
     app = request.app
     config, sessions = app[CONFIG_KEY], app[SESSIONS_KEY]
+    _check_token(request, config.token)
     description = await _read_offer(request)
     if len(sessions) >= config.max_sessions:
         raise web.HTTPServiceUnavailable(
@@ -313,7 +342,7 @@ def _loopback_only() -> None:
 def create_app(config: ServerConfig) -> web.Application:
     if config.loopback_only:
         _loopback_only()
-    app = web.Application(client_max_size=MAX_OFFER_BYTES)
+    app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[origin_check])
     app[CONFIG_KEY] = config
     app[SESSIONS_KEY] = {}
     app.cleanup_ctx.append(engine_ctx)

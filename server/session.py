@@ -26,6 +26,8 @@ from server.bridge import Bridge
 from server.track import AvatarTrack
 
 STATS_PERIOD_S = 1.0
+MESSAGE_RATE_HZ = 120.0  # data-channel messages per second a session may send (a 120 Hz display)
+MESSAGE_BURST = 240  # ... and at most this many at once
 RECENT_FRAMES = 90  # frames kept for the stats (3 s at 30 fps)
 LOG = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ class Session:
         self.created = time.monotonic()
         self.recent: collections.deque[Frame] = collections.deque(maxlen=RECENT_FRAMES)
         self.errors_sent = 0
+        self.rate_limited = 0  # messages dropped by the rate limit
+        self._allowance = float(MESSAGE_BURST)
+        self._allowance_at = time.monotonic()
+        self._rate_reported = 0
         self.closed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.pipeline_session = bridge.open_session(self._deliver)
@@ -72,7 +78,22 @@ class Session:
         channel.on("message", self.on_message)
         self._tasks.append(asyncio.ensure_future(self._stats_loop()))
 
+    def _within_rate(self) -> bool:
+        """Token bucket: MESSAGE_RATE_HZ on average, MESSAGE_BURST at once."""
+        now = time.monotonic()
+        self._allowance = min(
+            float(MESSAGE_BURST), self._allowance + (now - self._allowance_at) * MESSAGE_RATE_HZ
+        )
+        self._allowance_at = now
+        if self._allowance < 1.0:
+            return False
+        self._allowance -= 1.0
+        return True
+
     def on_message(self, text: str | bytes) -> None:
+        if not self._within_rate():
+            self.rate_limited += 1  # dropped unread; reported once a second by the stats loop
+            return
         try:
             message = protocol.parse(text, self.state, self.names, self.last_seq)
         except protocol.ProtocolError as exc:
@@ -96,12 +117,27 @@ class Session:
             await asyncio.sleep(STATS_PERIOD_S)
             for error in self.bridge.pipeline.errors(self.pipeline_session):
                 self._send(protocol.error(error))
+            if self.rate_limited > self._rate_reported:
+                dropped = self.rate_limited - self._rate_reported
+                self._rate_reported = self.rate_limited
+                self._send(
+                    protocol.error(
+                        f"rate limit: {dropped} messages dropped (at most {MESSAGE_RATE_HZ:g}/s, "
+                        f"bursts of {MESSAGE_BURST})"
+                    )
+                )
             self._send(protocol.stats(self.stats()))
 
     def stats(self) -> dict[str, Any]:
         """fps and stage timings over the recent frames; what share of them were warped."""
         frames = list(self.recent)
-        out: dict[str, Any] = {"frames": len(frames), "seq": self.last_seq, "probe": self.probe}
+        out: dict[str, Any] = {
+            "frames": len(frames),
+            "seq": self.last_seq,
+            "probe": self.probe,
+            "errors_sent": self.errors_sent,
+            "rate_limited": self.rate_limited,
+        }
         if len(frames) >= 2:
             span = frames[-1].finished - frames[0].finished
             out["fps"] = round((len(frames) - 1) / span, 2) if span > 0 else None

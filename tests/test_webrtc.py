@@ -200,3 +200,38 @@ async def test_metrics_in_prometheus_format(client: TestClient) -> None:
     assert 'avatar_worker_up{worker="0"} 1.0' in text
     assert f'avatar_session_fps{{session="{peer.session}"}}' in text
     await peer.pc.close()
+
+
+async def test_a_message_flood_is_rate_limited_and_the_session_goes_on(client: TestClient) -> None:
+    peer = await connect(client)
+    peer.send({"type": "probe", "on": True})
+    for seq in range(1, 1001):  # far over the limit, all at once
+        peer.send({"type": "control", "seq": seq, "t": 0, "pose": {"yaw": seq % 30}})
+    error = await peer.message("error")
+    assert "rate limit" in error["message"]
+    stats = await peer.message("stats")
+    assert stats["rate_limited"] > 0
+    await asyncio.sleep(1.0)  # the bucket refills
+    peer.send({"type": "control", "seq": 5000, "t": 0, "pose": {"yaw": 1}})
+    await peer.frame_with_seq(5000)
+    await peer.pc.close()
+
+
+async def test_token_and_origin_checks(avatar_256: Path) -> None:
+    app = create_app(
+        _config(avatar_256, token="s3cret", allowed_origins=("https://friend.example",))
+    )
+    async with TestClient(TestServer(app)) as c:
+        body = {"type": "offer", "sdp": "v=0\r\n"}
+        assert (await c.post("/offer", json=body)).status == 401
+        wrong = {"Authorization": "Bearer s3cres"}
+        assert (await c.post("/offer", json=body, headers=wrong)).status == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert (await c.post("/offer", json=body, headers=good)).status == 400  # past the token
+        foreign = {**good, "Origin": "https://evil.example"}
+        response = await c.post("/offer", json=body, headers=foreign)
+        assert response.status == 403 and "evil.example" in await response.text()
+        friend = {**good, "Origin": "https://friend.example"}
+        assert (await c.post("/offer", json=body, headers=friend)).status == 400
+        for path in ("/web/../server/app.py", "/web/%2e%2e/server/app.py"):
+            assert (await c.get(path)).status in (403, 404)  # static files stay in web/

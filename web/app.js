@@ -222,6 +222,7 @@ async function start() {
   buildControls();
   avatar = await connectAvatar({
     codec: $("codec").value,
+    token: params.get("token"),
     onMessage: (m) => {
       if (m.type === "stats") lastStats = m;
       else if (m.type === "pong") rtt = performance.now() - m.t;
@@ -231,7 +232,7 @@ async function start() {
   video.srcObject = avatar.stream;
   avatar.probe($("probe").checked);
   $("probe").addEventListener("change", () => avatar.probe($("probe").checked));
-  $("codec").addEventListener("change", () => { location.search = `?codec=${$("codec").value}`; });
+  $("codec").addEventListener("change", () => { params.set("codec", $("codec").value); location.search = params.toString(); });
   for (const b of document.querySelectorAll("[data-preset]")) b.addEventListener("click", () => applyPreset(b.dataset.preset));
   $("latency-test").addEventListener("click", () => latencyTest(Number($("latency-seconds").value)));
   dragToTurn();

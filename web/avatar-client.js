@@ -26,7 +26,7 @@ function preferCodec(transceiver, codec) {
   if (wanted.length) transceiver.setCodecPreferences([...wanted, ...all.filter((c) => !wanted.includes(c))]);
 }
 
-export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], onMessage = null } = {}) {
+export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], token = null, onMessage = null } = {}) {
   const pc = new RTCPeerConnection({ iceServers });
   const channel = pc.createDataChannel("control");
   const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
@@ -44,7 +44,7 @@ export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], 
   await waitForIceGathering(pc);
   const response = await fetch(`${url}/offer`, {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
     body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
   });
   if (!response.ok) {
