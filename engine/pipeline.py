@@ -162,6 +162,8 @@ class _Session:
     dropped: int = 0  # live-mode controls replaced before they were rendered
     closed: bool = False
     on_frame: Callable[[Frame], None] | None = None  # called instead of queueing for get()
+    plan: Schedule | None = None  # this epoch's schedule (fewer workers while one restarts)
+    worker_map: tuple[int, ...] = ()  # the plan's worker i is worker_map[i]
 
 
 @dataclass
@@ -444,11 +446,14 @@ class Pipeline:
             self._turn = (self._turn + 1) % len(sessions)
 
     def _try_start(self, s: _Session) -> bool:
+        if s.plan is None:
+            self._plan(s)
+        assert s.plan is not None
         position = s.next_frame - s.base
-        step = self.schedule.step(position)
-        build = self.schedule.build(position)
-        worker = self._workers[step.worker]
-        builder = self._workers[build.worker] if build is not None else worker
+        step = s.plan.step(position)
+        build = s.plan.build(position)
+        worker = self._workers[s.worker_map[step.worker]]
+        builder = self._workers[s.worker_map[build.worker]] if build is not None else worker
         if not (worker.ready and builder.ready):
             return False
         if len(worker.in_flight) >= self.settings.tasks_in_flight() or not worker.free_slots:
@@ -481,6 +486,9 @@ class Pipeline:
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, WorkerReady):
             self._workers[msg.worker].ready = True
+            for s in self._sessions.values():  # a restarted worker: back to the full schedule
+                if s.plan is not None and s.plan != self.schedule:
+                    self._new_epoch(s, lost=set())
         elif isinstance(msg, FrameDone):
             self._frame_done(msg)
         elif isinstance(msg, TaskFailed):
@@ -496,8 +504,8 @@ class Pipeline:
         image = w.ring.slot(slot).copy()
         w.free_slots.append(slot)
         s = self._sessions.get(msg.session)
-        if s is None or msg.epoch != s.epoch or msg.frame < s.next_out:
-            return  # a closed session, or a frame already written off by a new epoch
+        if s is None or msg.frame < s.next_out or msg.frame in s.done:
+            return  # a closed session, or a frame already written off
         frame = Frame(
             session=msg.session,
             frame=msg.frame,
@@ -522,15 +530,18 @@ class Pipeline:
             slot = w.in_flight.pop((msg.session, msg.frame), None)
             if slot is not None:
                 w.free_slots.append(slot)
-        if s is None or msg.epoch != s.epoch:
+        if s is None:
             return
-        s.errors.append(msg.message)
-        LOG.warning("session %d: %s", s.id, msg.message)
+        current = msg.epoch == s.epoch
+        if current:  # an older epoch's failures follow from what ended it: not news
+            s.errors.append(msg.message)
+            LOG.warning("session %d: %s", s.id, msg.message)
         if msg.frame is not None:
-            s.done[msg.frame] = None
-            s.lost += 1
-        else:  # a failed build: the frames planned on that cache cannot be made
-            self._new_epoch(s)
+            if msg.frame >= s.next_out and msg.frame not in s.done:
+                s.done[msg.frame] = None
+                s.lost += 1
+        elif current:  # a failed build: the frames planned on that cache cannot be made
+            self._new_epoch(s, lost=set())
         self._release(s)
 
     def _release(self, s: _Session) -> None:
@@ -545,17 +556,28 @@ class Pipeline:
                 while len(s.ready) > READY_FRAMES_KEPT:
                     s.ready.popleft()
 
-    def _new_epoch(self, s: _Session) -> None:
-        """Start the schedule again for `s` (new caches); frames in flight will be lost."""
+    def _new_epoch(self, s: _Session, lost: set[int]) -> None:
+        """Start the schedule again for `s` from its next frame, with new caches, on the workers
+        that are up. `lost`: frames that will never come (they were on a dead worker); frames
+        still in flight elsewhere finish and are kept."""
         s.epoch += 1
-        for w in self._workers:
-            for sid, frame in list(w.in_flight):
-                if sid == s.id and frame not in s.done:
-                    s.done[frame] = None
-                    s.lost += 1
-        for frame in range(s.next_out, s.next_frame):
-            s.done.setdefault(frame, None)
+        for frame in lost:
+            if frame >= s.next_out and frame not in s.done:
+                s.done[frame] = None
+                s.lost += 1
         s.base = s.next_frame
+        self._plan(s)
+
+    def _plan(self, s: _Session) -> None:
+        """The schedule for the session's epoch: the configured one when every worker is up,
+        else the same kind over the workers that are (a parallel schedule with one worker fewer
+        keeps frames coming while the dead one restarts)."""
+        up = tuple(w.index for w in self._workers if w.ready and w.process is not None)
+        full = self.schedule
+        if len(up) == full.workers or not up or full.name == "sequential":
+            s.plan, s.worker_map = full, tuple(range(full.workers))
+        else:
+            s.plan, s.worker_map = Schedule(full.name, len(up), full.num_warps), up
 
     def _watch_workers(self) -> None:
         for w in self._workers:
@@ -566,18 +588,15 @@ class Pipeline:
             lost = list(w.in_flight)
             w.in_flight.clear()
             w.free_slots = list(range(RING_SLOTS))
-            for s in self._sessions.values():
-                s.errors.append(f"render worker {w.index} died (exit code {code}); recovering")
-                for sid, frame in lost:
-                    if sid == s.id:
-                        s.done[frame] = None
-                        s.lost += 1
-                self._new_epoch(s)  # its caches died with it
-                self._release(s)
             self._close_pipes(w)
             w.restarts += 1
             self.restarts += 1
-            self._spawn(w)  # it reports WorkerReady through the results queue when loaded
+            self._spawn(w)  # not ready until it reports WorkerReady (the avatar takes seconds)
+            for s in self._sessions.values():
+                s.errors.append(f"render worker {w.index} died (exit code {code}); recovering")
+                # Its caches died with it: a new epoch on the workers still up.
+                self._new_epoch(s, lost={frame for sid, frame in lost if sid == s.id})
+                self._release(s)
 
 
 def wait_for_exit(pids: list[int], timeout: float) -> bool:

@@ -162,12 +162,13 @@ def test_a_killed_worker_is_restarted_and_sessions_go_on(tiny_avatar: Path) -> N
             assert time.monotonic() - killed_at < 1.5, "the dead worker was not noticed within 1 s"
             time.sleep(0.01)
         assert victim not in p.worker_pids
+        soon = frames_for(1.0)  # the other worker carries on alone while the dead one restarts
+        assert soon, "no frames within a second of the kill"
         deadline = time.monotonic() + GET_TIMEOUT_S
         after: list[Frame] = []
-        while len(after) < 20 and time.monotonic() < deadline:
+        while not any(f.worker == 1 for f in after) and time.monotonic() < deadline:
             after += frames_for(0.5)
-        assert len(after) >= 20, "no frames after the restart"
-        assert {f.worker for f in after} == {0, 1}  # the restarted worker renders again
+        assert any(f.worker == 1 for f in after), "the restarted worker never rendered again"
         assert any("died" in e for e in p.errors(session))
         assert p.stats(session)["epoch"] >= 1  # caches were rebuilt
 
