@@ -77,6 +77,7 @@ def time_networks(
     channels_last: bool = True,
     inference: bool = True,
     compile_nets: bool = False,
+    fold_batch_norms: bool = True,
 ) -> dict[str, float]:
     """Median ms of generator, implicit and explicit warp forward passes at batch 1."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -87,7 +88,11 @@ def time_networks(
         "explicit": ExplicitWarp(config),
     }
     for net in nets.values():
-        prepare_for_inference(net, device, channels_last)
+        if fold_batch_norms:
+            prepare_for_inference(net, device, channels_last)
+        else:  # what prepare_for_inference does, less the folding
+            # nn.Module.to accepts memory_format at run time; its type stubs do not list it.
+            net.to(device=device, memory_format=memory_format).eval()  # type: ignore[call-overload]
     calls: dict[str, Callable[..., Any]] = {
         k: torch.compile(v) if compile_nets else v for k, v in nets.items()
     }
@@ -139,6 +144,8 @@ def measure(
             {"name": "nchw"} | time_networks(config, device, repeats, threads, channels_last=False),
             {"name": "no_grad"} | time_networks(config, device, repeats, threads, inference=False),
             {"name": "one_thread"} | time_networks(config, device, repeats, 1),
+            {"name": "batchnorm_unfolded"}
+            | time_networks(config, device, repeats, threads, fold_batch_norms=False),
         ]
     if compile_nets:
         report["compiled"] = time_networks(config, device, repeats, threads, compile_nets=True)
