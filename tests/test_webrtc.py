@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCConfiguration, RTCPeerConnection
 
+from bench import rtc_client
+from bench.rtc_client import Viewer
 from engine.avatar import Avatar
 from engine.camera import Camera
 from engine.default_head import build_default_head
@@ -48,63 +49,8 @@ def _config(avatar: Path, **changes: Any) -> ServerConfig:
     return ServerConfig(avatar_path=avatar, loopback_only=True, **settings)
 
 
-@dataclass
-class Peer:
-    """The test's side of a call: the peer connection, its channel, what came back."""
-
-    pc: RTCPeerConnection
-    channel: RTCDataChannel
-    frames: asyncio.Queue[np.ndarray]
-    messages: asyncio.Queue[dict[str, Any]]
-    session: str
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.channel.send(json.dumps(message))
-
-    async def message(self, kind: str) -> dict[str, Any]:
-        while True:
-            m = await asyncio.wait_for(self.messages.get(), WAIT_S)
-            if m["type"] == kind:
-                return m
-
-    async def frame_with_seq(self, seq: int) -> np.ndarray:
-        """The first picture whose stamp reads `seq`."""
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            image = await asyncio.wait_for(self.frames.get(), WAIT_S)
-            if probe.read(image) == seq:
-                return image
-        raise AssertionError(f"no frame stamped {seq}")
-
-
-async def connect(client: TestClient) -> Peer:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    channel = pc.createDataChannel("control")
-    pc.addTransceiver("video", direction="recvonly")
-    frames: asyncio.Queue[np.ndarray] = asyncio.Queue()
-    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    opened = asyncio.Event()
-
-    async def pump(track: Any) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                frames.put_nowait(frame.to_ndarray(format="rgb24"))
-        except MediaStreamError:
-            pass
-
-    pc.on("track", lambda track: asyncio.ensure_future(pump(track)))
-    channel.on("open", opened.set)
-    channel.on("message", lambda text: messages.put_nowait(json.loads(text)))
-    await pc.setLocalDescription(await pc.createOffer())
-    response = await client.post(
-        "/offer", json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
-    )
-    assert response.status == 200, await response.text()
-    answer = await response.json()
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-    await asyncio.wait_for(opened.wait(), WAIT_S)
-    return Peer(pc, channel, frames, messages, answer["session"])
+async def connect(client: TestClient) -> Viewer:
+    return await rtc_client.connect(client)
 
 
 @pytest.fixture
@@ -117,9 +63,9 @@ async def test_controls_drive_the_video_and_the_probe_reads_back(client: TestCli
     peer = await connect(client)
     peer.send({"type": "probe", "on": True})
     peer.send({"type": "control", "seq": 1, "t": 0, "pose": {"yaw": -30}})
-    left = await peer.frame_with_seq(1)
+    left = (await peer.frame_with_seq(1)).image
     peer.send({"type": "control", "seq": 2, "t": 1, "pose": {"yaw": 30}})
-    right = await peer.frame_with_seq(2)
+    right = (await peer.frame_with_seq(2)).image
     assert left.shape == (256, 256, 3)
     band = probe.block_size(256)
     change = np.abs(left[:-band].astype(int) - right[:-band].astype(int)).mean()
@@ -253,10 +199,10 @@ async def test_a_killed_worker_mid_stream_resumes_and_is_counted(avatar_256: Pat
                 seq += 1
                 peer.send({"type": "control", "seq": seq, "t": 0, "pose": {"yaw": seq % 40}})
                 try:
-                    image = await asyncio.wait_for(peer.frames.get(), 0.05)
+                    got = await asyncio.wait_for(peer.frames.get(), 0.05)
                 except TimeoutError:
                     continue
-                if (read := probe.read(image)) is not None and read > killed_seq:
+                if got.seq is not None and got.seq > killed_seq:
                     return time.monotonic()
             raise AssertionError("the stream did not resume")
 

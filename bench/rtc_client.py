@@ -1,0 +1,103 @@
+"""A Python WebRTC viewer of the avatar server (aiortc): what the tests and `bench.soak` use to
+connect, drive the avatar over the data channel and read frames back with their probe seq."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from server import probe
+
+WAIT_S = 30.0
+
+
+@dataclass
+class Received:
+    """A decoded picture, when it arrived (time.monotonic) and the seq its probe code reads."""
+
+    image: np.ndarray
+    arrived: float
+    seq: int | None
+
+
+@dataclass
+class Viewer:
+    """One viewer's side of a call: the peer connection, its channel, what came back."""
+
+    pc: RTCPeerConnection
+    channel: RTCDataChannel
+    frames: asyncio.Queue[Received]
+    messages: asyncio.Queue[dict[str, Any]]
+    session: str
+    sent: dict[int, float] = field(default_factory=dict)  # seq -> time.monotonic() when sent
+    seq: int = 0
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(message))
+
+    def control(self, **fields: Any) -> int:
+        """Send a control with the next seq; returns the seq."""
+        self.seq += 1
+        self.sent[self.seq] = time.monotonic()
+        self.send({"type": "control", "seq": self.seq, "t": time.time() * 1000, **fields})
+        return self.seq
+
+    async def message(self, kind: str, timeout: float = WAIT_S) -> dict[str, Any]:
+        while True:
+            m = await asyncio.wait_for(self.messages.get(), timeout)
+            if m["type"] == kind:
+                return m
+
+    async def frame_with_seq(self, seq: int, timeout: float = WAIT_S) -> Received:
+        """The first picture whose probe code reads `seq`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = await asyncio.wait_for(self.frames.get(), timeout)
+            if got.seq == seq:
+                return got
+        raise TimeoutError(f"no frame stamped {seq}")
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+async def connect(http: aiohttp.ClientSession | Any, url: str = "", **headers: str) -> Viewer:
+    """Offer a receive-only video transceiver and a `control` channel to `url`/offer through
+    `http` (an aiohttp ClientSession, or aiohttp's TestClient with url ""); wait until open."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel("control")
+    pc.addTransceiver("video", direction="recvonly")
+    frames: asyncio.Queue[Received] = asyncio.Queue()
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    opened = asyncio.Event()
+
+    async def pump(track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                image = frame.to_ndarray(format="rgb24")
+                frames.put_nowait(Received(image, time.monotonic(), probe.read(image)))
+        except MediaStreamError:
+            pass
+
+    pc.on("track", lambda track: asyncio.ensure_future(pump(track)))
+    channel.on("open", opened.set)
+    channel.on("message", lambda text: messages.put_nowait(json.loads(text)))
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+    response = await http.post(f"{url}/offer", json=offer, headers=headers)
+    if response.status != 200:
+        await pc.close()
+        raise RuntimeError(f"offer refused: {response.status} {await response.text()}")
+    answer = await response.json()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+    await asyncio.wait_for(opened.wait(), WAIT_S)
+    return Viewer(pc, channel, frames, messages, answer["session"])
