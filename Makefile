@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: run test lint setup bench clean browser
+.PHONY: run test lint setup bench soak clean browser
 
 setup: $(STAMP)
 
@@ -42,6 +42,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.engine --json bench/results/engine.json
+
+soak: $(STAMP)
+	$(PY) -m bench.soak --minutes 10 --json bench/results/soak.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class LocalServer:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def local_server(avatar: Path | None, extra: list[str] | None = None) -> Iterator[str]:
-    """`run.py` on a free loopback port; yields its URL once /health answers."""
+def local_server(avatar: Path | None, extra: list[str] | None = None) -> Iterator[LocalServer]:
+    """`run.py` on a free loopback port; yields its URL and pid once /health answers."""
     port = free_port()
     cmd = [sys.executable, "run.py", "--port", str(port), "--loopback-only", *(extra or [])]
     if avatar is not None:
@@ -78,7 +85,7 @@ def local_server(avatar: Path | None, extra: list[str] | None = None) -> Iterato
             if time.monotonic() > deadline:
                 raise TimeoutError("the server did not start")
             time.sleep(0.2)
-        yield url
+        yield LocalServer(url, server.pid)
     finally:
         server.terminate()
         try:
@@ -155,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         report = measure(args.url.rstrip("/"), args.seconds, args.codec)
     else:
-        with local_server(args.avatar) as url:
-            report = measure(url, args.seconds, args.codec)
+        with local_server(args.avatar) as server:
+            report = measure(server.url, args.seconds, args.codec)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

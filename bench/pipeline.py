@@ -101,7 +101,9 @@ def measure_mode(
         "pace_hz": PACE_HZ,
         "threads_per_worker": settings.worker_threads(),
         "warped_share": round(len(warped) / len(replayed), 3),
-        "warp_distance_mean": round(statistics.mean(f.distance for f in warped), 2) if warped else 0,
+        "warp_distance_mean": round(statistics.mean(f.distance for f in warped), 2)
+        if warped
+        else 0,
     }
 
 

@@ -33,8 +33,8 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = replace(PRESETS["tiny"], resolution=256)
     camera = Camera(fx=2.0, fy=2.0)
     Avatar(config, build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(path)
-    with browser.local_server(path, ["--workers", "1", "--num-warps", "2"]) as url:
-        yield url
+    with browser.local_server(path, ["--workers", "1", "--num-warps", "2"]) as server:
+        yield server.url
 
 
 def _video_picture(page: object) -> np.ndarray:
