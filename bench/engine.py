@@ -146,7 +146,7 @@ def measure_preset(
             net_in = generator_input(features, x.mask).contiguous(
                 memory_format=avatar.memory_format
             )
-            gen = avatar.generator(net_in)
+            gen = avatar.generator(net_in, x.controls)
             avatar.composite(gen.rgb, gen.alpha)  # the full frame's picture
             cache = make_cache(gen, avatar.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
             now = _timed(times, "generator", device, now)

@@ -99,11 +99,11 @@ def time_networks(
     x, uv, mask, controls, motion = _inputs(config, device, memory_format)
     mode = torch.inference_mode if inference else torch.no_grad
     with _threads(threads), mode():
-        out = calls["generator"](x)
+        out = calls["generator"](x, controls)
         cache: NeuralCache = make_cache(out, config.cache_layers, uv, mask, controls, uv[:, :1, 0])
 
         def run_generator(i: int) -> object:
-            return calls["generator"](x)
+            return calls["generator"](x, controls)
 
         result = {"generator_ms": median_ms(run_generator, repeats, device, WARMUP)}
         for kind in ("implicit", "explicit"):

@@ -130,10 +130,8 @@ class Avatar(nn.Module):
         """The expensive path: a full generator pass, and the cache it leaves."""
         features = self.texture(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
         x_in = generator_input(features, x.mask).contiguous(memory_format=self.memory_format)
-        out = self.generator(x_in)  # (B, C + 1, H, W) -> GeneratorOutput
-        cache = make_cache(
-            out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen
-        )
+        out = self.generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
+        cache = make_cache(out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
         return self.composite(out.rgb, out.alpha), cache
 
     def warp(self, cache: NeuralCache, x: FrameInputs) -> Rendered:

@@ -64,6 +64,7 @@ class TrainSettings:
     seed: int
     cache_layers: tuple[str, ...]
     warp_kind: WarpKind
+    generator_controls: int | None = None
 
 
 def losses(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +155,8 @@ def train(
     config = replace(
         PRESETS[settings.preset], cache_layers=settings.cache_layers, warp_kind=settings.warp_kind
     )
+    if settings.generator_controls is not None:
+        config = replace(config, generator_control_dim=settings.generator_controls)
     frames = CaptureFrames(capture, HeadModel(head_data), config.resolution)
     split = temporal_split(len(frames))
     avatar = Avatar(config, head_data, capture.camera, frames.median_translation)
@@ -268,7 +271,15 @@ def _load_checkpoint(
     mine = settings.__dict__ | {"cache_layers": list(settings.cache_layers)}
     differs = {
         k
-        for k in ("preset", "cache_layers", "warp_kind", "batch", "max_k", "seed")
+        for k in (
+            "preset",
+            "cache_layers",
+            "warp_kind",
+            "batch",
+            "max_k",
+            "seed",
+            "generator_controls",
+        )
         if saved.get(k) != mine[k]
     }
     if differs:
@@ -309,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-layers", type=parse_cache_layers, default=("c3", "c4", "c5"))
     parser.add_argument("--warp-kind", choices=("implicit", "explicit"), default="implicit")
+    parser.add_argument(
+        "--generator-controls",
+        type=int,
+        default=None,
+        help="condition the generator on the controls with this many channels (0: off; "
+        "default: the preset's)",
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -336,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         cache_layers=args.cache_layers,
         warp_kind=args.warp_kind,
+        generator_controls=args.generator_controls,
     )
     try:
         device = resolve_device(args.device)

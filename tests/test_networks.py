@@ -393,3 +393,18 @@ def test_cpu_preset_is_a_real_unet_and_a_cheap_warp() -> None:
     counts = macs(PRESETS["cpu"])
     assert 1.5e9 <= counts["generator"] <= 4e9
     assert counts["generator"] >= 3.3 * counts["warp"]
+
+
+def test_a_control_conditioned_generator_follows_the_controls() -> None:
+    config = replace(TINY, generator_control_dim=4)
+    torch.manual_seed(0)
+    generator = Generator(config).eval()
+    x = torch.rand(1, config.generator_in_channels, SIZE, SIZE)
+    a, b = torch.zeros(1, config.control_dim), torch.ones(1, config.control_dim)
+    with torch.no_grad():
+        assert not torch.allclose(generator(x, a).rgb, generator(x, b).rgb)
+        with pytest.raises(ValueError, match="conditioned"):
+            generator(x)
+    assert macs(config)["generator"] > macs(TINY)["generator"]
+    with pytest.raises(ValueError, match="generator_control_dim"):
+        replace(TINY, generator_control_dim=-1)

@@ -64,6 +64,11 @@ class RendererConfig:
       control_dim       length of the control vector (52 expressions + yaw, pitch, roll + view
                         yaw, view pitch by default)
       control_hidden, control_embed_dim  hidden and output sizes of the control embedding MLP
+    Generator conditioning:
+      generator_control_dim  when > 0, the controls (expression scores and angles) are embedded to
+                        this many channels and joined to the generator's deepest features, so
+                        appearance the mesh cannot show (squints, tears, a frown) can follow the
+                        scores; 0: the generator sees the UV map alone (DNR, the paper)
     """
 
     resolution: int = 256
@@ -84,6 +89,7 @@ class RendererConfig:
     control_dim: int = 57
     control_hidden: int = 64
     control_embed_dim: int = 32
+    generator_control_dim: int = 0
 
     def __post_init__(self) -> None:
         positive = {
@@ -103,6 +109,11 @@ class RendererConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.generator_control_dim, int) or self.generator_control_dim < 0:
+            raise ValueError(
+                f"generator_control_dim must be a non-negative integer, got "
+                f"{self.generator_control_dim!r}"
+            )
         if len(self.generator_widths) < MIN_DOWNSAMPLES + 1:
             raise ValueError(
                 f"generator_widths needs at least {MIN_DOWNSAMPLES + 1} levels (H .. H/8) so "
@@ -233,7 +244,7 @@ def macs(config: RendererConfig, batch: int = 1) -> dict[str, int]:
         mask = torch.zeros(batch, size, size, dtype=torch.bool)
         controls = torch.zeros(batch, config.control_dim)
     with FlopCounterMode(display=False) as counter:
-        out = generator(x)
+        out = generator(x, controls)
     result = {"generator": counter.get_total_flops() // FLOPS_PER_MAC}
     cache = make_cache(out, config.cache_layers, uv, mask, controls, torch.zeros(batch, 1, 3))
     motion = identity_motion(batch, size, size, meta)

@@ -98,6 +98,11 @@ def make_cache(
     )
 
 
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class Generator(nn.Module):
     """U-Net: (B, texture_channels + 1, H, W) -> GeneratorOutput with C3/C4/C5 taps."""
 
@@ -118,17 +123,35 @@ class Generator(nn.Module):
             C5_LEVEL: config.c5_channels,
         }
         dec_widths = [taps.get(k, widths[k]) for k in range(levels)]
+        # The control embedding joins the deepest features (H/2^(L-1)): it widens what the
+        # deepest decoder block reads.
+        extra = [config.generator_control_dim if k == levels - 2 else 0 for k in range(levels)]
         self.decoder = nn.ModuleList(
-            conv_block(dec_widths[k + 1] + widths[k], dec_widths[k], blocks)
+            conv_block(dec_widths[k + 1] + extra[k] + widths[k], dec_widths[k], blocks)
             for k in range(levels - 1)
         )  # decoder[k] makes level k from level k+1 and the skip at level k
+        self.control_embedding: nn.Module | None = None
+        if config.generator_control_dim:
+            self.control_embedding = nn.Sequential(
+                nn.Linear(config.control_dim, config.control_hidden),
+                nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+                nn.Linear(config.control_hidden, config.generator_control_dim),
+            )
         self.head = nn.Conv2d(config.c5_channels, RGBA_CHANNELS, 1)
 
-    def forward(self, x: torch.Tensor) -> GeneratorOutput:
+    def forward(self, x: torch.Tensor, controls: torch.Tensor | None = None) -> GeneratorOutput:
+        """x (B, texture_channels + 1, H, W); controls (B, D), used when the config conditions
+        the generator on them."""
         skips = []
         for stage in self.encoder:
             x = stage(x)  # (B, widths[k], H/2^k, W/2^k)
             skips.append(x)
+        if self.control_embedding is not None:
+            if controls is None:
+                raise ValueError("this generator is conditioned on the controls: pass them")
+            emb = self.control_embedding(controls.to(x.dtype))  # (B, G)
+            emb = emb[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])  # (B, G, h, w)
+            x = torch.cat((x, emb.contiguous(memory_format=_format_of(x))), dim=1)
         taps: dict[int, torch.Tensor] = {}
         for k in range(len(self.decoder) - 1, -1, -1):
             x = torch.cat(
