@@ -45,8 +45,9 @@ CONTROL_POSES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
     ("jawOpen 1", {"jawOpen": 1.0}, {}),
     ("smile 1", {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}, {}),
     ("blink 1", {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}, {}),
-    ("yaw -30", {}, {"yaw": -30.0}),
-    ("yaw +30", {}, {"yaw": 30.0}),
+    ("yaw -15", {}, {"yaw": -15.0}),
+    ("yaw +15", {}, {"yaw": 15.0}),
+    ("yaw +30", {}, {"yaw": 30.0}),  # beyond the sample clip's range (-18..4 degrees)
 )
 
 
