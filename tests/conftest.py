@@ -3,6 +3,7 @@ at 64^2, captured once per test session)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,22 @@ def short_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("short") / "capture"
     capture.capture_video(video, out, resolution=SHORT_RESOLUTION, max_frames=SHORT_FRAMES)
     return out
+
+
+def save_untrained_avatar(path: Path, resolution: int | None = None) -> Path:
+    """An avatar with the tiny preset's untrained networks (at `resolution` if given) and the
+    default head, saved to `path`: what the server, pipeline and benchmark tests render with."""
+    import torch
+
+    from engine.avatar import Avatar
+    from engine.camera import Camera
+    from engine.default_head import build_default_head
+    from engine.networks import PRESETS
+
+    config = (
+        PRESETS["tiny"] if resolution is None else replace(PRESETS["tiny"], resolution=resolution)
+    )
+    torch.manual_seed(0)
+    camera = Camera(fx=2.0, fy=2.0)
+    Avatar(config, build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(path)
+    return path

@@ -10,27 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 import run
-from engine.avatar import Avatar
-from engine.camera import Camera
-from engine.default_head import build_default_head
-from engine.networks import PRESETS
 from engine.schedule import Schedule
 from server.app import ServerConfig, create_app
+from tests.conftest import save_untrained_avatar
 
 
 @pytest.fixture(scope="module")
 def tiny_avatar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("avatar") / "tiny.pt"
-    torch.manual_seed(0)
-    camera = Camera(fx=2.0, fy=2.0)
-    avatar = Avatar(PRESETS["tiny"], build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0]))
-    avatar.save(path)
-    return path
+    return save_untrained_avatar(path)
 
 
 def _config(avatar: Path) -> ServerConfig:

@@ -7,13 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from bench import engine as bench_engine
-from engine.avatar import Avatar
-from engine.camera import Camera
-from engine.default_head import build_default_head
-from engine.networks import PRESETS
+from tests.conftest import save_untrained_avatar
 
 RENDER_KEYS = {
     "preset",
@@ -31,10 +27,7 @@ RENDER_KEYS = {
 
 def test_json_has_the_contract_keys(tmp_path: Path) -> None:
     avatar_path = tmp_path / "tiny.pt"
-    camera = Camera(fx=2.0, fy=2.0)
-    Avatar(PRESETS["tiny"], build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(
-        avatar_path
-    )
+    save_untrained_avatar(avatar_path)
     out = tmp_path / "engine.json"
     argv = ["--json", str(out), "--frames", "3", "--resolutions", "64", "128"]
     assert bench_engine.main([*argv, "--presets", "tiny", "--avatar", str(avatar_path)]) == 0

@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bench import browser
-from engine.avatar import Avatar
-from engine.camera import Camera
-from engine.default_head import build_default_head
-from engine.networks import PRESETS
+from tests.conftest import save_untrained_avatar
 
 pytestmark = pytest.mark.skipif(
     browser.chromium_path() is None,
@@ -29,10 +24,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = tmp_path_factory.mktemp("browser") / "avatar.pt"
-    torch.manual_seed(0)
-    config = replace(PRESETS["tiny"], resolution=256)
-    camera = Camera(fx=2.0, fy=2.0)
-    Avatar(config, build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(path)
+    save_untrained_avatar(path, resolution=256)
     with browser.local_server(path, ["--workers", "1", "--num-warps", "2"]) as server:
         yield server.url
 

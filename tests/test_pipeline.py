@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from engine.avatar import Avatar
-from engine.camera import Camera
 from engine.controls import Controls, neutral, update
 from engine.default_head import build_default_head
-from engine.networks import PRESETS
 from engine.pipeline import Frame, Pipeline, PipelineSettings, wait_for_exit
 from engine.schedule import Schedule
+from tests.conftest import save_untrained_avatar
 
 NAMES = build_default_head().expression_names
 GET_TIMEOUT_S = 30.0  # generous: the test machine may be busy
@@ -31,12 +28,7 @@ GET_TIMEOUT_S = 30.0  # generous: the test machine may be busy
 @pytest.fixture(scope="module")
 def tiny_avatar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("pipeline") / "tiny.pt"
-    torch.manual_seed(0)
-    camera = Camera(fx=2.0, fy=2.0)
-    Avatar(PRESETS["tiny"], build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(
-        path
-    )
-    return path
+    return save_untrained_avatar(path)
 
 
 def _controls(i: int) -> Controls:

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from bench import soak
-from engine.avatar import Avatar
-from engine.camera import Camera
-from engine.default_head import build_default_head
-from engine.networks import PRESETS
+from tests.conftest import save_untrained_avatar
 
 
 @pytest.fixture(scope="module")
 def avatar_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("soak") / "avatar.pt"
-    torch.manual_seed(0)
-    config = replace(PRESETS["tiny"], resolution=256)
-    camera = Camera(fx=2.0, fy=2.0)
-    Avatar(config, build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(path)
-    return path
+    return save_untrained_avatar(path, resolution=256)
 
 
 def test_short_soak_reports_per_minute_rows(avatar_256: Path, tmp_path: Path) -> None:

@@ -10,25 +10,20 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from bench import rtc_client
 from bench.rtc_client import Viewer
-from engine.avatar import Avatar
-from engine.camera import Camera
-from engine.default_head import build_default_head
-from engine.networks import PRESETS
 from engine.schedule import Schedule
 from server import probe
 from server.app import ServerConfig, create_app
+from tests.conftest import save_untrained_avatar
 
 WAIT_S = 30.0  # generous: the machine may be busy
 
@@ -37,11 +32,7 @@ WAIT_S = 30.0  # generous: the machine may be busy
 def avatar_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained avatar with the tiny networks at 256^2 (the probe code needs 8 px blocks)."""
     path = tmp_path_factory.mktemp("webrtc") / "avatar.pt"
-    torch.manual_seed(0)
-    config = replace(PRESETS["tiny"], resolution=256)
-    camera = Camera(fx=2.0, fy=2.0)
-    Avatar(config, build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(path)
-    return path
+    return save_untrained_avatar(path, resolution=256)
 
 
 def _config(avatar: Path, **changes: Any) -> ServerConfig:
