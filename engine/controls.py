@@ -42,12 +42,21 @@ def neutral(names: Sequence[str]) -> Controls:
     return Controls(expression=(0.0,) * len(names))
 
 
+def short_repr(value: object, limit: int = 40) -> str:
+    """repr(value), cut to `limit` characters: an error message must not echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _number(field: str, value: object, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{field} must be a number, got {type(value).__name__}")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond float range: JSON allows any number of digits
+        x = math.inf
     if not math.isfinite(x):
-        raise ValueError(f"{field} must be finite, got {value!r}")
+        raise ValueError(f"{field} must be finite, got {short_repr(value)}")
     if not lo <= x <= hi:
         raise ValueError(f"{field} must be within [{lo:g}, {hi:g}], got {x:g}")
     return x
@@ -60,7 +69,9 @@ def _angles(
         raise ValueError(f"{field} must be an object with {', '.join(limits)}")
     unknown = sorted(set(values) - set(limits))
     if unknown:
-        raise ValueError(f"{field} has unknown keys {unknown}: expected {', '.join(limits)}")
+        raise ValueError(
+            f"{field} has unknown keys {short_repr(unknown)}: expected {', '.join(limits)}"
+        )
     return {k: _number(f"{field}.{k}", v, *limits[k]) for k, v in values.items()}
 
 
@@ -81,7 +92,9 @@ def update(
         checked = {}
         for name, value in expression.items():
             if name not in index:
-                raise ValueError(f"unknown expression {name!r}: this avatar has {len(names)} names")
+                raise ValueError(
+                    f"unknown expression {short_repr(name)}: this avatar has {len(names)} names"
+                )
             checked[index[name]] = _number(f"expression.{name}", value, *EXPRESSION_RANGE)
         for i, w in checked.items():
             weights[i] = w

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.controls import Controls, update
+from engine.controls import Controls, short_repr, update
 
 MAX_MESSAGE_CHARS = 16_384  # a full control message is ~2 KB; aiortc allows 256 KiB
+MAX_SEQ = 2**53 - 1  # the browser's Number.MAX_SAFE_INTEGER: a seq JavaScript can count to
 
 
 class ProtocolError(ValueError):
@@ -51,9 +52,15 @@ Message = ControlMessage | Ping | Probe
 
 
 def _finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a finite number, got {type(value).__name__}")
+    try:
+        x = float(value)
+    except OverflowError:  # JSON integers may have any number of digits
+        x = math.inf
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number, got {x!r}")
+    return x
 
 
 def parse(text: str | bytes, state: Controls, names: Sequence[str], last_seq: int) -> Message:
@@ -67,6 +74,8 @@ def parse(text: str | bytes, state: Controls, names: Sequence[str], last_seq: in
         message = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"message is not JSON: {exc.msg} at character {exc.pos}") from exc
+    except RecursionError as exc:  # '[[[[...' within the size limit is still too deep to decode
+        raise ProtocolError("message is nested too deeply to be a control message") from exc
     if not isinstance(message, dict):
         raise ProtocolError("message must be a JSON object")
     kind = message.get("type")
@@ -85,15 +94,17 @@ def parse(text: str | bytes, state: Controls, names: Sequence[str], last_seq: in
         raise
     except ValueError as exc:
         seq = message.get("seq") if kind == "control" else None
-        valid = isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0
+        valid = isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_SEQ
         raise ProtocolError(str(exc), seq if valid else None) from exc
-    raise ProtocolError(f"unknown message type {kind!r}: expected control, ping or probe")
+    raise ProtocolError(f"unknown message type {short_repr(kind)}: expected control, ping or probe")
 
 
 def _only(message: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(message) - allowed
     if unknown:
-        raise ValueError(f"unknown fields {sorted(unknown)} in a {message['type']} message")
+        raise ValueError(
+            f"unknown fields {short_repr(sorted(unknown))} in a {message['type']} message"
+        )
 
 
 def _control(
@@ -101,8 +112,9 @@ def _control(
 ) -> ControlMessage:
     _only(message, {"type", "seq", "t", "expression", "pose", "view"})
     seq = message.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise ValueError(f"seq must be a non-negative integer, got {seq!r}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        shown = seq if isinstance(seq, int) and abs(seq) < 10**20 else type(seq).__name__
+        raise ValueError(f"seq must be an integer in [0, 2^53 - 1], got {shown!r}")
     if seq <= last_seq:
         raise ProtocolError(f"seq {seq} is not newer than the last accepted {last_seq}", seq)
     t = _finite("t", message.get("t"))
