@@ -42,6 +42,16 @@ def neutral(names: Sequence[str]) -> Controls:
     return Controls(expression=(0.0,) * len(names))
 
 
+def as_message(controls: Controls, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Controls -> the fields of a control message that set exactly this state (the inverse of
+    `update` from any state)."""
+    return {
+        "expression": dict(zip(names, controls.expression, strict=True)),
+        "pose": {"yaw": controls.yaw, "pitch": controls.pitch, "roll": controls.roll},
+        "view": {"yaw": controls.view_yaw, "pitch": controls.view_pitch},
+    }
+
+
 def short_repr(value: object, limit: int = 40) -> str:
     """repr(value), cut to `limit` characters: an error message must not echo a megabyte back."""
     text = repr(value)

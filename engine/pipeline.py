@@ -48,6 +48,7 @@ from engine.worker import (
     DropSession,
     FrameDone,
     RenderTask,
+    SessionDropped,
     Stop,
     TaskFailed,
     WorkerReady,
@@ -178,6 +179,7 @@ class _Worker:
     in_flight: dict[tuple[int, int], int] = field(default_factory=dict)  # (session, frame) -> slot
     free_slots: list[int] = field(default_factory=list)
     restarts: int = 0
+    sessions_held: int = 0  # sessions the worker keeps caches for, as it last reported
 
 
 class Pipeline:
@@ -325,11 +327,17 @@ class Pipeline:
         return self._resolution
 
     @property
+    def open_sessions(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    @property
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process is not None]
 
     def worker_states(self) -> list[dict[str, Any]]:
-        """Per worker: index, device, pid, alive, ready, frames in flight, restarts."""
+        """Per worker: index, device, pid, alive, ready, frames in flight, restarts, and how many
+        sessions it keeps caches for (as it last reported)."""
         with self._lock:
             return [
                 {
@@ -340,6 +348,7 @@ class Pipeline:
                     "ready": w.ready,
                     "in_flight": len(w.in_flight),
                     "restarts": w.restarts,
+                    "sessions_held": w.sessions_held,
                 }
                 for w in self._workers
             ]
@@ -493,8 +502,10 @@ class Pipeline:
             self._frame_done(msg)
         elif isinstance(msg, TaskFailed):
             self._task_failed(msg)
-        elif isinstance(msg, BuildDone):
-            pass  # the render tasks that follow it in the worker's queue carry its time
+        elif isinstance(msg, BuildDone | SessionDropped):
+            # Render tasks that follow a build in the worker's queue carry its time; only the
+            # worker's session count is news here.
+            self._workers[msg.worker].sessions_held = msg.sessions_held
 
     def _frame_done(self, msg: FrameDone) -> None:
         w = self._workers[msg.worker]
@@ -590,6 +601,7 @@ class Pipeline:
             w.free_slots = list(range(RING_SLOTS))
             self._close_pipes(w)
             w.restarts += 1
+            w.sessions_held = 0  # a new process holds nothing
             self.restarts += 1
             self._spawn(w)  # not ready until it reports WorkerReady (the avatar takes seconds)
             for s in self._sessions.values():

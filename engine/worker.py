@@ -111,12 +111,25 @@ class FrameDone:
 
 @dataclass(frozen=True)
 class BuildDone:
+    """sessions_held: how many sessions the worker keeps caches for after this build."""
+
     worker: int
     session: int
     epoch: int
     cache: int
     finished: float
     generator_ms: float
+    sessions_held: int
+
+
+@dataclass(frozen=True)
+class SessionDropped:
+    """The worker forgot `session`'s caches; it now holds caches for `sessions_held` sessions
+    (what a leak check reads: zero once every session has closed)."""
+
+    worker: int
+    session: int
+    sessions_held: int
 
 
 @dataclass(frozen=True)
@@ -157,7 +170,7 @@ class Worker:
             return self.render(task)
         if isinstance(task, DropSession):
             self.caches.pop(task.session, None)
-            return None
+            return SessionDropped(self.settings.index, task.session, len(self.caches))
         raise TypeError(f"unknown task {type(task).__name__}")
 
     @torch.inference_mode()
@@ -177,6 +190,7 @@ class Worker:
             task.cache,
             finished,
             (finished - start) * 1000.0,
+            len(self.caches),
         )
 
     @torch.inference_mode()

@@ -10,12 +10,15 @@ closed in `on_shutdown`.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hmac
 import io
 import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ from engine.schedule import Schedule
 from server.bridge import Bridge
 from server.codecs import max_bitrate
 from server.metrics import ServerCollector, metrics_handler
+from server.resources import snapshot
 from server.session import Session
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -83,6 +87,11 @@ CONFIG_KEY = web.AppKey("config", ServerConfig)
 RENDERER_KEY = web.AppKey("renderer", Renderer)
 BRIDGE_KEY = web.AppKey("bridge", Bridge)
 SESSIONS_KEY = web.AppKey("sessions", dict[str, Session])
+# Every peer connection made, weakly: a leak check counts those not closed, wherever they hide.
+PEERS_KEY = web.AppKey("peers", weakref.WeakSet[RTCPeerConnection])
+# Why sessions ended: client (closed or failed connection), silent (vanished peer), ttl,
+# refused (a bad offer), shutdown.
+CLOSED_KEY = web.AppKey("closed", collections.Counter[str])
 
 
 # ---------------------------------------------------------------------------------- stills
@@ -182,12 +191,26 @@ async def api_avatar(request: web.Request) -> web.Response:
     )
 
 
+def resources(app: web.Application) -> dict[str, Any]:
+    """What the server holds now (server.resources): peers, tasks, threads, fds, memory."""
+    bridge = app[BRIDGE_KEY]
+    open_peers = sum(pc.connectionState != "closed" for pc in app[PEERS_KEY])
+    return snapshot(open_peers, bridge.pipeline.open_sessions, bridge.workers())
+
+
+def closed_counts(app: web.Application) -> dict[str, int]:
+    counts: collections.Counter[str] = app[CLOSED_KEY]
+    return dict(counts)
+
+
 async def api_stats(request: web.Request) -> web.Response:
     sessions = request.app[SESSIONS_KEY]
     config = request.app[CONFIG_KEY]
     return web.json_response(
         {
             "sessions": {sid: s.stats() for sid, s in sessions.items()},
+            "closed": closed_counts(request.app),
+            "resources": resources(request.app),
             "workers": request.app[BRIDGE_KEY].workers(),
             "schedule": {
                 "name": config.schedule.name,
@@ -256,13 +279,10 @@ async def offer(request: web.Request) -> web.Response:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     pc = RTCPeerConnection(RTCConfiguration(iceServers=list(config.ice_servers)))
+    app[PEERS_KEY].add(pc)
     sid = uuid.uuid4().hex[:12]
     session = Session(sid, pc, app[BRIDGE_KEY], app[RENDERER_KEY].avatar.expression_names)
     sessions[sid] = session
-
-    async def end() -> None:
-        sessions.pop(sid, None)
-        await session.close()
 
     @pc.on("datachannel")
     def on_datachannel(channel: Any) -> None:
@@ -271,32 +291,46 @@ async def offer(request: web.Request) -> web.Response:
     @pc.on("connectionstatechange")
     async def on_state() -> None:
         if pc.connectionState in ("failed", "closed"):
-            await end()
+            await end_session(app, sid, "client")
 
     try:
         await pc.setRemoteDescription(description)
         if not any(t.kind == "video" for t in pc.getTransceivers()):
             raise ValueError("the offer has no video transceiver to receive the avatar on")
-        pc.addTrack(session.track)
+        session.sender = pc.addTrack(session.track)
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # aiortc raises several kinds for a malformed SDP
-        await end()
+        await end_session(app, sid, "refused")
         raise web.HTTPBadRequest(text=f"bad offer: {type(exc).__name__}: {exc}") from exc
     LOG.info("session %s started (%d open)", sid, len(sessions))
     answer = pc.localDescription
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": sid})
 
 
-async def _expire_sessions(app: web.Application) -> None:
+async def end_session(app: web.Application, sid: str, reason: str) -> None:
+    """Close a session once (the first caller's reason is the one counted)."""
+    session = app[SESSIONS_KEY].pop(sid, None)
+    if session is None:
+        return
+    app[CLOSED_KEY][reason] += 1
+    await session.close()
+
+
+async def _reap_sessions(app: web.Application) -> None:
+    """Once a second: end sessions past their time limit and those whose peer went silent."""
     ttl = app[CONFIG_KEY].session_ttl_s
     while True:
         await asyncio.sleep(TTL_CHECK_S)
-        now = time.monotonic()
         for sid, session in list(app[SESSIONS_KEY].items()):
-            if now - session.created > ttl:
-                LOG.info("session %s reached its time limit (%.0f s)", sid, ttl)
-                app[SESSIONS_KEY].pop(sid, None)
-                await session.close()
+            try:
+                if time.monotonic() - session.created > ttl:
+                    LOG.info("session %s reached its time limit (%.0f s)", sid, ttl)
+                    await end_session(app, sid, "ttl")
+                elif await session.peer_silent():
+                    LOG.info("session %s: the peer went silent; closing it", sid)
+                    await end_session(app, sid, "silent")
+            except Exception:  # one session's trouble must not stop the reaping of the others
+                LOG.exception("session %s: reaping failed", sid)
 
 
 # ---------------------------------------------------------------------------------- lifecycle
@@ -317,16 +351,17 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         config.schedule.label,
         torch.get_num_threads(),
     )
-    expiry = asyncio.ensure_future(_expire_sessions(app))
+    reaper = asyncio.ensure_future(_reap_sessions(app))
     yield
-    expiry.cancel()
+    reaper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reaper
     await bridge.close()
 
 
 async def close_sessions(app: web.Application) -> None:
-    sessions = app[SESSIONS_KEY]
-    await asyncio.gather(*(s.close() for s in list(sessions.values())))
-    sessions.clear()
+    open_now: list[str] = list(app[SESSIONS_KEY].keys())
+    await asyncio.gather(*(end_session(app, sid, "shutdown") for sid in open_now))
 
 
 def _loopback_only() -> None:
@@ -345,6 +380,8 @@ def create_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[origin_check])
     app[CONFIG_KEY] = config
     app[SESSIONS_KEY] = {}
+    app[PEERS_KEY] = weakref.WeakSet()
+    app[CLOSED_KEY] = collections.Counter()
     app.cleanup_ctx.append(engine_ctx)
     app.on_shutdown.append(close_sessions)
     app.router.add_get("/", _page("index.html"))
@@ -361,6 +398,8 @@ def create_app(config: ServerConfig) -> web.Application:
         ServerCollector(
             sessions=lambda: {sid: s.stats() for sid, s in app[SESSIONS_KEY].items()},
             workers=lambda: app[BRIDGE_KEY].workers() if BRIDGE_KEY in app else [],
+            resources=lambda: resources(app) if BRIDGE_KEY in app else {},
+            closed=lambda: closed_counts(app),
         )
     )
     app.router.add_get("/metrics", metrics_handler(registry))

@@ -16,15 +16,20 @@ from prometheus_client.registry import Collector
 
 
 class ServerCollector(Collector):
-    """Sessions, per-session fps and latency, worker liveness and restarts."""
+    """Sessions, per-session fps and latency, worker liveness and restarts, why sessions ended,
+    and what the process holds (server.resources)."""
 
     def __init__(
         self,
         sessions: Callable[[], dict[str, dict[str, Any]]],
         workers: Callable[[], list[dict[str, Any]]],
+        resources: Callable[[], dict[str, Any]],
+        closed: Callable[[], dict[str, int]],
     ) -> None:
         self._sessions = sessions
         self._workers = workers
+        self._resources = resources
+        self._closed = closed
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         sessions = self._sessions()
@@ -55,6 +60,19 @@ class ServerCollector(Collector):
             restarts.add_metric([str(w["index"])], w["restarts"])
         yield up
         yield restarts
+        ended = CounterMetricFamily(
+            "avatar_sessions_closed",
+            "Sessions ended, by reason (client, silent, ttl, refused, shutdown)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._closed().items()):
+            ended.add_metric([reason], count)
+        yield ended
+        for name, value in self._resources().items():
+            if value is not None:
+                yield GaugeMetricFamily(
+                    f"avatar_process_{name}", f"Held by the server now: {name}", value=value
+                )
 
 
 def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Any]:

@@ -3,7 +3,14 @@
 Messages on the `control` channel are checked by `server.protocol`; a refused one is answered with an
 `error` and changes nothing. Every accepted control goes to the pipeline (live mode: only the newest
 one is rendered). Rendered frames come back through the bridge, get the probe's seq stamp when the
-page asked for it, and go to the track. Once a second the page gets a `stats` message.
+page asked for it, and go to the track. Once a second the page gets a `stats` message, which also
+carries the state the server holds (`state`: the fields of a control message that set it).
+
+A peer that vanishes without closing (a crashed tab, a lost network) is noticed by its silence:
+every WebRTC receiver sends RTCP receiver reports about the video it gets, about once a second
+(aiortc every 0.5-1.5 s, browsers every second), so `peer_silent` turns true after PEER_SILENCE_S
+without one and the app closes the session. ICE consent (RFC 7675) would take 30 s, during which a
+dead session keeps its encoder busy.
 """
 
 from __future__ import annotations
@@ -17,9 +24,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender
 
-from engine.controls import neutral
+from engine.controls import as_message, neutral
 from engine.pipeline import Frame
 from server import probe, protocol
 from server.bridge import Bridge
@@ -29,6 +36,8 @@ STATS_PERIOD_S = 1.0
 MESSAGE_RATE_HZ = 120.0  # data-channel messages per second a session may send (a 120 Hz display)
 MESSAGE_BURST = 240  # ... and at most this many at once
 RECENT_FRAMES = 90  # frames kept for the stats (3 s at 30 fps)
+PEER_SILENCE_S = 6.0  # no receiver report for this long: the peer is gone (several reports missed)
+CONNECT_GRACE_S = 20.0  # ICE and DTLS set-up allowed before the first report must have come
 LOG = logging.getLogger(__name__)
 
 
@@ -51,6 +60,10 @@ class Session:
         self.recent: collections.deque[Frame] = collections.deque(maxlen=RECENT_FRAMES)
         self.errors_sent = 0
         self.rate_limited = 0  # messages dropped by the rate limit
+        self.internal_errors = 0  # messages whose handling raised unexpectedly (logged)
+        self.sender: RTCRtpSender | None = None  # set once the track is added to the connection
+        self._heard = time.monotonic()  # when the peer last showed it is alive
+        self._last_report: object = None
         self._allowance = float(MESSAGE_BURST)
         self._allowance_at = time.monotonic()
         self._rate_reported = 0
@@ -95,6 +108,14 @@ class Session:
             self.rate_limited += 1  # dropped unread; reported once a second by the stats loop
             return
         try:
+            self._handle(text)
+        except Exception:  # a bug must cost this message, never the connection's SCTP loop
+            self.internal_errors += 1
+            LOG.exception("session %s: handling a message failed", self.id)
+            self._send(protocol.error("the server failed to handle this message (logged)"))
+
+    def _handle(self, text: str | bytes) -> None:
+        try:
             message = protocol.parse(text, self.state, self.names, self.last_seq)
         except protocol.ProtocolError as exc:
             self.errors_sent += 1
@@ -137,6 +158,8 @@ class Session:
             "probe": self.probe,
             "errors_sent": self.errors_sent,
             "rate_limited": self.rate_limited,
+            "internal_errors": self.internal_errors,
+            "state": as_message(self.state, self.names),
         }
         if len(frames) >= 2:
             span = frames[-1].finished - frames[0].finished
@@ -149,6 +172,25 @@ class Session:
                     stages.setdefault(name, []).append(ms)
             out["stages_ms"] = {k: round(statistics.median(v), 2) for k, v in stages.items()}
         return out
+
+    # ------------------------------------------------------------------ liveness
+
+    async def peer_silent(self) -> bool:
+        """True once no RTCP receiver report has come for PEER_SILENCE_S (CONNECT_GRACE_S before
+        the first): the peer has vanished without closing."""
+        if self.sender is None or self.closed.is_set():
+            return False
+        report = await self.sender.getStats()
+        # aiortc stamps remote-inbound-rtp with the arrival time of the newest receiver report.
+        latest = next(
+            (s.timestamp for s in report.values() if s.type == "remote-inbound-rtp"), None
+        )
+        now = time.monotonic()
+        if latest is not None and latest != self._last_report:
+            self._last_report, self._heard = latest, now
+            return False
+        limit = CONNECT_GRACE_S if self._last_report is None else PEER_SILENCE_S
+        return now - self._heard > limit
 
     # ------------------------------------------------------------------ closing
 

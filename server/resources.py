@@ -1,0 +1,58 @@
+"""What the server holds right now: the figures in which a leak would show.
+
+Read by `/api/stats` ("resources") and `/metrics`, and compared before and after a churn of
+sessions by `bench.churn` and the tests: after every session has closed, the peer connections,
+pipeline sessions and worker-side session caches are back to zero and the process's tasks,
+threads, file descriptors and shared-memory mappings back to where they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import psutil
+
+MB = 1024.0 * 1024.0
+
+
+def _shm_mappings(process: psutil.Process) -> int:
+    """Distinct POSIX shared-memory segments the process has mapped (Linux; 0 elsewhere)."""
+    with contextlib.suppress(psutil.Error, NotImplementedError, AttributeError):
+        return len({m.path for m in process.memory_maps() if m.path.startswith("/dev/shm/")})
+    return 0
+
+
+def _rss_mb(pids: Iterable[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(pid).memory_info().rss
+    return round(total / MB, 1)
+
+
+def snapshot(
+    peer_connections: int, pipeline_sessions: int, workers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """This process's holdings (call on the event loop: it counts the loop's tasks).
+
+    peer_connections: RTCPeerConnections not yet closed; pipeline_sessions: sessions the pipeline
+    knows; workers: `Pipeline.worker_states()` (their pids and session counts)."""
+    me = psutil.Process()
+    fds = None
+    with contextlib.suppress(psutil.Error, AttributeError):  # num_fds is POSIX only
+        fds = me.num_fds()
+    return {
+        "peer_connections": peer_connections,
+        "pipeline_sessions": pipeline_sessions,
+        "worker_sessions": sum(w.get("sessions_held", 0) for w in workers),
+        "asyncio_tasks": len(asyncio.all_tasks()),
+        "threads": threading.active_count(),
+        "fds": fds,
+        "shm_segments": _shm_mappings(me),
+        "rss_mb": _rss_mb([me.pid]),
+        "workers_rss_mb": _rss_mb(w["pid"] for w in workers if w.get("pid")),
+    }
