@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.local_server import run_against, write_report
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--disable-gpu",
@@ -41,58 +35,12 @@ CHROMIUM_FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
     "--autoplay-policy=no-user-gesture-required",
 ]
-SERVER_START_S = 180.0  # workers load the avatar
 
 
 def chromium_path() -> str | None:
     """Debian's chromium, if installed."""
     found = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class LocalServer:
-    url: str
-    pid: int
-
-
-@contextlib.contextmanager
-def local_server(avatar: Path | None, extra: list[str] | None = None) -> Iterator[LocalServer]:
-    """`run.py` on a free loopback port; yields its URL and pid once /health answers."""
-    port = free_port()
-    cmd = [sys.executable, "run.py", "--port", str(port), "--loopback-only", *(extra or [])]
-    if avatar is not None:
-        cmd += ["--avatar", str(avatar)]
-    server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"the server exited with code {server.returncode}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the server did not start")
-            time.sleep(0.2)
-        yield LocalServer(url, server.pid)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @contextlib.contextmanager
@@ -159,14 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             "error: Debian's chromium is not installed (apt-get install chromium)", file=sys.stderr
         )
         return 2
-    if args.url:
-        report = measure(args.url.rstrip("/"), args.seconds, args.codec)
-    else:
-        with local_server(args.avatar) as server:
-            report = measure(server.url, args.seconds, args.codec)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
+    report = run_against(
+        args.url, args.avatar, lambda url, _pid: measure(url, args.seconds, args.codec)
+    )
+    write_report(args.json, report)
     return 0
 
 

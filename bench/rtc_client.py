@@ -3,9 +3,11 @@ connect, drive the avatar over the data channel and read frames back with their 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError
 
 from server import probe
+from server.app import use_loopback_only
 
 WAIT_S = 30.0
 
@@ -57,11 +60,11 @@ class Viewer:
                 return m
 
     async def frame_with_seq(self, seq: int, timeout: float = WAIT_S) -> Received:
-        """The first picture whose probe code reads `seq`."""
+        """The first picture whose probe code reads `seq` (the code carries seq mod 2^20)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = await asyncio.wait_for(self.frames.get(), timeout)
-            if got.seq == seq:
+            if got.seq == seq % probe.SEQ_MODULO:
                 return got
         raise TimeoutError(f"no frame stamped {seq}")
 
@@ -101,3 +104,27 @@ async def connect(http: aiohttp.ClientSession | Any, url: str = "", **headers: s
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
     await asyncio.wait_for(opened.wait(), WAIT_S)
     return Viewer(pc, channel, frames, messages, answer["session"])
+
+
+async def _stream_until_killed(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        viewer = await connect(http, url)
+        await asyncio.wait_for(viewer.frames.get(), WAIT_S)
+        print(f"streaming {viewer.session}", flush=True)
+        await asyncio.Event().wait()  # until the process is killed: it never says goodbye
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.rtc_client URL`: connect, print "streaming SESSION" once a picture has
+    arrived, then stream until killed (bench.churn's client that vanishes without closing)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.rtc_client", description=main.__doc__)
+    parser.add_argument("url")
+    args = parser.parse_args(argv)
+    if urllib.parse.urlsplit(args.url).hostname in ("127.0.0.1", "localhost"):
+        use_loopback_only()  # a server on this machine: no other interface is needed (or may exist)
+    asyncio.run(_stream_until_killed(args.url.rstrip("/")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,42 +14,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import math
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+import psutil
 
 from bench import rtc_client
-from bench.browser import local_server
+from bench.local_server import run_against, write_report
 
 CONTROL_HZ = 30.0
 
 
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants, in MB (Linux /proc)."""
-    pids = [pid]
+    """Resident memory of a process and its descendants (the render workers), in MB."""
     try:
-        children = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
-    total_kb = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024.0
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for p in processes:
+        with contextlib.suppress(psutil.Error):  # a worker restarting between the two calls
+            total += p.memory_info().rss
+    return total / (1024.0 * 1024.0)
 
 
 async def soak(url: str, seconds: float, bucket_s: float, server_pid: int | None) -> dict[str, Any]:
@@ -140,14 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes <= 0 or args.bucket_seconds <= 0 or args.bucket_seconds > args.minutes * 60:
         parser.error("--minutes must be positive and hold at least one --bucket-seconds")
     seconds = args.minutes * 60.0
-    if args.url:
-        report = asyncio.run(soak(args.url.rstrip("/"), seconds, args.bucket_seconds, None))
-    else:
-        with local_server(args.avatar) as server:
-            report = asyncio.run(soak(server.url, seconds, args.bucket_seconds, server.pid))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
+    report = run_against(
+        args.url,
+        args.avatar,
+        lambda url, pid: asyncio.run(soak(url, seconds, args.bucket_seconds, pid)),
+    )
+    write_report(args.json, report)
     return 0
 
 

@@ -225,6 +225,10 @@ async def api_stats(request: web.Request) -> web.Response:
 
 
 async def _read_offer(request: web.Request) -> RTCSessionDescription:
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text=f"the offer must be sent as application/json, not {request.content_type}"
+        )
     if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
         raise web.HTTPRequestEntityTooLarge(
             max_size=MAX_OFFER_BYTES, actual_size=request.content_length
@@ -364,7 +368,7 @@ async def close_sessions(app: web.Application) -> None:
     await asyncio.gather(*(end_session(app, sid, "shutdown") for sid in open_now))
 
 
-def _loopback_only() -> None:
+def use_loopback_only() -> None:
     """aioice gathers host candidates on every address but 127.0.0.1; on one machine (tests,
     benchmarks) only 127.0.0.1 should be offered. aioice has no setting for it."""
 
@@ -376,7 +380,7 @@ def _loopback_only() -> None:
 
 def create_app(config: ServerConfig) -> web.Application:
     if config.loopback_only:
-        _loopback_only()
+        use_loopback_only()
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[origin_check])
     app[CONFIG_KEY] = config
     app[SESSIONS_KEY] = {}

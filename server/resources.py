@@ -26,6 +26,10 @@ def _shm_mappings(process: psutil.Process) -> int:
     return 0
 
 
+def _in_executor(thread: threading.Thread) -> bool:
+    return thread.name.startswith("asyncio_")  # asyncio names its default executor's threads so
+
+
 def _rss_mb(pids: Iterable[int]) -> float:
     total = 0
     for pid in pids:
@@ -50,7 +54,10 @@ def snapshot(
         "pipeline_sessions": pipeline_sessions,
         "worker_sessions": sum(w.get("sessions_held", 0) for w in workers),
         "asyncio_tasks": len(asyncio.all_tasks()),
-        "threads": threading.active_count(),
+        # The loop's default executor (aiortc encodes there) grows on demand to a fixed size:
+        # counted apart, so that `threads` only grows when something leaks.
+        "threads": sum(not _in_executor(t) for t in threading.enumerate()),
+        "executor_threads": sum(_in_executor(t) for t in threading.enumerate()),
         "fds": fds,
         "shm_segments": _shm_mappings(me),
         "rss_mb": _rss_mb([me.pid]),

@@ -37,7 +37,7 @@ MESSAGE_RATE_HZ = 120.0  # data-channel messages per second a session may send (
 MESSAGE_BURST = 240  # ... and at most this many at once
 RECENT_FRAMES = 90  # frames kept for the stats (3 s at 30 fps)
 PEER_SILENCE_S = 6.0  # no receiver report for this long: the peer is gone (several reports missed)
-CONNECT_GRACE_S = 20.0  # ICE and DTLS set-up allowed before the first report must have come
+CONNECT_LIMIT_S = 30.0  # a peer that has not connected by then never will (browsers give up too)
 LOG = logging.getLogger(__name__)
 
 
@@ -176,21 +176,24 @@ class Session:
     # ------------------------------------------------------------------ liveness
 
     async def peer_silent(self) -> bool:
-        """True once no RTCP receiver report has come for PEER_SILENCE_S (CONNECT_GRACE_S before
-        the first): the peer has vanished without closing."""
+        """True once a connected peer has sent no RTCP receiver report for PEER_SILENCE_S (the
+        clock starts when it connects), or when it has not connected within CONNECT_LIMIT_S: the
+        peer has vanished without closing."""
         if self.sender is None or self.closed.is_set():
             return False
+        now = time.monotonic()
+        if self.pc.connectionState != "connected":
+            self._heard = now  # silence counts from the connection, not from the offer
+            return now - self.created > CONNECT_LIMIT_S
         report = await self.sender.getStats()
         # aiortc stamps remote-inbound-rtp with the arrival time of the newest receiver report.
         latest = next(
             (s.timestamp for s in report.values() if s.type == "remote-inbound-rtp"), None
         )
-        now = time.monotonic()
         if latest is not None and latest != self._last_report:
             self._last_report, self._heard = latest, now
             return False
-        limit = CONNECT_GRACE_S if self._last_report is None else PEER_SILENCE_S
-        return now - self._heard > limit
+        return now - self._heard > PEER_SILENCE_S
 
     # ------------------------------------------------------------------ closing
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from bench import browser
+from bench.local_server import local_server
 from tests.conftest import save_untrained_avatar
 
 pytestmark = pytest.mark.skipif(
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = tmp_path_factory.mktemp("browser") / "avatar.pt"
     save_untrained_avatar(path, resolution=256)
-    with browser.local_server(path, ["--workers", "1", "--num-warps", "2"]) as server:
+    with local_server(path, ["--workers", "1", "--num-warps", "2"]) as server:
         yield server.url
 
 

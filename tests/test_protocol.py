@@ -7,8 +7,8 @@ import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
+from bench.fuzz import message_strategy
 from engine.controls import neutral
 from engine.default_head import build_default_head
 from server import protocol
@@ -82,44 +82,7 @@ def test_server_messages() -> None:
 
 # ----------------------------------------------------------------------------- fuzzing
 
-JSON_LEAVES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(10**30), max_value=10**30),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=40),
-)
-JSON = st.recursive(
-    JSON_LEAVES,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-NAME = st.sampled_from(NAMES) | st.text(max_size=20)
-CONTROL = st.fixed_dictionaries(
-    {"type": st.just("control")},
-    optional={
-        "seq": st.integers(min_value=-5, max_value=10**12) | JSON,
-        "t": st.floats(allow_nan=True, allow_infinity=True) | JSON,
-        "expression": st.dictionaries(NAME, st.floats(allow_nan=True) | JSON, max_size=6) | JSON,
-        "pose": st.dictionaries(
-            st.sampled_from(["yaw", "pitch", "roll", "x"]), JSON_LEAVES, max_size=4
-        )
-        | JSON,
-        "view": st.dictionaries(st.sampled_from(["yaw", "pitch", "z"]), JSON_LEAVES, max_size=3)
-        | JSON,
-    },
-)
-MESSAGE = st.one_of(
-    CONTROL.map(json.dumps),
-    st.fixed_dictionaries(
-        {"type": st.sampled_from(["ping", "probe", "pong", ""])}, optional={"t": JSON, "on": JSON}
-    ).map(json.dumps),
-    JSON.map(lambda v: json.dumps(v, allow_nan=True)),
-    st.text(max_size=200),
-    st.binary(max_size=50),
-)
+MESSAGE = message_strategy(NAMES)
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

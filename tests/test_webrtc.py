@@ -91,7 +91,9 @@ async def test_bad_offers_are_refused(client: TestClient) -> None:
         (json.dumps({"type": "offer", "sdp": "hello"}), "SDP"),
         (json.dumps({"type": "offer", "sdp": "v=0\r\nm=garbage\r\n"}), "bad offer"),
     ]:
-        response = await client.post("/offer", data=body)
+        response = await client.post(
+            "/offer", data=body, headers={"Content-Type": "application/json"}
+        )
         assert response.status == 400, body
         assert reason in await response.text()
     stats = await (await client.get("/api/stats")).json()
