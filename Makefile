@@ -43,7 +43,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.engine --json bench/results/engine.json
 
+# The long reliability runs (about 20 minutes in all), each against a server of its own.
 soak: $(STAMP)
+	$(PY) -m bench.churn --cycles 100 --json bench/results/churn.json
+	$(PY) -m bench.fuzz --messages 10000 --json bench/results/fuzz.json
 	$(PY) -m bench.soak --minutes 10 --json bench/results/soak.json
 
 clean:

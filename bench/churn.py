@@ -10,8 +10,8 @@ streaming: no DTLS close, no SCTP abort, nothing; the server must notice the sil
 Two warm-up cycles (one of each) come first; then the server's `resources` (GET /api/stats) are the
 baseline. After the last cycle and once every session is gone, `leaks` holds, per resource counted,
 how many more the server holds than at the baseline (peer connections, pipeline and worker-side
-sessions, asyncio tasks, threads, file descriptors, shared-memory segments; all 0 when nothing
-leaked), and `rss_growth` the relative change of the server's and its workers' resident memory.
+sessions, the workers' CUDA tensor memory, asyncio tasks, threads, file descriptors,
+shared-memory segments; all 0 when nothing leaked), and `rss_growth` the relative change of the server's and its workers' resident memory.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ COUNTED = (
     "peer_connections",
     "pipeline_sessions",
     "worker_sessions",
+    "worker_device_mb",
     "asyncio_tasks",
     "threads",
     "fds",
@@ -41,6 +42,7 @@ COUNTED = (
 SETTLE_S = 60.0  # the longest wait for vanished peers to be noticed and everything freed
 CLIENT_START_S = 60.0  # a child viewer: Python start, aiortc import, connection, first picture
 FULL_RETRY_S = 1.0  # a 503 (server full): wait this long and try again
+MEMORY_EVERY = 10  # cycles between memory samples (sessions may be open then)
 SERVER_MAX_SESSIONS = 16  # the own server's --max-sessions: room for the vanished ones lingering
 
 
@@ -134,8 +136,12 @@ async def churn(url: str, cycles: int) -> dict[str, Any]:
         await cycle(True)
         before = await _settle(http, url, SETTLE_S)
         start = time.monotonic()
+        memory = []
         for i in range(cycles):
             await cycle(abrupt=i % 2 == 1)
+            if (i + 1) % MEMORY_EVERY == 0:
+                held = (await _stats(http, url))["resources"]
+                memory.append(round(held["rss_mb"] + held["workers_rss_mb"], 1))
         churn_s = time.monotonic() - start
         settle_start = time.monotonic()
         after = await _settle(http, url, SETTLE_S)
@@ -159,6 +165,7 @@ async def churn(url: str, cycles: int) -> dict[str, Any]:
         "rss_mb_before": round(rss_before, 1),
         "rss_mb_after": round(rss_after, 1),
         "rss_growth": round((rss_after - rss_before) / rss_before, 4),
+        f"rss_mb_every_{MEMORY_EVERY}_cycles": memory,
         "resources_before": base,
         "resources_after": end,
         "restarts": sum(w["restarts"] for w in after["workers"]),

@@ -41,6 +41,7 @@ PACE_HZ = 0.8 * MESSAGE_RATE_HZ  # messages per second sent (each fuzz message a
 WINDOW = 16  # fuzz messages whose answers may be outstanding at once
 CHECKPOINT_EVERY = 500
 BURST = 3 * MESSAGE_BURST  # the over-the-limit burst: three times what the bucket holds
+NEXT_SEQ = "__next_seq__"  # stands for the session's next seq; replaced when the message is sent
 MARKER_T = -1.0e12  # marker pings carry t = MARKER_T - i (fuzzed pings almost never do)
 WAIT_S = 30.0
 
@@ -80,12 +81,37 @@ def message_strategy(names: Sequence[str]) -> st.SearchStrategy[str | bytes]:
             | JSON,
         },
     )
+    # Near misses: the next seq (filled in when sent), known names and keys, values around their
+    # ranges; about half are valid, so acceptance and partial-update paths are exercised too.
+    plausible = st.fixed_dictionaries(
+        {
+            "type": st.just("control"),
+            "seq": st.just(NEXT_SEQ),
+            "t": st.floats(-1e6, 1e13),
+        },
+        optional={
+            "expression": st.dictionaries(
+                st.sampled_from(list(names)), st.floats(-0.2, 1.2), max_size=8
+            ),
+            "pose": st.dictionaries(
+                st.sampled_from(["yaw", "pitch", "roll"]), st.floats(-60.0, 60.0), max_size=3
+            ),
+            "view": st.dictionaries(
+                st.sampled_from(["yaw", "pitch"]), st.floats(-90.0, 90.0), max_size=2
+            ),
+        },
+    )
+    ping = st.fixed_dictionaries(
+        {"type": st.just("ping"), "t": st.floats(allow_nan=True, allow_infinity=True)}
+    )
     other = st.fixed_dictionaries(
         {"type": st.sampled_from(["ping", "probe", "pong", "stats", "error", ""])},
         optional={"t": JSON, "on": JSON},
     )
     return st.one_of(
         control.map(lambda m: json.dumps(m, allow_nan=True)),
+        plausible.map(json.dumps),
+        ping.map(lambda m: json.dumps(m, allow_nan=True)),
         other.map(lambda m: json.dumps(m, allow_nan=True)),
         JSON.map(lambda v: json.dumps(v, allow_nan=True)),
         st.text(max_size=200),
@@ -302,7 +328,8 @@ async def fuzz(url: str, count: int, random_seed: int) -> dict[str, Any]:
                         )
 
         run_start = time.monotonic()
-        for i, message in enumerate(messages):
+        for i, drawn in enumerate(messages):
+            message = _with_next_seq(drawn, model.last_seq + 1)
             marker = MARKER_T - i
             expected = model.expect(message)
             await pacer.wait()
@@ -338,6 +365,12 @@ async def fuzz(url: str, count: int, random_seed: int) -> dict[str, Any]:
         }
     )
     return report
+
+
+def _with_next_seq(message: str | bytes, seq: int) -> str | bytes:
+    if isinstance(message, str):
+        return message.replace(f'"{NEXT_SEQ}"', str(seq))
+    return message
 
 
 async def _burst(viewer: rtc_client.Viewer) -> dict[str, Any]:

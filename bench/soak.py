@@ -56,7 +56,8 @@ async def soak(url: str, seconds: float, bucket_s: float, server_pid: int | None
         start = time.monotonic()
         bucket_start, frames_in_bucket = start, 0
         next_control = start
-        while time.monotonic() - start < seconds:
+        rows = max(1, round(seconds / bucket_s))  # every bucket whole, the last one included
+        while len(buckets) < rows:
             now = time.monotonic()
             if now >= next_control:
                 t = now - start
@@ -98,6 +99,13 @@ async def soak(url: str, seconds: float, bucket_s: float, server_pid: int | None
             stats = await r.json()
         await viewer.close()
     first, last = buckets[0], buckets[-1]
+    p95s = [b["mtp_ms_p95"] for b in buckets if b["mtp_ms_p95"] is not None]
+    # Minute-to-minute p95 is noisy (+-15% here); a fitted slope says more than first vs last.
+    trend = (
+        float(np.polyfit(np.arange(len(p95s)), p95s, 1)[0]) / float(np.mean(p95s))
+        if len(p95s) >= 3
+        else None
+    )
     drift = (
         (last["mtp_ms_p95"] - first["mtp_ms_p95"]) / first["mtp_ms_p95"]
         if first["mtp_ms_p95"] and last["mtp_ms_p95"]
@@ -111,6 +119,7 @@ async def soak(url: str, seconds: float, bucket_s: float, server_pid: int | None
     return {
         "per_minute": buckets,
         "p95_drift": round(drift, 4) if drift is not None else None,
+        "p95_trend_per_minute": round(trend, 4) if trend is not None else None,
         "rss_growth": round(growth, 4) if growth is not None else None,
         "restarts": sum(w["restarts"] for w in stats["workers"]),
         "errors": len(errors),

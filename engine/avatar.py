@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from engine.camera import Camera
-from engine.controls import Controls, to_head_controls
+from engine.controls import Controls, clamp_pose, to_head_controls
 from engine.frame import to_image
 from engine.frame_inputs import FrameInputs, make_inputs
 from engine.head_model import HeadModel
@@ -113,8 +113,20 @@ class Avatar(nn.Module):
 
     # ---------------------------------------------------------------------------- rendering
 
+    @property
+    def pose_range_deg(self) -> dict[str, list[float]] | None:
+        """The head poses this avatar can render ({"yaw", "pitch", "roll": [lo, hi]} degrees):
+        those of its training frames and a margin (`engine.controls.pose_range`); None when its
+        file does not say (then any pose the protocol allows is rendered)."""
+        value = self.summary.get("pose_range_deg")
+        return value if isinstance(value, dict) else None
+
     def inputs(self, controls: Sequence[Controls]) -> FrameInputs:
-        """Live controls -> renderer inputs (the head sits at the capture's median place)."""
+        """Live controls -> renderer inputs (the head sits at the capture's median place). Head
+        poses are held within `pose_range_deg`: past it the picture would come apart."""
+        limits = self.pose_range_deg
+        if limits is not None:
+            controls = [clamp_pose(c, limits) for c in controls]
         head_controls, view = to_head_controls(controls, self.head, self.translation)
         angles = torch.tensor(
             [(c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch) for c in controls],

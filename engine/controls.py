@@ -157,6 +157,33 @@ def pose_degrees(rotation: np.ndarray) -> np.ndarray:
     return np.degrees(angles.numpy())
 
 
+POSE_MARGIN_DEG = 5.0  # how far past the poses it was trained on an avatar is still asked to go
+
+
+def pose_range(rotation: np.ndarray, margin_deg: float = POSE_MARGIN_DEG) -> dict[str, list[float]]:
+    """(N, 3, 3) head rotations of the frames an avatar learned from -> {"yaw", "pitch", "roll":
+    [lo, hi]} degrees: the range they cover widened by `margin_deg`, within POSE_LIMITS_DEG.
+    Beyond it the networks have never seen the UV maps they would get (they smear)."""
+    angles = pose_degrees(rotation)  # (N, 3)
+    out = {}
+    for i, key in enumerate(("yaw", "pitch", "roll")):
+        lo_limit, hi_limit = POSE_LIMITS_DEG[key]
+        lo = max(lo_limit, float(angles[:, i].min()) - margin_deg)
+        hi = min(hi_limit, float(angles[:, i].max()) + margin_deg)
+        out[key] = [round(lo, 2), round(hi, 2)]
+    return out
+
+
+def clamp_pose(controls: Controls, limits: Mapping[str, Sequence[float]]) -> Controls:
+    """Controls with yaw, pitch, roll held within `limits` ({"yaw": [lo, hi], ...})."""
+    changes = {}
+    for key in ("yaw", "pitch", "roll"):
+        if key in limits:
+            lo, hi = limits[key]
+            changes[key] = min(max(getattr(controls, key), lo), hi)
+    return dataclasses.replace(controls, **changes)
+
+
 def expressions_from_scores(
     scores: np.ndarray, score_names: Sequence[str], names: Sequence[str]
 ) -> np.ndarray:

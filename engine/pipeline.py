@@ -180,6 +180,7 @@ class _Worker:
     free_slots: list[int] = field(default_factory=list)
     restarts: int = 0
     sessions_held: int = 0  # sessions the worker keeps caches for, as it last reported
+    device_mb: float = 0.0  # CUDA tensor memory it last reported (0 on the CPU)
 
 
 class Pipeline:
@@ -337,7 +338,7 @@ class Pipeline:
 
     def worker_states(self) -> list[dict[str, Any]]:
         """Per worker: index, device, pid, alive, ready, frames in flight, restarts, and how many
-        sessions it keeps caches for (as it last reported)."""
+        sessions it keeps caches for and its CUDA tensor memory (as it last reported)."""
         with self._lock:
             return [
                 {
@@ -349,6 +350,7 @@ class Pipeline:
                     "in_flight": len(w.in_flight),
                     "restarts": w.restarts,
                     "sessions_held": w.sessions_held,
+                    "device_mb": round(w.device_mb, 2),
                 }
                 for w in self._workers
             ]
@@ -505,7 +507,8 @@ class Pipeline:
         elif isinstance(msg, BuildDone | SessionDropped):
             # Render tasks that follow a build in the worker's queue carry its time; only the
             # worker's session count is news here.
-            self._workers[msg.worker].sessions_held = msg.sessions_held
+            w = self._workers[msg.worker]
+            w.sessions_held, w.device_mb = msg.sessions_held, msg.device_mb
 
     def _frame_done(self, msg: FrameDone) -> None:
         w = self._workers[msg.worker]
@@ -601,7 +604,7 @@ class Pipeline:
             w.free_slots = list(range(RING_SLOTS))
             self._close_pipes(w)
             w.restarts += 1
-            w.sessions_held = 0  # a new process holds nothing
+            w.sessions_held, w.device_mb = 0, 0.0  # a new process holds nothing yet
             self.restarts += 1
             self._spawn(w)  # not ready until it reports WorkerReady (the avatar takes seconds)
             for s in self._sessions.values():

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from engine.avatar import Avatar
 from engine.capture import load_capture
+from engine.controls import pose_range
 from engine.dataset import CaptureFrames, sample_pairs, temporal_split
 from engine.default_head import build_default_head
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
@@ -215,6 +216,7 @@ def train(
         "data": str(data_dir),
         "frames": len(frames),
         "split": split.to_dict(),
+        "pose_range_deg": pose_range(capture.rotation[split.train]),
         "settings": settings.__dict__ | {"cache_layers": list(settings.cache_layers)},
         "steps": step,
         "minutes": round(elapsed / 60.0, 2),

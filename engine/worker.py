@@ -26,7 +26,7 @@ from engine.controls import Controls
 from engine.frame import to_image
 from engine.frame_ring import FrameRing, RingSpec
 from engine.neural_cache import NeuralCache
-from engine.runtime import tune_allocator
+from engine.runtime import release_free_memory, tune_allocator
 
 POLL_S = 0.5  # how often an idle worker checks that its parent is alive
 CACHES_KEPT = 2  # per session: the cache being used and the one after it
@@ -111,7 +111,8 @@ class FrameDone:
 
 @dataclass(frozen=True)
 class BuildDone:
-    """sessions_held: how many sessions the worker keeps caches for after this build."""
+    """sessions_held: how many sessions the worker keeps caches for after this build;
+    device_mb: tensor memory allocated on its CUDA device (0 on the CPU)."""
 
     worker: int
     session: int
@@ -120,16 +121,19 @@ class BuildDone:
     finished: float
     generator_ms: float
     sessions_held: int
+    device_mb: float
 
 
 @dataclass(frozen=True)
 class SessionDropped:
-    """The worker forgot `session`'s caches; it now holds caches for `sessions_held` sessions
-    (what a leak check reads: zero once every session has closed)."""
+    """The worker forgot `session`'s caches; it now holds caches for `sessions_held` sessions and
+    `device_mb` of CUDA tensors (what a leak check reads: zero sessions, and the model's memory only,
+    once every session has closed)."""
 
     worker: int
     session: int
     sessions_held: int
+    device_mb: float
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,13 @@ class Worker:
             return self.render(task)
         if isinstance(task, DropSession):
             self.caches.pop(task.session, None)
-            return SessionDropped(self.settings.index, task.session, len(self.caches))
+            if not self.caches:  # idle: give what the sessions used back to the device and OS
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                release_free_memory()
+            return SessionDropped(
+                self.settings.index, task.session, len(self.caches), self._device_mb()
+            )
         raise TypeError(f"unknown task {type(task).__name__}")
 
     @torch.inference_mode()
@@ -191,6 +201,7 @@ class Worker:
             finished,
             (finished - start) * 1000.0,
             len(self.caches),
+            self._device_mb(),
         )
 
     @torch.inference_mode()
@@ -233,6 +244,12 @@ class Worker:
             cache_ready=kept.ready,
             stages_ms=stages,
         )
+
+    def _device_mb(self) -> float:
+        device = self.avatar.translation.device
+        if device.type != "cuda":
+            return 0.0
+        return torch.cuda.memory_allocated(device) / (1024.0 * 1024.0)
 
     def _sync(self) -> None:
         if self.avatar.translation.device.type == "cuda":

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from engine.avatar import DEFAULT_AVATAR, Avatar
 from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG, Controls, neutral, update
 from engine.pipeline import PipelineSettings
+from engine.runtime import release_free_memory
 from engine.schedule import Schedule
 from server.bridge import Bridge
 from server.codecs import max_bitrate
@@ -183,7 +184,11 @@ async def api_avatar(request: web.Request) -> web.Response:
             "expression_names": list(avatar.expression_names),
             "inert": _inert(avatar),
             "expression_range": [0.0, 1.0],
-            "pose_limits_deg": {k: list(v) for k, v in POSE_LIMITS_DEG.items()},
+            # What to offer: the poses this avatar renders (held at the edge past them); the
+            # protocol itself accepts `accepted_pose_deg`.
+            "pose_limits_deg": avatar.pose_range_deg
+            or {k: list(v) for k, v in POSE_LIMITS_DEG.items()},
+            "accepted_pose_deg": {k: list(v) for k, v in POSE_LIMITS_DEG.items()},
             "view_limits_deg": {k: list(v) for k, v in VIEW_LIMITS_DEG.items()},
             "codec": request.app[CONFIG_KEY].codec,
             "max_bitrate": max_bitrate(),
@@ -318,6 +323,8 @@ async def end_session(app: web.Application, sid: str, reason: str) -> None:
         return
     app[CLOSED_KEY][reason] += 1
     await session.close()
+    if not app[SESSIONS_KEY]:
+        release_free_memory()  # the last session's encoder and buffers: back to the OS
 
 
 async def _reap_sessions(app: web.Application) -> None:

@@ -53,6 +53,7 @@ def snapshot(
         "peer_connections": peer_connections,
         "pipeline_sessions": pipeline_sessions,
         "worker_sessions": sum(w.get("sessions_held", 0) for w in workers),
+        "worker_device_mb": round(sum(w.get("device_mb", 0.0) for w in workers), 2),
         "asyncio_tasks": len(asyncio.all_tasks()),
         # The loop's default executor (aiortc encodes there) grows on demand to a fixed size:
         # counted apart, so that `threads` only grows when something leaks.

@@ -54,6 +54,12 @@ def test_live_controls_render(short_capture: Path) -> None:
         full, _ = avatar.generate(x)
     assert full.image.shape == (1, 3, avatar.resolution, avatar.resolution)
     assert bool(x.mask.any())
+    # An avatar that knows its trained pose range holds poses past it at the edge.
+    avatar.summary["pose_range_deg"] = {"yaw": [-10.0, 10.0], "pitch": [-5.0, 5.0]}
+    with torch.inference_mode():
+        held = avatar.inputs([c]).uv
+        edge = avatar.inputs([dataclasses.replace(c, yaw=10.0)]).uv
+    assert torch.equal(held, edge)
 
 
 def test_training_steps_lower_the_loss(short_capture: Path) -> None:
@@ -105,6 +111,7 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
         progress=False,
     )
     assert resumed.summary["steps"] == 6
+    assert set(resumed.summary["pose_range_deg"]) == {"yaw", "pitch", "roll"}
     with pytest.raises(ValueError, match="other settings"):
         train(
             short_capture,

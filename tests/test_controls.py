@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from engine.controls import (
+    POSE_LIMITS_DEG,
     Controls,
+    clamp_pose,
     expressions_from_scores,
     head_controls_from_capture,
     neutral,
     pose_degrees,
+    pose_range,
     to_head_controls,
     update,
 )
@@ -99,3 +102,16 @@ def test_wrong_expression_count_is_named() -> None:
     head = HeadModel(build_default_head())
     with pytest.raises(ValueError, match="controls carry 2 expressions"):
         to_head_controls([Controls(expression=(0.0, 0.0))], head, torch.zeros(3))
+
+
+def test_pose_range_covers_the_training_poses_with_a_margin_and_clamps() -> None:
+    yaw = torch.tensor([-18.0, -5.0, 4.0])
+    rotation = pose_rotation(yaw, torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3)).numpy()
+    limits = pose_range(rotation, margin_deg=5.0)
+    assert limits["yaw"] == pytest.approx([-23.0, 9.0], abs=1e-3)
+    assert limits["pitch"] == pytest.approx([-4.0, 8.0], abs=1e-3)
+    wide = pose_range(pose_rotation(torch.tensor([-44.0]), torch.zeros(1), torch.zeros(1)).numpy())
+    assert wide["yaw"][0] == POSE_LIMITS_DEG["yaw"][0]  # never past what the protocol allows
+    c = clamp_pose(Controls(expression=(0.5,), yaw=30.0, pitch=-10.0, roll=2.0), limits)
+    assert (c.yaw, c.pitch, c.roll) == pytest.approx((9.0, -4.0, 2.0), abs=1e-3)
+    assert c.expression == (0.5,)
