@@ -162,15 +162,17 @@ POSE_MARGIN_DEG = 5.0  # how far past the poses it was trained on an avatar is s
 
 def pose_range(rotation: np.ndarray, margin_deg: float = POSE_MARGIN_DEG) -> dict[str, list[float]]:
     """(N, 3, 3) head rotations of the frames an avatar learned from -> {"yaw", "pitch", "roll":
-    [lo, hi]} degrees: the range they cover widened by `margin_deg`, within POSE_LIMITS_DEG.
+    [lo, hi]} degrees: the range they cover widened by `margin_deg` and rounded out to whole
+    degrees (so that a slider in 1-degree steps still reaches 0), within POSE_LIMITS_DEG.
     Beyond it the networks have never seen the UV maps they would get (they smear)."""
     angles = pose_degrees(rotation)  # (N, 3)
     out = {}
     for i, key in enumerate(("yaw", "pitch", "roll")):
         lo_limit, hi_limit = POSE_LIMITS_DEG[key]
-        lo = max(lo_limit, float(angles[:, i].min()) - margin_deg)
-        hi = min(hi_limit, float(angles[:, i].max()) + margin_deg)
-        out[key] = [round(lo, 2), round(hi, 2)]
+        # Rounded to 1e-3 first: a pose read back from its rotation is off by ~1e-6 degrees.
+        lo = max(lo_limit, math.floor(round(float(angles[:, i].min()) - margin_deg, 3)))
+        hi = min(hi_limit, math.ceil(round(float(angles[:, i].max()) + margin_deg, 3)))
+        out[key] = [float(lo), float(hi)]
     return out
 
 
