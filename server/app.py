@@ -33,10 +33,11 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from engine.avatar import DEFAULT_AVATAR, Avatar
-from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG, Controls, neutral, update
+from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG
 from engine.pipeline import PipelineSettings
 from engine.runtime import release_free_memory
 from engine.schedule import Schedule
+from server import protocol
 from server.bridge import Bridge
 from server.codecs import max_bitrate
 from server.metrics import ServerCollector, metrics_handler
@@ -44,7 +45,6 @@ from server.resources import snapshot
 from server.session import Session
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-MAX_STATE_CHARS = 8192  # a full control state is ~2 KB of JSON
 MAX_OFFER_BYTES = 64 * 1024  # an SDP offer is a few KB
 RETRY_AFTER_S = 10  # what a client told "too many sessions" should wait
 TTL_CHECK_S = 1.0
@@ -98,29 +98,6 @@ CLOSED_KEY = web.AppKey("closed", collections.Counter[str])
 # ---------------------------------------------------------------------------------- stills
 
 
-def parse_state(text: str, names: tuple[str, ...]) -> Controls:
-    """A `state` query value, a JSON object like a control message ({"expression": {...},
-    "pose": {...}, "view": {...}}), -> Controls; fields not given are neutral."""
-    if len(text) > MAX_STATE_CHARS:
-        raise ValueError(f"state is {len(text)} characters, more than {MAX_STATE_CHARS}")
-    try:
-        message = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"state is not JSON: {exc.msg}") from exc
-    if not isinstance(message, dict):
-        raise ValueError("state must be a JSON object")
-    unknown = set(message) - {"expression", "pose", "view"}
-    if unknown:
-        raise ValueError(f"unknown state fields: {sorted(unknown)}")
-    return update(
-        neutral(names),
-        names,
-        expression=message.get("expression"),
-        pose=message.get("pose"),
-        view=message.get("view"),
-    )
-
-
 def encode_png(picture: np.ndarray) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes."""
     out = io.BytesIO()
@@ -131,8 +108,9 @@ def encode_png(picture: np.ndarray) -> bytes:
 async def still(request: web.Request) -> web.Response:
     renderer = request.app[RENDERER_KEY]
     try:
-        controls = parse_state(request.query.get("state", "{}"), renderer.avatar.expression_names)
-    except ValueError as exc:
+        state = request.query.get("state", "{}")
+        controls = protocol.parse_state(state, renderer.avatar.expression_names)
+    except protocol.ProtocolError as exc:
         raise web.HTTPBadRequest(text=f"bad state: {exc}") from exc
     loop = asyncio.get_running_loop()
     async with renderer.lock:  # renders run in a thread: the event loop keeps serving

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.controls import Controls, short_repr, update
+from engine.controls import Controls, neutral, short_repr, update
 
 MAX_MESSAGE_CHARS = 16_384  # a full control message is ~2 KB; aiortc allows 256 KiB
+MAX_STATE_CHARS = 8192  # a whole state (all 52 expressions, pose, view) is ~2 KB of JSON
 MAX_SEQ = 2**53 - 1  # the browser's Number.MAX_SAFE_INTEGER: a seq JavaScript can count to
 
 
@@ -68,16 +69,7 @@ def parse(text: str | bytes, state: Controls, names: Sequence[str], last_seq: in
     sent keep their values) and `last_seq` the newest accepted seq (seq must increase)."""
     if isinstance(text, bytes):
         raise ProtocolError("messages must be text (JSON), not binary")
-    if len(text) > MAX_MESSAGE_CHARS:
-        raise ProtocolError(f"message of {len(text)} characters, more than {MAX_MESSAGE_CHARS}")
-    try:
-        message = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"message is not JSON: {exc.msg} at character {exc.pos}") from exc
-    except RecursionError as exc:  # '[[[[...' within the size limit is still too deep to decode
-        raise ProtocolError("message is nested too deeply to be a control message") from exc
-    if not isinstance(message, dict):
-        raise ProtocolError("message must be a JSON object")
+    message = _json_object(text, "message", MAX_MESSAGE_CHARS)
     kind = message.get("type")
     try:
         if kind == "control":
@@ -99,12 +91,42 @@ def parse(text: str | bytes, state: Controls, names: Sequence[str], last_seq: in
     raise ProtocolError(f"unknown message type {short_repr(kind)}: expected control, ping or probe")
 
 
-def _only(message: dict[str, Any], allowed: set[str]) -> None:
+def parse_state(text: str, names: Sequence[str]) -> Controls:
+    """A whole state as JSON ({"expression": {...}, "pose": {...}, "view": {...}}, the fields of a
+    control message; `GET /still.png?state=`) -> Controls; fields not given are neutral."""
+    state = _json_object(text, "state", MAX_STATE_CHARS)
+    try:
+        _only(state, {"expression", "pose", "view"}, "state")
+        return update(
+            neutral(names),
+            names,
+            expression=state.get("expression"),
+            pose=state.get("pose"),
+            view=state.get("view"),
+        )
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
+
+
+def _json_object(text: str, what: str, limit: int) -> dict[str, Any]:
+    if len(text) > limit:
+        raise ProtocolError(f"{what} of {len(text)} characters, more than {limit}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{what} is not JSON: {exc.msg} at character {exc.pos}") from exc
+    except RecursionError as exc:  # '[[[[...' within the size limit is still too deep to decode
+        raise ProtocolError(f"{what} is nested too deeply to be a control state") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return value
+
+
+def _only(message: dict[str, Any], allowed: set[str], what: str | None = None) -> None:
     unknown = set(message) - allowed
     if unknown:
-        raise ValueError(
-            f"unknown fields {short_repr(sorted(unknown))} in a {message['type']} message"
-        )
+        where = what or f"a {message['type']} message"
+        raise ValueError(f"unknown fields {short_repr(sorted(unknown))} in {where}")
 
 
 def _control(

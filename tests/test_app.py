@@ -65,6 +65,9 @@ async def test_page_health_and_stills(tiny_avatar: Path) -> None:
         ('{"expression": {"jawOpen": 7}}', "jawOpen"),
         ('{"pose": {"yaw": 400}}', "yaw"),
         ('{"colour": 1}', "colour"),
+        # Deeper than json's recursion limit, yet within aiohttp's 8190-byte request line.
+        ("[" * 1300 + "]" * 1300, "nested too deeply"),  # was a RecursionError: a 500
+        ('{"pose": {"yaw": 1' + "0" * 400 + "}}", "finite"),
     ],
 )
 async def test_bad_states_are_refused_with_the_reason(

@@ -92,7 +92,9 @@ REQUESTS = st.tuples(
     PATHS,
     st.sampled_from(["application/json", "text/plain", "application/sdp", "multipart/form-data"]),
     BODIES,
-    st.none() | fuzz.JSON.map(lambda v: json.dumps(v, allow_nan=True)),  # a still's state
+    st.none()  # a still's state: any JSON, or nested past json's recursion limit
+    | fuzz.JSON.map(lambda v: json.dumps(v, allow_nan=True))
+    | st.integers(1000, 1300).map(lambda n: "[" * n + "]" * n),
 )
 
 
