@@ -294,13 +294,16 @@ async def offer(request: web.Request) -> web.Response:
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": sid})
 
 
-async def end_session(app: web.Application, sid: str, reason: str) -> None:
-    """Close a session once (the first caller's reason is the one counted)."""
+async def end_session(
+    app: web.Application, sid: str, reason: str, farewell: str | None = None
+) -> None:
+    """Close a session once (the first caller's reason is the one counted); `farewell` tells the
+    page why, when the server is the one ending it."""
     session = app[SESSIONS_KEY].pop(sid, None)
     if session is None:
         return
     app[CLOSED_KEY][reason] += 1
-    await session.close()
+    await session.close(farewell)
     if not app[SESSIONS_KEY]:
         release_free_memory()  # the last session's encoder and buffers: back to the OS
 
@@ -314,7 +317,7 @@ async def _reap_sessions(app: web.Application) -> None:
             try:
                 if time.monotonic() - session.created > ttl:
                     LOG.info("session %s reached its time limit (%.0f s)", sid, ttl)
-                    await end_session(app, sid, "ttl")
+                    await end_session(app, sid, "ttl", f"it reached its time limit ({ttl:g} s)")
                 elif await session.peer_silent():
                     LOG.info("session %s: the peer went silent; closing it", sid)
                     await end_session(app, sid, "silent")
@@ -350,7 +353,8 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def close_sessions(app: web.Application) -> None:
     open_now: list[str] = list(app[SESSIONS_KEY].keys())
-    await asyncio.gather(*(end_session(app, sid, "shutdown") for sid in open_now))
+    farewell = "the server is shutting down"
+    await asyncio.gather(*(end_session(app, sid, "shutdown", farewell) for sid in open_now))
 
 
 def use_loopback_only() -> None:

@@ -36,6 +36,7 @@ STATS_PERIOD_S = 1.0
 MESSAGE_RATE_HZ = 120.0  # data-channel messages per second a session may send (a 120 Hz display)
 MESSAGE_BURST = 240  # ... and at most this many at once
 RECENT_FRAMES = 90  # frames kept for the stats (3 s at 30 fps)
+FAREWELL_S = 0.2  # how long a closing message gets to leave before the connection closes
 PEER_SILENCE_S = 6.0  # no receiver report for this long: the peer is gone (several reports missed)
 CONNECT_LIMIT_S = 30.0  # a peer that has not connected by then never will (browsers give up too)
 LOG = logging.getLogger(__name__)
@@ -197,10 +198,14 @@ class Session:
 
     # ------------------------------------------------------------------ closing
 
-    async def close(self) -> None:
-        """End the session: stop its tasks, free its pipeline state, close the connection."""
+    async def close(self, farewell: str | None = None) -> None:
+        """End the session: stop its tasks, free its pipeline state, close the connection. A
+        `farewell` goes to the page first as an `error` (why the server ends it)."""
         if self.closed.is_set():
             return
+        if farewell is not None and self.channel is not None and self.channel.readyState == "open":
+            self._send(protocol.error(f"session ended: {farewell}"))
+            await asyncio.sleep(FAREWELL_S)  # let SCTP deliver it before the connection goes
         self.closed.set()
         for task in self._tasks:
             task.cancel()

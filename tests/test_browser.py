@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,3 +68,15 @@ def test_call_demo_receives_the_avatar(server_url: str) -> None:
         )
         assert page.evaluate("document.getElementById('status').textContent") == "in call"
         assert page.evaluate("document.getElementById('bob').videoWidth") == 256
+
+
+def test_the_page_says_why_the_server_ended_the_session(tmp_path: Path) -> None:
+    path = save_untrained_avatar(tmp_path / "avatar.pt", resolution=256)
+    extra = ["--workers", "1", "--num-warps", "2", "--session-ttl", "4"]
+    with local_server(path, extra) as server, browser.browser_page(server.url) as page:
+        browser.wait_connected(page)
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('session ended')",
+            timeout=30_000,
+        )
+        assert "time limit (4 s)" in (page.locator("#status").text_content() or "")

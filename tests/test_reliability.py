@@ -214,3 +214,27 @@ async def _seqs_until(viewer: rtc_client.Viewer, last: int) -> set[int]:
         if got.seq is not None:
             seqs.add(got.seq)
     return seqs
+
+
+async def test_a_session_past_its_time_limit_is_told_why_and_closed(avatar_256: Path) -> None:
+    config = ServerConfig(
+        avatar_path=avatar_256,
+        schedule=Schedule("sequential", 1, 2),
+        loopback_only=True,
+        session_ttl_s=2.0,
+    )
+    async with TestServer(create_app(config), host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        async with ClientSession() as http:
+            viewer = await rtc_client.connect(http, url)
+            farewell = await viewer.message("error")
+            assert "time limit (2 s)" in farewell["message"]
+            deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT_S
+            while True:
+                stats = await (await http.get(f"{url}/api/stats")).json()
+                if not stats["sessions"] and not stats["resources"]["peer_connections"]:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "the session outlived its TTL"
+                await asyncio.sleep(0.2)
+            assert stats["closed"] == {"ttl": 1}
+            await viewer.close()

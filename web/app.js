@@ -228,6 +228,7 @@ async function start() {
       else if (m.type === "pong") rtt = performance.now() - m.t;
       else if (m.type === "error") console.warn("server:", m.message);
     },
+    onClose: (reason) => { $("status").textContent = `${reason} (reload to reconnect)`; },
   });
   video.srcObject = avatar.stream;
   avatar.probe($("probe").checked);

@@ -5,6 +5,8 @@
 //   video.srcObject = avatar.stream;            // or pc.addTrack(avatar.stream.getVideoTracks()[0])
 //   avatar.setControls({ expression: { jawOpen: 0.5 }, pose: { yaw: 10 } });
 //   avatar.close();
+// Options: url, codec, iceServers, token (for a server run with --token), onMessage(message) for the
+// server's messages, onClose(reason) once the session has ended (the server's reason when it gave one).
 
 function waitForIceGathering(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
@@ -26,7 +28,7 @@ function preferCodec(transceiver, codec) {
   if (wanted.length) transceiver.setCodecPreferences([...wanted, ...all.filter((c) => !wanted.includes(c))]);
 }
 
-export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], token = null, onMessage = null } = {}) {
+export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], token = null, onMessage = null, onClose = null } = {}) {
   const pc = new RTCPeerConnection({ iceServers });
   const channel = pc.createDataChannel("control");
   const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
@@ -37,8 +39,23 @@ export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], 
     channel.addEventListener("open", resolve, { once: true });
     channel.addEventListener("error", reject, { once: true });
   });
+  // Why the session ended, once: the server says so in an error before it closes a session
+  // (time limit, shutdown); otherwise the channel or the connection just went away.
+  let farewell = null;
+  let ended = false;
+  const end = (why) => {
+    if (ended) return;
+    ended = true;
+    if (onClose) onClose(farewell || why);
+  };
   channel.addEventListener("message", (event) => {
-    if (onMessage) onMessage(JSON.parse(event.data));
+    const message = JSON.parse(event.data);
+    if (message.type === "error" && message.message.startsWith("session ended")) farewell = message.message;
+    if (onMessage) onMessage(message);
+  });
+  channel.addEventListener("close", () => end("the connection closed"));
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "failed" || pc.connectionState === "closed") end(`connection ${pc.connectionState}`);
   });
   await pc.setLocalDescription(await pc.createOffer());
   await waitForIceGathering(pc);
@@ -63,6 +80,7 @@ export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], 
   return {
     stream,
     pc,
+    channel,
     session: answer.session,
     sent,
     setControls(fields) {
