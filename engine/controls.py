@@ -160,17 +160,12 @@ def pose_degrees(rotation: np.ndarray) -> np.ndarray:
 POSE_MARGIN_DEG = 5.0  # how far past the poses it was trained on an avatar is still asked to go
 
 
-def pose_range(
-    rotation: np.ndarray, margin_deg: float = POSE_MARGIN_DEG, mirrored: bool = False
-) -> dict[str, list[float]]:
+def pose_range(rotation: np.ndarray, margin_deg: float = POSE_MARGIN_DEG) -> dict[str, list[float]]:
     """(N, 3, 3) head rotations of the frames an avatar learned from -> {"yaw", "pitch", "roll":
-    [lo, hi]} degrees (`mirrored`: the frames were also learned mirrored left-right, see
-    `engine.train --mirror`): the range they cover widened by `margin_deg` and rounded out to whole
+    [lo, hi]} degrees: the range they cover widened by `margin_deg` and rounded out to whole
     degrees (so that a slider in 1-degree steps still reaches 0), within POSE_LIMITS_DEG.
     Beyond it the networks have never seen the UV maps they would get (they smear)."""
     angles = pose_degrees(rotation)  # (N, 3)
-    if mirrored:  # trained on mirror images too: their yaw and roll have the other sign
-        angles = np.concatenate((angles, angles * np.array([-1.0, 1.0, -1.0])))
     out = {}
     for i, key in enumerate(("yaw", "pitch", "roll")):
         lo_limit, hi_limit = POSE_LIMITS_DEG[key]

@@ -219,7 +219,7 @@ def train(
         "data": str(data_dir),
         "frames": len(frames),
         "split": split.to_dict(),
-        "pose_range_deg": pose_range(capture.rotation[split.train], mirrored=settings.mirror > 0),
+        "pose_range_deg": pose_range(capture.rotation[split.train]),
         "settings": settings.__dict__ | {"cache_layers": list(settings.cache_layers)},
         "steps": step,
         "minutes": round(elapsed / 60.0, 2),

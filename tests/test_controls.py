@@ -112,9 +112,6 @@ def test_pose_range_covers_the_training_poses_with_a_margin_and_clamps() -> None
     assert limits["pitch"] == pytest.approx([-4.0, 8.0], abs=1e-3)
     wide = pose_range(pose_rotation(torch.tensor([-44.0]), torch.zeros(1), torch.zeros(1)).numpy())
     assert wide["yaw"][0] == POSE_LIMITS_DEG["yaw"][0]  # never past what the protocol allows
-    both_ways = pose_range(rotation, margin_deg=5.0, mirrored=True)
-    assert both_ways["yaw"] == pytest.approx([-23.0, 23.0], abs=1e-3)
-    assert both_ways["pitch"] == limits["pitch"]  # a mirror does not tilt the head
     c = clamp_pose(Controls(expression=(0.5,), yaw=30.0, pitch=-10.0, roll=2.0), limits)
     assert (c.yaw, c.pitch, c.roll) == pytest.approx((9.0, -4.0, 2.0), abs=1e-3)
     assert c.expression == (0.5,)
