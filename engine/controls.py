@@ -186,22 +186,6 @@ def clamp_pose(controls: Controls, limits: Mapping[str, Sequence[float]]) -> Con
     return dataclasses.replace(controls, **changes)
 
 
-def mirror_permutation(names: Sequence[str]) -> list[int]:
-    """For each expression name, the index of its mirror image (eyeBlinkLeft <-> eyeBlinkRight,
-    jawLeft <-> jawRight, ...; a name without Left/Right is its own mirror)."""
-    index = {n: i for i, n in enumerate(names)}
-    out = []
-    for name in names:
-        if "Left" in name:
-            twin = name.replace("Left", "Right")
-        elif "Right" in name:
-            twin = name.replace("Right", "Left")
-        else:
-            twin = name
-        out.append(index.get(twin, index[name]))
-    return out
-
-
 def expressions_from_scores(
     scores: np.ndarray, score_names: Sequence[str], names: Sequence[str]
 ) -> np.ndarray:

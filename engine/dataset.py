@@ -17,15 +17,8 @@ from PIL import Image
 
 from engine.camera import Camera
 from engine.capture import CaptureData
-from engine.controls import expressions_from_scores, mirror_permutation
-from engine.frame_inputs import (
-    FrameInputs,
-    angles_from_rotation,
-    make_inputs,
-    mirror_inputs,
-    mirrored,
-    warp_image,
-)
+from engine.controls import expressions_from_scores
+from engine.frame_inputs import FrameInputs, angles_from_rotation, make_inputs, warp_image
 from engine.head_model import HeadControls, HeadModel
 
 TEST_FRACTION = 0.15  # the clip's last frames, never trained on
@@ -103,13 +96,9 @@ class CaptureFrames:
         )
         eye = torch.eye(3, device=dev).expand(b, 3, 3)
         moved = None if affine is None else affine.to(dev)
-        x = make_inputs(
+        return make_inputs(
             self.head, controls, eye, self.angles[rows].to(dev), self.camera, self.resolution, moved
         )
-        if affine is None:
-            return x
-        permutation = mirror_permutation(self.head.expression_names)
-        return mirror_inputs(x, mirrored(affine).to(dev), permutation)
 
     def targets(self, rows: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, R, R) float target crops in [0, 1], moved by `affine` like their inputs."""

@@ -8,9 +8,7 @@ use. Training therefore sees exactly what the live server will produce.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +21,6 @@ from engine.raster import Fragments, uv_map
 
 ANGLE_SCALE_DEG = 45.0  # pose and view angles are divided by this in the control vector
 NUM_ANGLES = 5  # yaw, pitch, roll, view yaw, view pitch
-MIRRORED_ANGLES = [0, 2, 3]  # yaw, roll, view yaw: their sign flips in a mirror image
 
 
 def control_dim(num_expressions: int) -> int:
@@ -136,16 +133,10 @@ def make_inputs(
 
 
 def random_affines(
-    batch: int,
-    resolution: int,
-    max_shift_px: float,
-    max_scale: float,
-    generator: torch.Generator,
-    mirror_probability: float = 0.0,
+    batch: int, resolution: int, max_shift_px: float, max_scale: float, generator: torch.Generator
 ) -> torch.Tensor:
     """(B, 2, 3) random zoom about the image centre and shift, in pixels: small enough that the
-    face stays in frame, large enough that the networks cannot memorise pixel positions; with
-    `mirror_probability`, also a left-right mirror about the centre (see `mirror_inputs`)."""
+    face stays in frame, large enough that the networks cannot memorise pixel positions."""
     scale = 1.0 + (torch.rand(batch, generator=generator) * 2 - 1) * max_scale  # (B,)
     shift = (torch.rand(batch, 2, generator=generator) * 2 - 1) * max_shift_px  # (B, 2)
     centre = resolution / 2.0
@@ -153,38 +144,7 @@ def random_affines(
     affine[:, 0, 0] = scale
     affine[:, 1, 1] = scale
     affine[:, :, 2] = centre * (1 - scale)[:, None] + shift
-    if mirror_probability > 0:  # drawn only when asked: runs without mirrors keep their streams
-        flip = torch.rand(batch, generator=generator) < mirror_probability  # (B,)
-        affine[flip, 0, 0] = -scale[flip]
-        affine[flip, 0, 2] = centre * (1 + scale[flip]) + shift[flip, 0]
     return affine
-
-
-def mirrored(affine: torch.Tensor) -> torch.Tensor:
-    """(B, 2, 3) pixel affines -> (B,) bool: which of them mirror the picture."""
-    return torch.linalg.det(affine[:, :, :2]) < 0
-
-
-def mirror_inputs(x: FrameInputs, which: torch.Tensor, permutation: Sequence[int]) -> FrameInputs:
-    """Make the non-image inputs of the frames `which` (B,) bool agree with a mirrored picture.
-
-    The UV map, mask and screen points of a mirrored frame come mirrored from the rasteriser (the
-    projected mesh was mirrored, both windings are drawn); what it does not see is the control
-    vector and the view direction: left and right expressions swap (`permutation`,
-    engine.controls.mirror_permutation), yaw, roll and the view yaw change sign, and so does the
-    view direction's x."""
-    if not bool(which.any()):
-        return x
-    e = len(permutation)
-    controls = x.controls.clone()
-    flipped = controls[which]
-    flipped[:, :e] = flipped[:, list(permutation)]
-    angles = [e + a for a in MIRRORED_ANGLES]
-    flipped[:, angles] = -flipped[:, angles]
-    controls[which] = flipped
-    view_dir = x.view_dir.clone()
-    view_dir[which, 0] = -view_dir[which, 0]
-    return dataclasses.replace(x, controls=controls, view_dir=view_dir)
 
 
 def warp_image(image: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,6 @@ class TrainSettings:
     cache_layers: tuple[str, ...]
     warp_kind: WarpKind
     generator_controls: int | None = None
-    mirror: float = 0.0  # probability that a training pair is mirrored left-right
 
 
 def losses(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,9 +183,7 @@ def train(
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
     while step < settings.steps and time.perf_counter() - started < budget_s:
         t_rows, tk_rows = sample_pairs(split.train, settings.batch, settings.max_k, rng)
-        affine = random_affines(
-            settings.batch, res, AUG_SHIFT_PX_FRACTION * res, AUG_SCALE, rng, settings.mirror
-        )
+        affine = random_affines(settings.batch, res, AUG_SHIFT_PX_FRACTION * res, AUG_SCALE, rng)
         l1_g, l1_w = train_step(avatar, optimizer, frames, t_rows, tk_rows, affine, device)
         step += 1
         bar.update(1)
@@ -332,13 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         help="condition the generator on the controls with this many channels (0: off; "
         "default: the preset's)",
     )
-    parser.add_argument(
-        "--mirror",
-        type=float,
-        default=0.0,
-        help="probability of mirroring a training pair left-right (pictures, UV maps, left/right "
-        "expressions, yaw and roll): it teaches the turns the clip makes only one way",
-    )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -352,8 +342,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.max_k < 1 or not args.max_minutes > 0:
         parser.error("--steps, --batch, --max-k and --max-minutes must be positive")
-    if not 0.0 <= args.mirror <= 1.0:
-        parser.error("--mirror is a probability: within [0, 1]")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be positive")
@@ -369,7 +357,6 @@ def main(argv: list[str] | None = None) -> int:
         cache_layers=args.cache_layers,
         warp_kind=args.warp_kind,
         generator_controls=args.generator_controls,
-        mirror=args.mirror,
     )
     try:
         device = resolve_device(args.device)

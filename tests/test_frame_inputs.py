@@ -6,17 +6,9 @@ import numpy as np
 import torch
 
 from engine.camera import Camera
-from engine.controls import mirror_permutation
 from engine.dataset import sample_pairs, temporal_split
 from engine.default_head import build_default_head
-from engine.frame_inputs import (
-    make_inputs,
-    mirror_inputs,
-    mirrored,
-    random_affines,
-    view_direction,
-    warp_image,
-)
+from engine.frame_inputs import make_inputs, random_affines, view_direction, warp_image
 from engine.head_model import HeadModel, pose_rotation
 
 RES = 96
@@ -70,33 +62,3 @@ def test_temporal_split_and_pairs() -> None:
     assert np.array_equal(
         np.concatenate([split.train, split.validation, split.test]), np.arange(100)
     )
-
-
-def test_a_mirrored_frame_is_the_mirror_image_and_its_controls_swap_sides() -> None:
-    head = HeadModel(build_default_head())
-    names = head.expression_names
-    c = head.neutral_controls(batch=1, translation=torch.tensor([0.0, 0.0, -60.0]))
-    c.expression[0, names.index("eyeBlinkLeft")] = 0.9
-    c.rotation[:] = pose_rotation(torch.tensor([12.0]), torch.tensor([3.0]), torch.tensor([5.0]))
-    angles = torch.tensor([[12.0, 3.0, 5.0, 0.0, 0.0]])
-    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
-    mirror = torch.tensor([[[-1.0, 0.0, float(RES)], [0.0, 1.0, 0.0]]])
-    assert mirrored(mirror).tolist() == [True] and mirrored(identity).tolist() == [False]
-
-    def inputs(affine: torch.Tensor):
-        x = make_inputs(head, c, torch.eye(3)[None], angles, Camera(fx=2.4, fy=2.4), RES, affine)
-        return mirror_inputs(x, mirrored(affine), mirror_permutation(names))
-
-    plain, flipped = inputs(identity), inputs(mirror)
-    assert torch.equal(flipped.mask, plain.mask.flip(2)) and bool(plain.mask.any())
-    assert float((flipped.uv.flip(2) - plain.uv)[plain.mask].abs().max()) < 1e-4
-    e = len(names)
-    left, right = names.index("eyeBlinkLeft"), names.index("eyeBlinkRight")
-    assert float(flipped.controls[0, right]) == float(plain.controls[0, left]) > 0.5
-    assert float(flipped.controls[0, left]) == float(plain.controls[0, right]) == 0.0
-    assert torch.allclose(
-        flipped.controls[0, e:], plain.controls[0, e:] * torch.tensor([-1, 1, -1, -1, 1])
-    )
-    assert torch.allclose(flipped.view_dir[0], plain.view_dir[0] * torch.tensor([-1.0, 1.0, 1.0]))
-    share = mirrored(random_affines(400, RES, 6.0, 0.08, torch.Generator().manual_seed(1), 0.5))
-    assert 0.35 < float(share.float().mean()) < 0.65
