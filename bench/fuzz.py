@@ -186,6 +186,7 @@ def hand_picked(names: Sequence[str]) -> list[str | bytes]:
         control(1_000_013, pose={"yaw": 10}, view={"yaw": 999}),  # valid pose, bad view
         control(1_000_014, colour="red"),
         control(10**400),
+        json.dumps({"type": "ping", "t": 0}).replace("0}", "1" * 5000 + "}"),  # > 4300 digits
         control(2**53),
         control(-1),
         control("12"),

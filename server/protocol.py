@@ -117,6 +117,8 @@ def _json_object(text: str, what: str, limit: int) -> dict[str, Any]:
         raise ProtocolError(f"{what} is not JSON: {exc.msg} at character {exc.pos}") from exc
     except RecursionError as exc:  # '[[[[...' within the size limit is still too deep to decode
         raise ProtocolError(f"{what} is nested too deeply to be a control state") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits (Python's int-to-str limit)
+        raise ProtocolError(f"{what} is not JSON we accept: {short_repr(str(exc), 80)}") from exc
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} must be a JSON object")
     return value

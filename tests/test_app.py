@@ -68,6 +68,7 @@ async def test_page_health_and_stills(tiny_avatar: Path) -> None:
         # Deeper than json's recursion limit, yet within aiohttp's 8190-byte request line.
         ("[" * 1300 + "]" * 1300, "nested too deeply"),  # was a RecursionError: a 500
         ('{"pose": {"yaw": 1' + "0" * 400 + "}}", "finite"),
+        ('{"pose": {"yaw": 1' + "0" * 4400 + "}}", "digits"),  # was a ValueError: a 500
     ],
 )
 async def test_bad_states_are_refused_with_the_reason(

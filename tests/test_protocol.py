@@ -58,6 +58,7 @@ def test_ping_and_probe() -> None:
         ('{"type": "control", "seq": 9, "t": 0, "colour": 1}', "colour", 9),
         ('{"type": "ping"}', "t must be", None),
         ('{"type": "probe", "on": "yes"}', "probe.on", None),
+        ('{"type": "ping", "t": ' + "1" * 5000 + "}", "digits", None),  # past int's 4300 digits
     ],
 )
 def test_bad_messages_name_the_problem(text: str, message: str, seq: int | None) -> None:
