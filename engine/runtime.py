@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import Any
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -22,18 +23,26 @@ TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024  # keep up to this much freed memory fo
 _applied: bool | None = None
 
 
+def _glibc(name: str, argtypes: tuple[Any, ...]) -> Any | None:
+    """glibc's function `name` with its argument types, or None where there is none (not Linux,
+    musl and others: those keep their allocator's defaults)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = argtypes
+    return function
+
+
 def release_free_memory() -> bool:
     """Give the heap's free pages back to the OS (glibc's malloc_trim, every arena); True if done.
     For a process going idle (a worker whose last session closed, the server after a session):
     what a finished session freed stops counting as resident memory. A few ms."""
-    if not sys.platform.startswith("linux"):
+    malloc_trim = _glibc("malloc_trim", (ctypes.c_size_t,))
+    if malloc_trim is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        malloc_trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes = (ctypes.c_size_t,)
     malloc_trim(0)
     return True
 
@@ -43,16 +52,10 @@ def tune_allocator() -> bool:
     global _applied  # one process-wide fact, like the allocator it describes
     if _applied is not None:
         return _applied
-    _applied = False
-    if sys.platform.startswith("linux"):
-        name = ctypes.util.find_library("c")
-        try:
-            libc = ctypes.CDLL(name or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):  # musl and others have no mallopt: keep their defaults
-            return False
-        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-        _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-            mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-        )
+    mallopt = _glibc("mallopt", (ctypes.c_int, ctypes.c_int))
+    _applied = (
+        mallopt is not None
+        and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    )
     return _applied
