@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import statistics
 import time
@@ -27,22 +26,18 @@ import psutil
 
 from bench import rtc_client
 from bench.local_server import run_against, write_report
+from server.resources import rss_mb
 
 CONTROL_HZ = 30.0
 
 
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants (the render workers), in MB."""
+    """Resident memory of a process and its descendants (the render workers), MB to 0.1."""
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        return rss_mb([pid, *(child.pid for child in root.children(recursive=True))])
     except psutil.Error:
         return 0.0
-    total = 0
-    for p in processes:
-        with contextlib.suppress(psutil.Error):  # a worker restarting between the two calls
-            total += p.memory_info().rss
-    return total / (1024.0 * 1024.0)
 
 
 async def soak(url: str, seconds: float, bucket_s: float, server_pid: int | None) -> dict[str, Any]:
@@ -88,7 +83,7 @@ async def soak(url: str, seconds: float, bucket_s: float, server_pid: int | None
                         "mtp_ms_p95": round(float(np.percentile(latencies, 95)), 2)
                         if latencies
                         else None,
-                        "rss_mb": round(tree_rss_mb(server_pid), 1) if server_pid else None,
+                        "rss_mb": tree_rss_mb(server_pid) if server_pid else None,
                         "fps": round(frames_in_bucket / span, 2),
                     }
                 )

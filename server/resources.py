@@ -30,7 +30,9 @@ def _in_executor(thread: threading.Thread) -> bool:
     return thread.name.startswith("asyncio_")  # asyncio names its default executor's threads so
 
 
-def _rss_mb(pids: Iterable[int]) -> float:
+def rss_mb(pids: Iterable[int]) -> float:
+    """Resident memory of the processes `pids` together, MB to 0.1 (one that has exited counts 0:
+    a worker may be restarting)."""
     total = 0
     for pid in pids:
         with contextlib.suppress(psutil.Error):
@@ -61,6 +63,6 @@ def snapshot(
         "executor_threads": sum(_in_executor(t) for t in threading.enumerate()),
         "fds": fds,
         "shm_segments": _shm_mappings(me),
-        "rss_mb": _rss_mb([me.pid]),
-        "workers_rss_mb": _rss_mb(w["pid"] for w in workers if w.get("pid")),
+        "rss_mb": rss_mb([me.pid]),
+        "workers_rss_mb": rss_mb(w["pid"] for w in workers if w.get("pid")),
     }
