@@ -7,6 +7,7 @@ vanishing ones in child processes killed with SIGKILL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,16 +34,20 @@ def avatar_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_untrained_avatar(path, resolution=256)
 
 
-@pytest.fixture
-async def url(avatar_256: Path) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def serving(avatar: Path, **settings: Any) -> AsyncIterator[str]:
+    """The real app (one worker) on a free loopback port, with `settings`; yields its URL."""
     config = ServerConfig(
-        avatar_path=avatar_256,
-        schedule=Schedule("sequential", 1, 2),
-        loopback_only=True,
-        max_sessions=8,
+        avatar_path=avatar, schedule=Schedule("sequential", 1, 2), loopback_only=True, **settings
     )
     async with TestServer(create_app(config), host="127.0.0.1") as server:
         yield str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def url(avatar_256: Path) -> AsyncIterator[str]:
+    async with serving(avatar_256, max_sessions=8) as address:
+        yield address
 
 
 async def test_live_fuzz_every_message_is_answered_and_nothing_is_half_applied(url: str) -> None:
@@ -217,24 +222,16 @@ async def _seqs_until(viewer: rtc_client.Viewer, last: int) -> set[int]:
 
 
 async def test_a_session_past_its_time_limit_is_told_why_and_closed(avatar_256: Path) -> None:
-    config = ServerConfig(
-        avatar_path=avatar_256,
-        schedule=Schedule("sequential", 1, 2),
-        loopback_only=True,
-        session_ttl_s=2.0,
-    )
-    async with TestServer(create_app(config), host="127.0.0.1") as server:
-        url = str(server.make_url("")).rstrip("/")
-        async with ClientSession() as http:
-            viewer = await rtc_client.connect(http, url)
-            farewell = await viewer.message("error")
-            assert "time limit (2 s)" in farewell["message"]
-            deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT_S
-            while True:
-                stats = await (await http.get(f"{url}/api/stats")).json()
-                if not stats["sessions"] and not stats["resources"]["peer_connections"]:
-                    break
-                assert asyncio.get_running_loop().time() < deadline, "the session outlived its TTL"
-                await asyncio.sleep(0.2)
-            assert stats["closed"] == {"ttl": 1}
-            await viewer.close()
+    async with serving(avatar_256, session_ttl_s=2.0) as url, ClientSession() as http:
+        viewer = await rtc_client.connect(http, url)
+        farewell = await viewer.message("error")
+        assert "time limit (2 s)" in farewell["message"]
+        deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT_S
+        while True:
+            stats = await (await http.get(f"{url}/api/stats")).json()
+            if not stats["sessions"] and not stats["resources"]["peer_connections"]:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the session outlived its TTL"
+            await asyncio.sleep(0.2)
+        assert stats["closed"] == {"ttl": 1}
+        await viewer.close()
