@@ -12,7 +12,6 @@ JSON keys: DESIGN.md, "Measurement contracts".
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import shutil
 import sys
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.local_server import run_against, write_report
+from bench.local_server import run_against, server_parser, write_report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -91,14 +90,9 @@ def measure(url: str, seconds: float, codec: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.browser", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--url", help="a running server (default: start one)")
-    parser.add_argument("--avatar", type=Path, help="for the server this starts")
+    parser = server_parser("bench.browser", __doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--codec", choices=("vp8", "h264"), default="vp8")
-    parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.seconds < 2:
         parser.error("--seconds must be >= 2")

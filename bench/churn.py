@@ -16,18 +16,16 @@ shared-memory segments; all 0 when nothing leaked), and `rss_growth` the relativ
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench import rtc_client
-from bench.local_server import ROOT, run_against, write_report
+from bench.local_server import ROOT, run_against, server_parser, write_report
 
 COUNTED = (
     "peer_connections",
@@ -174,13 +172,8 @@ async def churn(url: str, cycles: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.churn", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--url", help="a running server (default: start one)")
-    parser.add_argument("--avatar", type=Path, help="for the server this starts")
+    parser = server_parser("bench.churn", __doc__)
     parser.add_argument("--cycles", type=int, default=100)
-    parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.cycles < 2:
         parser.error("--cycles must be at least 2 (one graceful, one abrupt)")

@@ -19,12 +19,10 @@ sends a valid control whose picture must come back (the session still streams).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -32,7 +30,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from bench import rtc_client
-from bench.local_server import run_against, write_report
+from bench.local_server import run_against, server_parser, write_report
 from engine.controls import Controls, as_message, neutral
 from server import protocol
 from server.session import MESSAGE_BURST, MESSAGE_RATE_HZ, STATS_PERIOD_S
@@ -399,14 +397,9 @@ async def _burst(viewer: rtc_client.Viewer) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.fuzz", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--url", help="a running server (default: start one)")
-    parser.add_argument("--avatar", type=Path, help="for the server this starts")
+    parser = server_parser("bench.fuzz", __doc__)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.messages < 1:
         parser.error("--messages must be positive")

@@ -7,6 +7,7 @@ it afterwards. Only an own server's pid is known, so only then is its memory mea
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -67,6 +68,16 @@ def local_server(avatar: Path | None, extra: list[str] | None = None) -> Iterato
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def server_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The command line every end-to-end benchmark shares: `--url` (a running server; default:
+    start one), `--avatar` (for the server it starts) and `--json OUT`; the benchmark adds its own."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    parser.add_argument("--url", help="a running server (default: start one)")
+    parser.add_argument("--avatar", type=Path, help="for the server this starts")
+    parser.add_argument("--json", type=Path, required=True, help="where the report goes")
+    return parser
 
 
 def run_against(

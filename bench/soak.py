@@ -12,12 +12,10 @@ frames per second. JSON keys: DESIGN.md, "Measurement contracts".
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +23,7 @@ import numpy as np
 import psutil
 
 from bench import rtc_client
-from bench.local_server import run_against, write_report
+from bench.local_server import run_against, server_parser, write_report
 from server.resources import rss_mb
 
 CONTROL_HZ = 30.0
@@ -125,14 +123,9 @@ async def soak(url: str, seconds: float, bucket_s: float, server_pid: int | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--url", help="a running server (default: start one)")
-    parser.add_argument("--avatar", type=Path, help="for the server this starts")
+    parser = server_parser("bench.soak", __doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--bucket-seconds", type=float, default=60.0, help="one row per this long")
-    parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.bucket_seconds <= 0 or args.bucket_seconds > args.minutes * 60:
         parser.error("--minutes must be positive and hold at least one --bucket-seconds")
