@@ -58,13 +58,18 @@ def short_repr(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+def to_float(value: int | float) -> float:
+    """float(value), and inf for an int beyond float range (JSON allows any number of digits)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _number(field: str, value: object, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{field} must be a number, got {type(value).__name__}")
-    try:
-        x = float(value)
-    except OverflowError:  # an int beyond float range: JSON allows any number of digits
-        x = math.inf
+    x = to_float(value)
     if not math.isfinite(x):
         raise ValueError(f"{field} must be finite, got {short_repr(value)}")
     if not lo <= x <= hi:

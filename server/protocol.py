@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.controls import Controls, neutral, short_repr, update
+from engine.controls import Controls, neutral, short_repr, to_float, update
 
 MAX_MESSAGE_CHARS = 16_384  # a full control message is ~2 KB; aiortc allows 256 KiB
 MAX_STATE_CHARS = 8192  # a whole state (all 52 expressions, pose, view) is ~2 KB of JSON
@@ -55,10 +55,7 @@ Message = ControlMessage | Ping | Probe
 def _finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a finite number, got {type(value).__name__}")
-    try:
-        x = float(value)
-    except OverflowError:  # JSON integers may have any number of digits
-        x = math.inf
+    x = to_float(value)
     if not math.isfinite(x):
         raise ValueError(f"{name} must be a finite number, got {x!r}")
     return x
