@@ -17,7 +17,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError
 
 from server import probe
-from server.app import use_loopback_only
+from server.ice import use_loopback_only
 
 WAIT_S = 30.0
 

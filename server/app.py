@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 import numpy as np
 import torch
 from aiohttp import web
@@ -40,6 +39,7 @@ from engine.schedule import Schedule
 from server import protocol
 from server.bridge import Bridge
 from server.codecs import max_bitrate
+from server.ice import use_loopback_only
 from server.metrics import ServerCollector, metrics_handler
 from server.resources import snapshot
 from server.session import Session
@@ -355,16 +355,6 @@ async def close_sessions(app: web.Application) -> None:
     open_now: list[str] = list(app[SESSIONS_KEY].keys())
     farewell = "the server is shutting down"
     await asyncio.gather(*(end_session(app, sid, "shutdown", farewell) for sid in open_now))
-
-
-def use_loopback_only() -> None:
-    """aioice gathers host candidates on every address but 127.0.0.1; on one machine (tests,
-    benchmarks) only 127.0.0.1 should be offered. aioice has no setting for it."""
-
-    def loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return ["127.0.0.1"] if use_ipv4 else []
-
-    aioice.ice.get_host_addresses = loopback
 
 
 def create_app(config: ServerConfig) -> web.Application:
