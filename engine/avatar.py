@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from engine.camera import Camera
-from engine.controls import Controls, clamp_pose, to_head_controls
+from engine.controls import Controls, hold_in_range, to_head_controls, view_range
 from engine.frame import to_image
 from engine.frame_inputs import FrameInputs, make_inputs
 from engine.head_model import HeadModel
@@ -121,12 +121,20 @@ class Avatar(nn.Module):
         value = self.summary.get("pose_range_deg")
         return value if isinstance(value, dict) else None
 
+    @property
+    def view_range_deg(self) -> dict[str, list[float]] | None:
+        """The view orbits ({"yaw", "pitch": [lo, hi]} degrees) that keep the unturned head within
+        `pose_range_deg`; None when that is not known."""
+        limits = self.pose_range_deg
+        return None if limits is None else view_range(limits)
+
     def inputs(self, controls: Sequence[Controls]) -> FrameInputs:
-        """Live controls -> renderer inputs (the head sits at the capture's median place). Head
-        poses are held within `pose_range_deg`: past it the picture would come apart."""
+        """Live controls -> renderer inputs (the head sits at the capture's median place). The
+        head, turned by its pose and the view orbit, is held within `pose_range_deg`: past it the
+        picture would come apart."""
         limits = self.pose_range_deg
         if limits is not None:
-            controls = [clamp_pose(c, limits) for c in controls]
+            controls = [hold_in_range(c, limits) for c in controls]
         head_controls, view = to_head_controls(controls, self.head, self.translation)
         angles = torch.tensor(
             [(c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch) for c in controls],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pytorch3d.transforms import matrix_to_euler_angles
+from scipy.spatial.transform import Rotation
 
 from engine.head_model import EULER_CONVENTION, HeadControls, HeadModel, pose_rotation
 
@@ -189,6 +190,68 @@ def clamp_pose(controls: Controls, limits: Mapping[str, Sequence[float]]) -> Con
             lo, hi = limits[key]
             changes[key] = min(max(getattr(controls, key), lo), hi)
     return dataclasses.replace(controls, **changes)
+
+
+ORBIT_STEPS = (
+    16  # a held orbit is found to 1/ORBIT_STEPS^2 of its length (0.23 deg of a 60-deg orbit)
+)
+
+
+def hold_in_range(controls: Controls, limits: Mapping[str, Sequence[float]]) -> Controls:
+    """Controls whose head, as the camera sees it, stays within `limits` ({"yaw": [lo, hi], ...}):
+    the pose is clamped (`clamp_pose`), then the view orbit is shortened along its own direction
+    until the head turned by pose and orbit together is inside. The avatar learned from one camera,
+    so an orbit is the same picture as a head turn, and past the trained turns it comes apart."""
+    held = clamp_pose(controls, limits)
+    if held.view_yaw == 0.0 and held.view_pitch == 0.0:
+        return held
+    # The orbit turns the posed head again (orbit_vertices), so the seen pose is euler(V @ R);
+    # yaw and pitch do not simply add (a pitched orbit of a turned head also rolls it). scipy's
+    # rotations here, not torch's: this runs per frame on one pose, where scipy costs a fifth.
+    # Its intrinsic "YXZ" is pose_rotation's convention (tests/test_controls checks the two agree).
+    head = Rotation.from_euler("YXZ", [held.yaw, held.pitch, held.roll], degrees=True)
+    if _inside(
+        Rotation.from_euler("YXZ", [held.view_yaw, held.view_pitch, 0.0], degrees=True) * head,
+        limits,
+    )[0]:
+        return held
+    lo_t, hi_t = 0.0, 1.0  # fractions of the orbit: lo_t inside (the clamped pose), hi_t not
+    for _ in range(2):
+        t = np.linspace(lo_t, hi_t, ORBIT_STEPS + 1)  # (S,)
+        orbit = np.stack([t * held.view_yaw, t * held.view_pitch, np.zeros_like(t)], axis=1)
+        inside = _inside(Rotation.from_euler("YXZ", orbit, degrees=True) * head, limits)  # (S,)
+        first_out = int(np.argmin(inside))
+        if first_out == 0:  # only if the limits leave no room for the clamped pose itself
+            return _orbit_scaled(held, 0.0)
+        lo_t, hi_t = float(t[first_out - 1]), float(t[first_out])
+    return _orbit_scaled(held, lo_t)
+
+
+def _inside(seen: Rotation, limits: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """(S,) whether each head rotation's yaw, pitch, roll are within `limits` (to 1e-6 degrees)."""
+    angles = np.atleast_2d(seen.as_euler("YXZ", degrees=True))  # (S, 3)
+    inside = np.ones(len(angles), dtype=bool)
+    for i, key in enumerate(("yaw", "pitch", "roll")):
+        if key in limits:
+            lo, hi = limits[key]
+            inside &= (angles[:, i] >= lo - 1e-6) & (angles[:, i] <= hi + 1e-6)
+    return inside
+
+
+def _orbit_scaled(controls: Controls, fraction: float) -> Controls:
+    return dataclasses.replace(
+        controls, view_yaw=controls.view_yaw * fraction, view_pitch=controls.view_pitch * fraction
+    )
+
+
+def view_range(limits: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """The orbits worth offering for pose `limits`: those that keep the unturned head in range
+    (`hold_in_range` shortens the rest), within VIEW_LIMITS_DEG."""
+    out = {}
+    for key, (lo_limit, hi_limit) in VIEW_LIMITS_DEG.items():
+        lo, hi = limits.get(key, (lo_limit, hi_limit))
+        out[key] = [max(lo_limit, min(0.0, float(lo))), min(hi_limit, max(0.0, float(hi)))]
+    return out
 
 
 def expressions_from_scores(

@@ -162,12 +162,14 @@ async def api_avatar(request: web.Request) -> web.Response:
             "expression_names": list(avatar.expression_names),
             "inert": _inert(avatar),
             "expression_range": [0.0, 1.0],
-            # What to offer: the poses this avatar renders (held at the edge past them); the
-            # protocol itself accepts `accepted_pose_deg`.
+            # What to offer: the poses and orbits this avatar renders (held at the edge past
+            # them); the protocol itself accepts `accepted_pose_deg` and `accepted_view_deg`.
             "pose_limits_deg": avatar.pose_range_deg
             or {k: list(v) for k, v in POSE_LIMITS_DEG.items()},
             "accepted_pose_deg": {k: list(v) for k, v in POSE_LIMITS_DEG.items()},
-            "view_limits_deg": {k: list(v) for k, v in VIEW_LIMITS_DEG.items()},
+            "view_limits_deg": avatar.view_range_deg
+            or {k: list(v) for k, v in VIEW_LIMITS_DEG.items()},
+            "accepted_view_deg": {k: list(v) for k, v in VIEW_LIMITS_DEG.items()},
             "codec": request.app[CONFIG_KEY].codec,
             "max_bitrate": max_bitrate(),
         }

@@ -10,15 +10,18 @@ import torch
 
 from engine.controls import (
     POSE_LIMITS_DEG,
+    VIEW_LIMITS_DEG,
     Controls,
     clamp_pose,
     expressions_from_scores,
     head_controls_from_capture,
+    hold_in_range,
     neutral,
     pose_degrees,
     pose_range,
     to_head_controls,
     update,
+    view_range,
 )
 from engine.default_head import ARKIT_NAMES, build_default_head
 from engine.head_model import HeadModel, pose_rotation
@@ -115,3 +118,52 @@ def test_pose_range_covers_the_training_poses_with_a_margin_and_clamps() -> None
     c = clamp_pose(Controls(expression=(0.5,), yaw=30.0, pitch=-10.0, roll=2.0), limits)
     assert (c.yaw, c.pitch, c.roll) == pytest.approx((9.0, -4.0, 2.0), abs=1e-3)
     assert c.expression == (0.5,)
+
+
+def _seen_pose(c: Controls) -> np.ndarray:
+    """(3,) yaw, pitch, roll of the head as the camera sees it: pose, then orbit."""
+    head = pose_rotation(
+        *(torch.tensor([v], dtype=torch.float64) for v in (c.yaw, c.pitch, c.roll))
+    )
+    orbit = pose_rotation(
+        *(torch.tensor([v], dtype=torch.float64) for v in (c.view_yaw, c.view_pitch, 0.0))
+    )
+    return pose_degrees((orbit @ head).numpy())[0]
+
+
+def test_an_orbit_is_shortened_until_the_seen_head_is_in_range() -> None:
+    limits = {"yaw": [-21.0, 10.0], "pitch": [-19.0, 12.0], "roll": [-11.0, 13.0]}
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        asked = Controls(
+            expression=(0.0,),
+            yaw=float(rng.uniform(-45, 45)),
+            pitch=float(rng.uniform(-30, 30)),
+            roll=float(rng.uniform(-30, 30)),
+            view_yaw=float(rng.uniform(-60, 60)),
+            view_pitch=float(rng.uniform(-30, 30)),
+        )
+        held = hold_in_range(asked, limits)
+        seen = _seen_pose(held)
+        for i, key in enumerate(("yaw", "pitch", "roll")):
+            assert limits[key][0] - 1e-6 <= seen[i] <= limits[key][1] + 1e-6, (asked, held, seen)
+        # Shortened along its own direction, never lengthened or turned.
+        assert abs(held.view_yaw) <= abs(asked.view_yaw) and abs(held.view_pitch) <= abs(
+            asked.view_pitch
+        )
+        assert held.view_yaw * asked.view_pitch == pytest.approx(held.view_pitch * asked.view_yaw)
+        clamped = clamp_pose(asked, limits)
+        assert (held.yaw, held.pitch, held.roll) == (clamped.yaw, clamped.pitch, clamped.roll)
+    inside = Controls(expression=(0.0,), yaw=-5.0, view_yaw=8.0, view_pitch=-3.0)
+    assert hold_in_range(inside, limits) == inside
+    # A pure yaw orbit of a head at yaw 4 keeps 6 degrees of the 10 it may turn right.
+    turned = hold_in_range(Controls(expression=(0.0,), yaw=4.0, view_yaw=40.0), limits)
+    assert turned.view_yaw == pytest.approx(6.0, abs=0.3) and _seen_pose(turned)[0] <= 10.0 + 1e-6
+
+
+def test_view_range_offers_the_orbits_of_the_unturned_head() -> None:
+    limits = {"yaw": [-21.0, 10.0], "pitch": [-19.0, 12.0], "roll": [-11.0, 13.0]}
+    assert view_range(limits) == {"yaw": [-21.0, 10.0], "pitch": [-19.0, 12.0]}
+    wide = {k: [-90.0, 90.0] for k in ("yaw", "pitch", "roll")}
+    assert view_range(wide) == {k: list(v) for k, v in VIEW_LIMITS_DEG.items()}
+    assert view_range({"yaw": [5.0, 9.0]})["yaw"] == [0.0, 9.0]  # the captured view stays offered

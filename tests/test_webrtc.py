@@ -125,6 +125,11 @@ async def test_api_avatar(client: TestClient) -> None:
     info = await (await client.get("/api/avatar")).json()
     assert info["resolution"] == 256 and "jawOpen" in info["expression_names"]
     assert info["pose_limits_deg"]["yaw"] == [-45.0, 45.0]
+    assert (
+        info["view_limits_deg"]
+        == info["accepted_view_deg"]
+        == {"yaw": [-60.0, 60.0], "pitch": [-30.0, 30.0]}
+    )
 
 
 async def test_metrics_in_prometheus_format(client: TestClient) -> None:
