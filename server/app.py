@@ -176,11 +176,14 @@ async def api_avatar(request: web.Request) -> web.Response:
     )
 
 
-def resources(app: web.Application) -> dict[str, Any]:
-    """What the server holds now (server.resources): peers, tasks, threads, fds, memory."""
+def resources(app: web.Application, workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What the server holds now (server.resources): peers, tasks, threads, fds, memory.
+    `workers`: the worker states when the caller already asked the pipeline for them."""
     bridge = app[BRIDGE_KEY]
     open_peers = sum(pc.connectionState != "closed" for pc in app[PEERS_KEY])
-    return snapshot(open_peers, bridge.pipeline.open_sessions, bridge.workers())
+    return snapshot(
+        open_peers, bridge.pipeline.open_sessions, bridge.workers() if workers is None else workers
+    )
 
 
 def closed_counts(app: web.Application) -> dict[str, int]:
@@ -191,12 +194,13 @@ def closed_counts(app: web.Application) -> dict[str, int]:
 async def api_stats(request: web.Request) -> web.Response:
     sessions = request.app[SESSIONS_KEY]
     config = request.app[CONFIG_KEY]
+    workers = request.app[BRIDGE_KEY].workers()
     return web.json_response(
         {
             "sessions": {sid: s.stats() for sid, s in sessions.items()},
             "closed": closed_counts(request.app),
-            "resources": resources(request.app),
-            "workers": request.app[BRIDGE_KEY].workers(),
+            "resources": resources(request.app, workers),
+            "workers": workers,
             "schedule": {
                 "name": config.schedule.name,
                 "workers": config.schedule.workers,
