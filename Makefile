@@ -47,6 +47,7 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m bench.churn --cycles 100 --json bench/results/churn.json
 	$(PY) -m bench.fuzz --messages 10000 --json bench/results/fuzz.json
+	$(PY) -m bench.faults --kills 10 --json bench/results/faults.json
 	$(PY) -m bench.soak --minutes 10 --json bench/results/soak.json
 
 clean:

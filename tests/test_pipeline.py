@@ -151,11 +151,12 @@ def test_a_killed_worker_is_restarted_and_sessions_go_on(tiny_avatar: Path) -> N
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         while p.restarts == 0:
-            assert time.monotonic() - killed_at < 1.5, "the dead worker was not noticed within 1 s"
+            # How soon is bench.faults' figure (0.1-0.3 s); here only that it is noticed at all.
+            assert time.monotonic() - killed_at < GET_TIMEOUT_S, "the dead worker was not noticed"
             time.sleep(0.01)
         assert victim not in p.worker_pids
-        soon = frames_for(1.0)  # the other worker carries on alone while the dead one restarts
-        assert soon, "no frames within a second of the kill"
+        soon = frames_for(3.0)  # the other worker carries on alone while the dead one restarts
+        assert soon, "no frames while the dead worker restarted"
         deadline = time.monotonic() + GET_TIMEOUT_S
         after: list[Frame] = []
         while not any(f.worker == 1 for f in after) and time.monotonic() < deadline:

@@ -1,6 +1,6 @@
 """Reliability and security, short versions of the long runs (`bench.fuzz`, `bench.churn`,
-`bench.soak`): a live data-channel fuzz, fuzzed HTTP routes, connect/disconnect churn with clients
-that vanish, and two sessions that must never see each other's frames or stats. The server is the
+`bench.soak`, `bench.faults`): a live data-channel fuzz, fuzzed HTTP routes, connect/disconnect
+churn with clients that vanish, render workers killed mid-stream, and two sessions that must never see each other's frames or stats. The server is the
 real app on a real port (worker processes and all); the clients are real aiortc peers, the
 vanishing ones in child processes killed with SIGKILL."""
 
@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection
 from hypothesis import strategies as st
 
-from bench import churn, fuzz, rtc_client
+from bench import churn, faults, fuzz, rtc_client
 from engine.schedule import Schedule
 from server import probe
 from server.app import MAX_OFFER_BYTES, ServerConfig, create_app
@@ -36,10 +36,10 @@ def avatar_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.asynccontextmanager
 async def serving(avatar: Path, **settings: Any) -> AsyncIterator[str]:
-    """The real app (one worker) on a free loopback port, with `settings`; yields its URL."""
-    config = ServerConfig(
-        avatar_path=avatar, schedule=Schedule("sequential", 1, 2), loopback_only=True, **settings
-    )
+    """The real app (one worker unless `settings` has a schedule) on a free loopback port, with
+    `settings`; yields its URL."""
+    settings.setdefault("schedule", Schedule("sequential", 1, 2))
+    config = ServerConfig(avatar_path=avatar, loopback_only=True, **settings)
     async with TestServer(create_app(config), host="127.0.0.1") as server:
         yield str(server.make_url("")).rstrip("/")
 
@@ -187,6 +187,16 @@ async def test_churn_with_vanishing_clients_leaks_nothing(url: str) -> None:
     assert report["resources_after"]["peer_connections"] == 0
     assert report["resources_after"]["worker_sessions"] == 0
     assert report["leaked"] == 0, report["leaks"]
+
+
+async def test_killed_workers_are_replaced_and_the_session_streams_on(avatar_256: Path) -> None:
+    async with serving(avatar_256, schedule=Schedule("parallel", 2, 2)) as address:
+        report = await faults.faults(address, kills=2)  # worker 0, then worker 1
+    print(json.dumps(report, indent=1))  # resumed_s: the 1-s target is bench.faults' to measure
+    assert [r["worker"] for r in report["rounds"]] == [0, 1]
+    assert report["session_survived"]
+    assert report["restarts_in_stats"] == report["restarts_in_metrics"] == 2
+    assert report["errors_told"] == 2 and "died" in report["error_examples"][0]
 
 
 async def test_two_sessions_never_see_each_others_frames_or_stats(url: str) -> None:

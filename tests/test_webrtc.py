@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -180,40 +178,3 @@ async def test_token_and_origin_checks(avatar_256: Path) -> None:
         assert (await c.post("/offer", json=body, headers=friend)).status == 400
         for path in ("/web/../server/app.py", "/web/%2e%2e/server/app.py"):
             assert (await c.get(path)).status in (403, 404)  # static files stay in web/
-
-
-async def test_a_killed_worker_mid_stream_resumes_and_is_counted(avatar_256: Path) -> None:
-    config = _config(avatar_256, schedule=Schedule("parallel", 2, 2))
-    async with TestClient(TestServer(create_app(config))) as c:
-        peer = await connect(c)
-        peer.send({"type": "probe", "on": True})
-        seq = 0
-
-        async def drive_until_frame() -> float:
-            """Send controls until one comes back stamped; returns when it did."""
-            nonlocal seq
-            deadline = time.monotonic() + WAIT_S
-            while time.monotonic() < deadline:
-                seq += 1
-                peer.send({"type": "control", "seq": seq, "t": 0, "pose": {"yaw": seq % 40}})
-                try:
-                    got = await asyncio.wait_for(peer.frames.get(), 0.05)
-                except TimeoutError:
-                    continue
-                if got.seq is not None and got.seq > killed_seq:
-                    return time.monotonic()
-            raise AssertionError("the stream did not resume")
-
-        killed_seq = 0
-        await drive_until_frame()
-        workers = (await (await c.get("/api/stats")).json())["workers"]
-        os.kill(workers[1]["pid"], signal.SIGKILL)
-        killed_at, killed_seq = time.monotonic(), seq
-        resumed = await drive_until_frame()
-        print(f"resumed {resumed - killed_at:.3f} s after the kill")
-        assert resumed - killed_at < 1.0, "the stream did not resume within 1 s"
-        stats = await (await c.get("/api/stats")).json()
-        assert sum(w["restarts"] for w in stats["workers"]) == 1
-        metrics = await (await c.get("/metrics")).text()
-        assert 'avatar_worker_restarts_total{worker="1"} 1.0' in metrics
-        await peer.pc.close()
