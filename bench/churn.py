@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from bench import rtc_client
-from bench.local_server import ROOT, run_against, server_parser, write_report
+from bench.local_server import ROOT, api_stats, run_against, server_parser, write_report
 
 COUNTED = (
     "peer_connections",
@@ -46,13 +46,6 @@ SERVER_MAX_SESSIONS = 16  # the own server's --max-sessions: room for the vanish
 
 class ServerFull(Exception):
     pass
-
-
-async def _stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with http.get(f"{url}/api/stats") as r:
-        r.raise_for_status()
-        result: dict[str, Any] = await r.json()
-        return result
 
 
 async def graceful_cycle(http: aiohttp.ClientSession, url: str) -> None:
@@ -99,7 +92,7 @@ async def _settle(http: aiohttp.ClientSession, url: str, deadline_s: float) -> d
     """Wait until no session is open anywhere in the server; return /api/stats then."""
     deadline = time.monotonic() + deadline_s
     while True:
-        stats = await _stats(http, url)
+        stats = await api_stats(http, url)
         held = stats["resources"]
         if not stats["sessions"] and not any(
             held[k] for k in ("peer_connections", "pipeline_sessions", "worker_sessions")
@@ -127,7 +120,7 @@ async def churn(url: str, cycles: int) -> dict[str, Any]:
                     full_waits += 1
                     await asyncio.sleep(FULL_RETRY_S)
                     continue
-                most_open = max(most_open, len((await _stats(http, url))["sessions"]))
+                most_open = max(most_open, len((await api_stats(http, url))["sessions"]))
                 return
 
         await cycle(False)
@@ -138,7 +131,7 @@ async def churn(url: str, cycles: int) -> dict[str, Any]:
         for i in range(cycles):
             await cycle(abrupt=i % 2 == 1)
             if (i + 1) % MEMORY_EVERY == 0:
-                held = (await _stats(http, url))["resources"]
+                held = (await api_stats(http, url))["resources"]
                 memory.append(round(held["rss_mb"] + held["workers_rss_mb"], 1))
         churn_s = time.monotonic() - start
         settle_start = time.monotonic()

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from bench import rtc_client
-from bench.local_server import run_against, server_parser, write_report
+from bench.local_server import api_stats, run_against, server_parser, write_report
 from server.ice import use_loopback_only
 
 CONTROL_HZ = 30.0
@@ -38,17 +38,10 @@ STEADY_S = 2.0  # streaming between a worker being back and the next kill
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-async def _stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with http.get(f"{url}/api/stats") as r:
-        r.raise_for_status()
-        result: dict[str, Any] = await r.json()
-        return result
-
-
 async def _all_ready(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
     deadline = time.monotonic() + READY_WAIT_S
     while True:
-        workers: list[dict[str, Any]] = (await _stats(http, url))["workers"]
+        workers: list[dict[str, Any]] = (await api_stats(http, url))["workers"]
         if all(w["alive"] and w["ready"] for w in workers):
             return workers
         if time.monotonic() > deadline:
@@ -110,7 +103,7 @@ async def faults(url: str, kills: int) -> dict[str, Any]:
                 print(rounds[-1], flush=True)
             final_seq = viewer.seq
             await _first_after(log, final_seq)  # the session still streams after the last round
-            stats = await _stats(http, url)
+            stats = await api_stats(http, url)
             async with http.get(f"{url}/metrics") as r:
                 metrics = await r.text()
         finally:

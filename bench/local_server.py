@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_S = 180.0  # workers load the avatar
 
@@ -91,6 +93,14 @@ def run_against(
         return measure(url.rstrip("/"), None)
     with local_server(avatar, extra) as server:
         return measure(server.url, server.pid)
+
+
+async def api_stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """GET `url`/api/stats: sessions, workers, resources, why sessions ended."""
+    async with http.get(f"{url}/api/stats") as r:
+        r.raise_for_status()
+        result: dict[str, Any] = await r.json()
+        return result
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
