@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from bench import rtc_client
 from bench.local_server import run_against, server_parser, write_report
-from engine.controls import Controls, as_message, neutral
+from engine.controls import Controls, as_message, neutral, update
 from server import protocol
 from server.session import MESSAGE_BURST, MESSAGE_RATE_HZ, STATS_PERIOD_S
 
@@ -214,9 +214,10 @@ def hand_picked(names: Sequence[str]) -> list[str | bytes]:
 class Model:
     """What the server must hold: the state and last seq built by the accepted messages only."""
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], rest: Mapping[str, float]) -> None:
+        """rest: the avatar's resting expression (/api/avatar), where a session starts."""
         self.names = tuple(names)
-        self.state: Controls = neutral(self.names)
+        self.state: Controls = update(neutral(self.names), self.names, expression=rest)
         self.last_seq = -1
 
     def expect(self, message: str | bytes) -> tuple[str, Any]:
@@ -288,14 +289,15 @@ async def _checkpoint(viewer: rtc_client.Viewer, model: Model, report: dict[str,
 async def fuzz(url: str, count: int, random_seed: int) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/api/avatar") as r:
-            names = (await r.json())["expression_names"]
+            info = await r.json()
+        names = info["expression_names"]
         start = time.monotonic()
         messages = hand_picked(names)
         messages += generate(names, max(0, count - len(messages)), random_seed)
         generate_s = time.monotonic() - start
         viewer = await rtc_client.connect(http, url)
         viewer.send({"type": "probe", "on": True})
-        model = Model(names)
+        model = Model(names, info["rest_expression"])
         report: dict[str, Any] = {
             "messages": 0,
             "errors_returned": 0,

@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from engine.camera import Camera
-from engine.controls import Controls, hold_in_range, to_head_controls, view_range
+from engine.controls import (
+    Controls,
+    hold_in_range,
+    neutral,
+    to_head_controls,
+    update,
+    view_range,
+)
 from engine.frame import to_image
 from engine.frame_inputs import FrameInputs, make_inputs
 from engine.head_model import HeadModel
@@ -120,6 +127,19 @@ class Avatar(nn.Module):
         file does not say (then any pose the protocol allows is rendered)."""
         value = self.summary.get("pose_range_deg")
         return value if isinstance(value, dict) else None
+
+    @property
+    def rest_expression(self) -> dict[str, float]:
+        """The expression a session starts from ({name: weight}, the names left out at 0): the
+        median of its training frames (`engine.controls.rest_expression`); empty when not known."""
+        value = self.summary.get("rest_expression")
+        return dict(value) if isinstance(value, dict) else {}
+
+    @property
+    def rest(self) -> Controls:
+        """Controls at rest: `rest_expression`, head and view straight ahead."""
+        names = self.expression_names
+        return update(neutral(names), names, expression=self.rest_expression)
 
     @property
     def view_range_deg(self) -> dict[str, list[float]] | None:

@@ -182,6 +182,23 @@ def pose_range(rotation: np.ndarray, margin_deg: float = POSE_MARGIN_DEG) -> dic
     return out
 
 
+REST_MIN_WEIGHT = (
+    0.05  # median weights below this are noise of the tracker: the rest keeps them at 0
+)
+
+
+def rest_expression(weights: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """(N, E) expression weights of the frames an avatar learned from -> its resting expression:
+    the median weight of each name, to 0.01, names below REST_MIN_WEIGHT left out. A clip that
+    smiles throughout never showed the all-zero neutral face, so that is not where it looks best."""
+    median = np.median(np.asarray(weights, dtype=np.float64), axis=0)  # (E,)
+    return {
+        name: round(float(w), 2)
+        for name, w in zip(names, median, strict=True)
+        if w >= REST_MIN_WEIGHT
+    }
+
+
 def clamp_pose(controls: Controls, limits: Mapping[str, Sequence[float]]) -> Controls:
     """Controls with yaw, pitch, roll held within `limits` ({"yaw": [lo, hi], ...})."""
     changes = {}

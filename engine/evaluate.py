@@ -4,7 +4,8 @@
 
 Writes REPORT_DIR/report.json (keys: DESIGN.md, "Measurement contracts"), report.md, a plot of
 quality against warp distance, an image strip (ground truth, generator, warp k=1, warp k=4) and a
-strip of the avatar driven by controls alone (neutral, jaw open, smile, blink, head turns).
+strip of the avatar driven by controls alone (all-zero expression, then from its rest: jaw open,
+no smile, smile, blink, head turns).
 - generator: the generator run on every test frame (the baseline);
 - warp_distance: for k = 1..8, frame t + k warped from the cache of frame t (supplemental Fig. 2);
 - ablation: warp k=1 quality of avatars trained with cached layers C3, C3+C4, C3+C4+C5 on an
@@ -40,9 +41,11 @@ BATCH = 8  # frames rendered at once
 STRIP_FRAMES = 4
 STRIP_K = (1, 4)
 # What the controls strip shows: (label, expression weights, pose in degrees).
+# Changes from the avatar's rest (`Avatar.rest`), after one picture of the all-zero expression.
 CONTROL_POSES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
-    ("neutral", {}, {}),
+    ("rest", {}, {}),
     ("jawOpen 1", {"jawOpen": 1.0}, {}),
+    ("smile 0", {"mouthSmileLeft": 0.0, "mouthSmileRight": 0.0}, {}),
     ("smile 1", {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}, {}),
     ("blink 1", {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}, {}),
     ("yaw -15", {}, {"yaw": -15.0}),
@@ -109,14 +112,15 @@ def image_strip(avatar: Avatar, frames: CaptureFrames, test_rows: np.ndarray, ou
 
 
 def control_strip(avatar: Avatar, out: Path) -> list[str]:
-    """One generator frame per entry of CONTROL_POSES, side by side; returns the labels in order."""
+    """The all-zero expression, then one generator frame per entry of CONTROL_POSES, side by side;
+    returns the labels in order."""
     names = avatar.expression_names
-    pictures = []
+    pictures = [avatar.render(neutral(names))]
     for _, expression, pose in CONTROL_POSES:
         known = {k: v for k, v in expression.items() if k in names}
-        pictures.append(avatar.render(update(neutral(names), names, known, pose)))
+        pictures.append(avatar.render(update(avatar.rest, names, known, pose)))
     Image.fromarray(np.concatenate(pictures, axis=1)).save(out)
-    return [label for label, _, _ in CONTROL_POSES]
+    return ["all 0"] + [label for label, _, _ in CONTROL_POSES]
 
 
 def plot_warp_distance(report: dict[str, Any], out: Path) -> None:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from engine.avatar import Avatar
 from engine.capture import load_capture
-from engine.controls import pose_range
+from engine.controls import pose_range, rest_expression
 from engine.dataset import CaptureFrames, sample_pairs, temporal_split
 from engine.default_head import build_default_head
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
@@ -217,6 +217,9 @@ def train(
         "frames": len(frames),
         "split": split.to_dict(),
         "pose_range_deg": pose_range(capture.rotation[split.train]),
+        "rest_expression": rest_expression(
+            frames.expression[split.train].numpy(), avatar.expression_names
+        ),
         "settings": settings.__dict__ | {"cache_layers": list(settings.cache_layers)},
         "steps": step,
         "minutes": round(elapsed / 60.0, 2),

@@ -109,7 +109,8 @@ async def still(request: web.Request) -> web.Response:
     renderer = request.app[RENDERER_KEY]
     try:
         state = request.query.get("state", "{}")
-        controls = protocol.parse_state(state, renderer.avatar.expression_names)
+        avatar = renderer.avatar
+        controls = protocol.parse_state(state, avatar.expression_names, avatar.rest)
     except protocol.ProtocolError as exc:
         raise web.HTTPBadRequest(text=f"bad state: {exc}") from exc
     loop = asyncio.get_running_loop()
@@ -162,6 +163,8 @@ async def api_avatar(request: web.Request) -> web.Response:
             "expression_names": list(avatar.expression_names),
             "inert": _inert(avatar),
             "expression_range": [0.0, 1.0],
+            # Where a session starts (names left out at 0): the avatar's training median.
+            "rest_expression": avatar.rest_expression,
             # What to offer: the poses and orbits this avatar renders (held at the edge past
             # them); the protocol itself accepts `accepted_pose_deg` and `accepted_view_deg`.
             "pose_limits_deg": avatar.pose_range_deg
@@ -274,7 +277,8 @@ async def offer(request: web.Request) -> web.Response:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=list(config.ice_servers)))
     app[PEERS_KEY].add(pc)
     sid = uuid.uuid4().hex[:12]
-    session = Session(sid, pc, app[BRIDGE_KEY], app[RENDERER_KEY].avatar.expression_names)
+    avatar = app[RENDERER_KEY].avatar
+    session = Session(sid, pc, app[BRIDGE_KEY], avatar.expression_names, avatar.rest)
     sessions[sid] = session
 
     @pc.on("datachannel")

@@ -88,14 +88,15 @@ def parse(text: str | bytes, state: Controls, names: Sequence[str], last_seq: in
     raise ProtocolError(f"unknown message type {short_repr(kind)}: expected control, ping or probe")
 
 
-def parse_state(text: str, names: Sequence[str]) -> Controls:
+def parse_state(text: str, names: Sequence[str], base: Controls | None = None) -> Controls:
     """A whole state as JSON ({"expression": {...}, "pose": {...}, "view": {...}}, the fields of a
-    control message; `GET /still.png?state=`) -> Controls; fields not given are neutral."""
+    control message; `GET /still.png?state=`) -> Controls; fields not given keep their value in
+    `base` (the avatar's rest; neutral when None)."""
     state = _json_object(text, "state", MAX_STATE_CHARS)
     try:
         _only(state, {"expression", "pose", "view"}, "state")
         return update(
-            neutral(names),
+            neutral(names) if base is None else base,
             names,
             expression=state.get("expression"),
             pose=state.get("pose"),

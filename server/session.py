@@ -26,7 +26,7 @@ from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender
 
-from engine.controls import as_message, neutral
+from engine.controls import Controls, as_message, neutral
 from engine.pipeline import Frame
 from server import probe, protocol
 from server.bridge import Bridge
@@ -46,13 +46,20 @@ class Session:
     """State and lifecycle of one peer connection (created by the /offer handler)."""
 
     def __init__(
-        self, sid: str, pc: RTCPeerConnection, bridge: Bridge, names: Sequence[str]
+        self,
+        sid: str,
+        pc: RTCPeerConnection,
+        bridge: Bridge,
+        names: Sequence[str],
+        rest: Controls | None = None,
     ) -> None:
+        """names: the avatar's expression names; rest: the state before the first control (the
+        avatar's resting expression, `Avatar.rest`; neutral when None)."""
         self.id = sid
         self.pc = pc
         self.bridge = bridge
         self.names = tuple(names)
-        self.state = neutral(self.names)
+        self.state = neutral(self.names) if rest is None else rest
         self.last_seq = -1
         self.probe = False
         self.channel: RTCDataChannel | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +26,12 @@ def short_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def save_untrained_avatar(path: Path, resolution: int | None = None) -> Path:
-    """An avatar with the tiny preset's untrained networks (at `resolution` if given) and the
-    default head, saved to `path`: what the server, pipeline and benchmark tests render with."""
+def save_untrained_avatar(
+    path: Path, resolution: int | None = None, summary: dict[str, Any] | None = None
+) -> Path:
+    """An avatar with the tiny preset's untrained networks (at `resolution` if given), the
+    default head and `summary` (what training would have recorded), saved to `path`: what the
+    server, pipeline and benchmark tests render with."""
     import torch
 
     from engine.avatar import Avatar
@@ -40,5 +44,7 @@ def save_untrained_avatar(path: Path, resolution: int | None = None) -> Path:
     )
     torch.manual_seed(0)
     camera = Camera(fx=2.0, fy=2.0)
-    Avatar(config, build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0])).save(path)
+    avatar = Avatar(config, build_default_head(), camera, torch.tensor([0.0, 0.0, -50.0]))
+    avatar.summary = dict(summary or {})
+    avatar.save(path)
     return path

@@ -112,6 +112,9 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     )
     assert resumed.summary["steps"] == 6
     assert set(resumed.summary["pose_range_deg"]) == {"yaw", "pitch", "roll"}
+    rest = resumed.summary["rest_expression"]
+    assert set(rest) <= set(resumed.expression_names) and all(0.05 <= w <= 1 for w in rest.values())
+    assert resumed.rest.expression == tuple(rest.get(n, 0.0) for n in resumed.expression_names)
     with pytest.raises(ValueError, match="other settings"):
         train(
             short_capture,

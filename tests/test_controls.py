@@ -19,6 +19,7 @@ from engine.controls import (
     neutral,
     pose_degrees,
     pose_range,
+    rest_expression,
     to_head_controls,
     update,
     view_range,
@@ -167,3 +168,8 @@ def test_view_range_offers_the_orbits_of_the_unturned_head() -> None:
     wide = {k: [-90.0, 90.0] for k in ("yaw", "pitch", "roll")}
     assert view_range(wide) == {k: list(v) for k, v in VIEW_LIMITS_DEG.items()}
     assert view_range({"yaw": [5.0, 9.0]})["yaw"] == [0.0, 9.0]  # the captured view stays offered
+
+
+def test_rest_expression_is_the_training_median_without_tracker_noise() -> None:
+    weights = np.array([[0.70, 0.01, 0.2], [0.66, 0.03, 0.4], [0.61, 0.02, 0.0]], dtype=np.float32)
+    assert rest_expression(weights, ["smile", "noise", "blink"]) == {"smile": 0.66, "blink": 0.2}

@@ -123,11 +123,34 @@ async def test_api_avatar(client: TestClient) -> None:
     info = await (await client.get("/api/avatar")).json()
     assert info["resolution"] == 256 and "jawOpen" in info["expression_names"]
     assert info["pose_limits_deg"]["yaw"] == [-45.0, 45.0]
+    assert info["rest_expression"] == {}  # an avatar that does not know its rest starts neutral
     assert (
         info["view_limits_deg"]
         == info["accepted_view_deg"]
         == {"yaw": [-60.0, 60.0], "pitch": [-30.0, 30.0]}
     )
+
+
+async def test_a_session_starts_at_the_avatars_rest_expression(tmp_path: Path) -> None:
+    rest = {"mouthSmileLeft": 0.68, "eyeSquintLeft": 0.35}
+    avatar = save_untrained_avatar(tmp_path / "rest.pt", 256, {"rest_expression": rest})
+    async with TestClient(TestServer(create_app(_config(avatar)))) as c:
+        info = await (await c.get("/api/avatar")).json()
+        assert info["rest_expression"] == rest
+        peer = await connect(c)
+        expression = (await peer.message("stats"))["state"]["expression"]
+        assert {k: v for k, v in expression.items() if v} == rest
+        peer.send({"type": "control", "seq": 1, "t": 0, "expression": {"jawOpen": 0.5}})
+        while (stats := await peer.message("stats"))["seq"] != 1:
+            pass
+        assert stats["state"]["expression"] == {**expression, "jawOpen": 0.5}  # the rest stays
+        await peer.pc.close()
+        # A still with no expression given shows the rest too.
+        plain = await (await c.get("/still.png")).read()
+        state = json.dumps({"expression": rest})
+        assert plain == await (await c.get("/still.png", params={"state": state})).read()
+        zeros = json.dumps({"expression": {k: 0 for k in rest}})
+        assert plain != await (await c.get("/still.png", params={"state": zeros})).read()
 
 
 async def test_metrics_in_prometheus_format(client: TestClient) -> None:

@@ -11,8 +11,9 @@ const GROUPS = [
   ["brows", (n) => n.startsWith("brow")],
   ["cheeks and nose", (n) => /^(cheek|nose)/.test(n)],
 ];
+// Each preset sets its own names; the rest go back to the avatar's resting expression.
 const PRESETS = {
-  neutral: {},
+  rest: {},
   smile: { mouthSmileLeft: 1, mouthSmileRight: 1, cheekSquintLeft: 0.3, cheekSquintRight: 0.3 },
   surprise: { jawOpen: 0.6, browInnerUp: 1, browOuterUpLeft: 0.8, browOuterUpRight: 0.8, eyeWideLeft: 0.8, eyeWideRight: 0.8 },
 };
@@ -61,6 +62,9 @@ function set(group, name, value) {
   queue(group, name, Number(value));
 }
 
+// The avatar's resting weight of an expression (/api/avatar: the median of its training frames).
+const rest = (name) => info.rest_expression[name] ?? 0;
+
 function buildControls() {
   const pose = $("pose"), view = $("view");
   for (const [k, [lo, hi]] of Object.entries(info.pose_limits_deg)) slider(pose, "pose", k, lo, hi, 1, 0);
@@ -69,7 +73,9 @@ function buildControls() {
   for (const [title, test] of GROUPS) {
     const fs = document.createElement("fieldset");
     fs.innerHTML = `<legend>${title}</legend>`;
-    for (const name of info.expression_names.filter(test)) slider(fs, "expression", name, 0, 1, 0.01, 0, inert.has(name));
+    for (const name of info.expression_names.filter(test)) {
+      slider(fs, "expression", name, 0, 1, 0.01, rest(name), inert.has(name));
+    }
     $("expressions").append(fs);
   }
 }
@@ -77,22 +83,24 @@ function buildControls() {
 function applyPreset(name) {
   animation = name === "talking" ? "talking" : animation === "talking" ? null : animation;
   if (name === "talking") return;
-  for (const n of info.expression_names) set("expression", n, PRESETS[name][n] ?? 0);
+  for (const n of info.expression_names) set("expression", n, PRESETS[name][n] ?? rest(n));
 }
 
 function animate(now) {
   const t = now / 1000;
   if (animation === "talking") {
     set("expression", "jawOpen", (0.5 + 0.5 * Math.sin(t * 9)) * 0.6);
-    set("expression", "mouthSmileLeft", 0.2 + 0.2 * Math.sin(t * 1.3));
-    set("expression", "mouthSmileRight", 0.2 + 0.2 * Math.sin(t * 1.3));
+    for (const side of ["Left", "Right"]) {  // about the resting smile: some avatars rest smiling
+      const name = `mouthSmile${side}`, base = rest(name) || 0.2;
+      set("expression", name, Math.max(0, Math.min(1, base + 0.2 * Math.sin(t * 1.3))));
+    }
   }
   if ($("idle").checked) {
     set("pose", "yaw", 8 * Math.sin(t * 0.5));
     set("pose", "pitch", 3 * Math.sin(t * 0.37));
-    const blink = t % 4 < 0.15 ? 1 : 0;
-    set("expression", "eyeBlinkLeft", blink);
-    set("expression", "eyeBlinkRight", blink);
+    const blink = t % 4 < 0.15;
+    set("expression", "eyeBlinkLeft", blink ? 1 : rest("eyeBlinkLeft"));
+    set("expression", "eyeBlinkRight", blink ? 1 : rest("eyeBlinkRight"));
   }
   if (testRun) {
     set("pose", "yaw", 30 * Math.sin(t * 2));
