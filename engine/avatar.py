@@ -250,6 +250,7 @@ class Avatar(nn.Module):
                 config, head, camera, payload["state"]["translation"], payload.get("summary")
             )
             missing, unexpected = avatar.load_state_dict(payload["state"], strict=False)
+            _ = avatar.rest  # bad names or weights in its rest fail here, not in every session
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{path} is a damaged avatar file: {exc}") from exc
         missing = [k for k in missing if not k.startswith("head.")]

@@ -93,6 +93,10 @@ def test_save_load_round_trip_and_bad_files(short_capture: Path, tmp_path: Path)
         Avatar.load(other)
     with pytest.raises(FileNotFoundError):
         Avatar.load(tmp_path / "missing.pt")
+    avatar.summary = {"rest_expression": {"notAnExpression": 0.5}}
+    avatar.save(path)
+    with pytest.raises(ValueError, match=r"damaged avatar file.*notAnExpression"):
+        Avatar.load(path)
 
 
 def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
