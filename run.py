@@ -17,7 +17,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from engine.avatar import DEFAULT_AVATAR, Avatar
-from engine.runtime import tune_allocator
+from engine.runtime import limit_arenas, tune_allocator
 from engine.schedule import Schedule
 from server.app import ServerConfig, create_app
 from server.codecs import CODECS, set_max_bitrate
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tune_allocator()
+    limit_arenas()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = ServerConfig(
         host=args.host,
