@@ -136,12 +136,15 @@ async def faults(url: str, kills: int) -> dict[str, Any]:
 
 
 async def _first_after(log: list[tuple[float, int]], seq: int) -> float:
-    """When the first picture stamped with a seq above `seq` arrived (waits for it)."""
+    """When the first picture stamped with a seq above `seq` arrived (waits for it). Called when
+    `seq` was the last one sent, so only pictures logged from then on can carry a later one."""
     deadline = time.monotonic() + rtc_client.WAIT_S
+    checked = len(log)
     while time.monotonic() < deadline:
-        for arrived, got in log:
+        for arrived, got in log[checked:]:
             if got > seq:
                 return arrived
+        checked = len(log)
         await asyncio.sleep(0.005)
     raise TimeoutError(f"no picture for a control after seq {seq} within {rtc_client.WAIT_S} s")
 

@@ -182,9 +182,8 @@ def pose_range(rotation: np.ndarray, margin_deg: float = POSE_MARGIN_DEG) -> dic
     return out
 
 
-REST_MIN_WEIGHT = (
-    0.05  # median weights below this are noise of the tracker: the rest keeps them at 0
-)
+# Median weights below this are the tracker's noise: the rest keeps them at 0.
+REST_MIN_WEIGHT = 0.05
 
 
 def rest_expression(weights: np.ndarray, names: Sequence[str]) -> dict[str, float]:
@@ -209,9 +208,8 @@ def clamp_pose(controls: Controls, limits: Mapping[str, Sequence[float]]) -> Con
     return dataclasses.replace(controls, **changes)
 
 
-ORBIT_STEPS = (
-    16  # a held orbit is found to 1/ORBIT_STEPS^2 of its length (0.23 deg of a 60-deg orbit)
-)
+# A held orbit is found to 1/ORBIT_STEPS^2 of its length (0.23 degrees of a 60-degree orbit).
+ORBIT_STEPS = 16
 
 
 def hold_in_range(controls: Controls, limits: Mapping[str, Sequence[float]]) -> Controls:

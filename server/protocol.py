@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.controls import Controls, neutral, short_repr, to_float, update
+from engine.controls import Controls, short_repr, to_float, update
 
 MAX_MESSAGE_CHARS = 16_384  # a full control message is ~2 KB; aiortc allows 256 KiB
 MAX_STATE_CHARS = 8192  # a whole state (all 52 expressions, pose, view) is ~2 KB of JSON
@@ -88,15 +88,15 @@ def parse(text: str | bytes, state: Controls, names: Sequence[str], last_seq: in
     raise ProtocolError(f"unknown message type {short_repr(kind)}: expected control, ping or probe")
 
 
-def parse_state(text: str, names: Sequence[str], base: Controls | None = None) -> Controls:
+def parse_state(text: str, names: Sequence[str], base: Controls) -> Controls:
     """A whole state as JSON ({"expression": {...}, "pose": {...}, "view": {...}}, the fields of a
     control message; `GET /still.png?state=`) -> Controls; fields not given keep their value in
-    `base` (the avatar's rest; neutral when None)."""
+    `base` (the avatar's rest, `Avatar.rest`)."""
     state = _json_object(text, "state", MAX_STATE_CHARS)
     try:
         _only(state, {"expression", "pose", "view"}, "state")
         return update(
-            neutral(names) if base is None else base,
+            base,
             names,
             expression=state.get("expression"),
             pose=state.get("pose"),

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender
 
-from engine.controls import Controls, as_message, neutral
+from engine.controls import Controls, as_message
 from engine.pipeline import Frame
 from server import probe, protocol
 from server.bridge import Bridge
@@ -51,15 +51,15 @@ class Session:
         pc: RTCPeerConnection,
         bridge: Bridge,
         names: Sequence[str],
-        rest: Controls | None = None,
+        rest: Controls,
     ) -> None:
         """names: the avatar's expression names; rest: the state before the first control (the
-        avatar's resting expression, `Avatar.rest`; neutral when None)."""
+        avatar's resting expression, `Avatar.rest`)."""
         self.id = sid
         self.pc = pc
         self.bridge = bridge
         self.names = tuple(names)
-        self.state = neutral(self.names) if rest is None else rest
+        self.state = rest
         self.last_seq = -1
         self.probe = False
         self.channel: RTCDataChannel | None = None
@@ -78,7 +78,7 @@ class Session:
         self.closed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.pipeline_session = bridge.open_session(self._deliver)
-        # The first picture: the neutral state, before any control arrives.
+        # The first picture: the rest state, before any control arrives.
         bridge.submit(self.pipeline_session, 0, self.state)
 
     # ------------------------------------------------------------------ frames
