@@ -95,13 +95,7 @@ def parse_state(text: str, names: Sequence[str], base: Controls) -> Controls:
     state = _json_object(text, "state", MAX_STATE_CHARS)
     try:
         _only(state, {"expression", "pose", "view"}, "state")
-        return update(
-            base,
-            names,
-            expression=state.get("expression"),
-            pose=state.get("pose"),
-            view=state.get("view"),
-        )
+        return _apply(base, names, state)
     except ValueError as exc:
         raise ProtocolError(str(exc)) from exc
 
@@ -120,6 +114,17 @@ def _json_object(text: str, what: str, limit: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} must be a JSON object")
     return value
+
+
+def _apply(state: Controls, names: Sequence[str], fields: dict[str, Any]) -> Controls:
+    """`state` with the expression, pose and view `fields` of a message or state merged in."""
+    return update(
+        state,
+        names,
+        expression=fields.get("expression"),
+        pose=fields.get("pose"),
+        view=fields.get("view"),
+    )
 
 
 def _only(message: dict[str, Any], allowed: set[str], what: str | None = None) -> None:
@@ -141,13 +146,7 @@ def _control(
         raise ProtocolError(f"seq {seq} is not newer than the last accepted {last_seq}", seq)
     t = _finite("t", message.get("t"))
     try:
-        controls = update(
-            state,
-            names,
-            expression=message.get("expression"),
-            pose=message.get("pose"),
-            view=message.get("view"),
-        )
+        controls = _apply(state, names, message)
     except ValueError as exc:
         raise ProtocolError(str(exc), seq) from exc
     return ControlMessage(seq=seq, t=t, controls=controls)
