@@ -16,9 +16,9 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 from aiortc import RTCIceServer
 
-from engine.avatar import DEFAULT_AVATAR, Avatar
+from engine.pipeline.schedule import Schedule
+from engine.render.avatar import DEFAULT_AVATAR, Avatar
 from engine.runtime import limit_arenas, tune_allocator
-from engine.schedule import Schedule
 from server.app import ServerConfig, create_app
 from server.codecs import CODECS, set_max_bitrate
 
@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument(
-        "--avatar", type=Path, default=DEFAULT_AVATAR, help="avatar file (engine.train's output)"
+        "--avatar",
+        type=Path,
+        default=DEFAULT_AVATAR,
+        help="avatar file (engine.training.train's output)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda:N (default: GPUs if any)")
     parser.add_argument("--workers", type=int, default=2, help="render worker processes")

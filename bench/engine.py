@@ -39,18 +39,18 @@ import torch
 
 from bench import pipeline as pipeline_bench
 from bench.timing import median_ms, sync
-from engine.avatar import DEFAULT_AVATAR, Avatar
 from engine.camera import Camera, project
 from engine.controls import Controls, neutral, to_head_controls, update
-from engine.default_head import build_default_head
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
-from engine.frame import to_image
-from engine.frame_inputs import FrameInputs, inputs_from_mesh, posed_mesh
-from engine.head_model import HeadModel, orbit_vertices
-from engine.networks import PRESETS, macs
-from engine.networks.generator import generator_input, make_cache
-from engine.neural_cache import NeuralCache
-from engine.raster import uv_map
+from engine.head.default import build_default_head
+from engine.head.model import HeadModel, orbit_vertices
+from engine.render.avatar import DEFAULT_AVATAR, Avatar
+from engine.render.frame import to_image
+from engine.render.frame_inputs import FrameInputs, inputs_from_mesh, posed_mesh
+from engine.render.networks import PRESETS, macs
+from engine.render.networks.generator import generator_input, make_cache
+from engine.render.neural_cache import NeuralCache
+from engine.render.raster import uv_map
 from engine.runtime import tune_allocator
 
 WARMUP_FRAMES = 20

@@ -6,7 +6,7 @@
 The main figures use what the live renderer uses: fp32, `torch.inference_mode()`, channels_last
 conv tensors, `--threads` intra-op threads. `--variants` also times each trick switched off
 (NCHW, `no_grad` instead of inference mode, one thread), `--compile` adds `torch.compile` (slow to
-build: tens of seconds per network). MACs are `engine.networks.macs` (FlopCounterMode). Inputs
+build: tens of seconds per network). MACs are `engine.render.networks.macs` (FlopCounterMode). Inputs
 are random (network cost does not depend on values); the explicit warp gets an identity pixel
 motion, valid where the mesh mask is.
 """
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bench.timing import median_ms
-from engine.networks import (
+from engine.render.networks import (
     PRESETS,
     ExplicitWarp,
     Generator,
@@ -36,8 +36,8 @@ from engine.networks import (
     make_cache,
     prepare_for_inference,
 )
-from engine.neural_cache import NeuralCache
-from engine.raster import PixelMotion
+from engine.render.neural_cache import NeuralCache
+from engine.render.raster import PixelMotion
 
 WARMUP = 10  # calls before timing: oneDNN picks and caches its kernels on the first ones
 MASK_RADIUS = 0.4  # of the image side: a head-sized disk

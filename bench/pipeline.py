@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from engine.controls import Controls
-from engine.pipeline import Frame, Pipeline, PipelineSettings
-from engine.schedule import Schedule
+from engine.pipeline.dispatcher import Frame, Pipeline, PipelineSettings
+from engine.pipeline.schedule import Schedule
 
 WARMUP_FRAMES = 30
 PACE_HZ = 30.0

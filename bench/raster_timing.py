@@ -22,10 +22,10 @@ import torch
 
 from bench.timing import median_ms
 from engine.camera import Camera, project
-from engine.canonical_mesh import load_canonical_mesh
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
-from engine.head_model import pose_rotation
-from engine.raster import pixel_motion, rasterize, uv_map
+from engine.head.canonical_mesh import load_canonical_mesh
+from engine.head.model import pose_rotation
+from engine.render.raster import pixel_motion, rasterize, uv_map
 from engine.runtime import tune_allocator
 
 WARMUP_CALLS = 10

@@ -18,7 +18,7 @@ import torch
 from pytorch3d.transforms import matrix_to_euler_angles
 from scipy.spatial.transform import Rotation
 
-from engine.head_model import EULER_CONVENTION, HeadControls, HeadModel, pose_rotation
+from engine.head.model import EULER_CONVENTION, HeadControls, HeadModel, pose_rotation
 
 EXPRESSION_RANGE = (0.0, 1.0)  # ARKit-style weights
 POSE_LIMITS_DEG = {"yaw": (-45.0, 45.0), "pitch": (-30.0, 30.0), "roll": (-30.0, 30.0)}
@@ -28,7 +28,7 @@ VIEW_LIMITS_DEG = {"yaw": (-60.0, 60.0), "pitch": (-30.0, 30.0)}
 @dataclass(frozen=True)
 class Controls:
     """One frame's controls. expression: E weights in the avatar's expression order; yaw, pitch,
-    roll: head pose in degrees (engine.head_model.pose_rotation's signs); view_yaw, view_pitch:
+    roll: head pose in degrees (engine.head.model.pose_rotation's signs); view_yaw, view_pitch:
     camera orbit about the head centre in degrees."""
 
     expression: tuple[float, ...]

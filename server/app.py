@@ -31,11 +31,11 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from engine.avatar import DEFAULT_AVATAR, Avatar
 from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG
-from engine.pipeline import PipelineSettings
+from engine.pipeline.dispatcher import PipelineSettings
+from engine.pipeline.schedule import Schedule
+from engine.render.avatar import DEFAULT_AVATAR, Avatar
 from engine.runtime import release_free_memory
-from engine.schedule import Schedule
 from server import protocol
 from server.bridge import Bridge
 from server.codecs import max_bitrate
@@ -53,7 +53,7 @@ LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """host, port; avatar_path; schedule: how the workers render (see engine.schedule); device:
+    """host, port; avatar_path; schedule: how the workers render (see engine.pipeline.schedule); device:
     None = cuda where there are GPUs, else cpu; ice_servers: STUN/TURN (none: local use);
     max_sessions; session_ttl_s: the longest a session may live; loopback_only: gather ICE
     candidates on 127.0.0.1 only (tests and benchmarks on one machine)."""

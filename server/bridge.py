@@ -1,6 +1,6 @@
 """The bridge between the asyncio server and the engine's worker pipeline.
 
-`engine.pipeline` is synchronous and thread-based; the event loop must never wait on it. Starting
+`engine.pipeline.dispatcher` is synchronous and thread-based; the event loop must never wait on it. Starting
 and stopping the pool run in the default executor; frames come back by `Pipeline.subscribe`, whose
 callback only schedules the session's handler on the loop (`call_soon_threadsafe`). Submitting a
 control takes the pipeline's lock for microseconds (it never waits for a render).
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.controls import Controls
-from engine.pipeline import Frame, Pipeline, PipelineSettings
+from engine.pipeline.dispatcher import Frame, Pipeline, PipelineSettings
 
 
 class Bridge:

@@ -27,7 +27,7 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender
 
 from engine.controls import Controls, as_message
-from engine.pipeline import Frame
+from engine.pipeline.dispatcher import Frame
 from server import probe, protocol
 from server.bridge import Bridge
 from server.track import AvatarTrack

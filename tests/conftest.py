@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine import capture
+from engine.capture import capture
 
 SHORT_FRAMES = 40
 SHORT_RESOLUTION = 64
@@ -34,10 +34,10 @@ def save_untrained_avatar(
     server, pipeline and benchmark tests render with."""
     import torch
 
-    from engine.avatar import Avatar
     from engine.camera import Camera
-    from engine.default_head import build_default_head
-    from engine.networks import PRESETS
+    from engine.head.default import build_default_head
+    from engine.render.avatar import Avatar
+    from engine.render.networks import PRESETS
 
     config = (
         PRESETS["tiny"] if resolution is None else replace(PRESETS["tiny"], resolution=resolution)

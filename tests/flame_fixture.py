@@ -1,4 +1,4 @@
-"""Small FLAME-format pickles, written the way the real files are, for `engine.flame_file`'s tests.
+"""Small FLAME-format pickles, written the way the real files are, for `engine.head.flame_file`'s tests.
 
 FLAME 2020's `generic_model.pkl` was written by Python 2 with chumpy installed, at pickle
 protocol 2. `write_flame_pickle(..., use_chumpy=True)` reproduces that byte structure without

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 import run
-from engine.schedule import Schedule
+from engine.pipeline.schedule import Schedule
 from server.app import ServerConfig, create_app
 from tests.conftest import save_untrained_avatar
 

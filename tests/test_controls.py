@@ -24,8 +24,8 @@ from engine.controls import (
     update,
     view_range,
 )
-from engine.default_head import ARKIT_NAMES, build_default_head
-from engine.head_model import HeadModel, pose_rotation
+from engine.head.default import ARKIT_NAMES, build_default_head
+from engine.head.model import HeadModel, pose_rotation
 
 NAMES = ARKIT_NAMES
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from engine import expression_basis as eb
-from engine import face_regions
-from engine.canonical_mesh import load_canonical_mesh
-from engine.default_head import ARKIT_NAMES, build_default_head, load_basis
+from engine.head import regions as face_regions
+from engine.head.canonical_mesh import load_canonical_mesh
+from engine.head.default import ARKIT_NAMES, build_default_head, load_basis
+from engine.training import basis as eb
 
 MP_NAMES = ("_neutral", *[n for n in ARKIT_NAMES if n != "tongueOut"])
 FRAMES = 200

@@ -1,4 +1,4 @@
-"""engine.flame_file: FLAME pickles (2020 chumpy / Python 2 style and 2023 plain style) into
+"""engine.head.flame_file: FLAME pickles (2020 chumpy / Python 2 style and 2023 plain style) into
 HeadModelData, checked array by array against the generator's raw arrays; UVs; refusals."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from engine.flame_file import (
+from engine.head.flame_file import (
     FLAME_JOINT_NAMES,
     cylindrical_face_uvs,
     load_flame,

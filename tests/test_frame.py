@@ -1,4 +1,4 @@
-"""engine.frame: rendered tensors -> uint8 pictures."""
+"""engine.render.frame: rendered tensors -> uint8 pictures."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.frame import to_image
+from engine.render.frame import to_image
 
 
 def test_to_image_rounds_clips_and_lays_out_hwc() -> None:

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from engine.camera import Camera
-from engine.dataset import sample_pairs, temporal_split
-from engine.default_head import build_default_head
-from engine.frame_inputs import make_inputs, random_affines, view_direction, warp_image
-from engine.head_model import HeadModel, pose_rotation
+from engine.head.default import build_default_head
+from engine.head.model import HeadModel, pose_rotation
+from engine.render.frame_inputs import make_inputs, random_affines, view_direction, warp_image
+from engine.training.dataset import sample_pairs, temporal_split
 
 RES = 96
 

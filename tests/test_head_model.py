@@ -9,9 +9,9 @@ import pytest
 import torch
 from pytorch3d.transforms import axis_angle_to_matrix
 
-from engine.default_head import JAW_OPEN_RAD, build_default_head, jaw_weights
-from engine.head_model import HeadControls, HeadModel, orbit_vertices, pose_rotation
-from engine.head_model_data import HeadModelData
+from engine.head.data import HeadModelData
+from engine.head.default import JAW_OPEN_RAD, build_default_head, jaw_weights
+from engine.head.model import HeadControls, HeadModel, orbit_vertices, pose_rotation
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_invalid_data_is_named() -> None:
 def test_flame_file_drives_the_same_model(tmp_path) -> None:
     """A FLAME-format file (generated) loads and evaluates: template at zero, jaw moves only the
     vertices skinned to it, and the result matches the plain reference with its correctives."""
-    from engine.flame_file import load_flame
+    from engine.head.flame_file import load_flame
     from tests.flame_fixture import write_flame_like
 
     path = tmp_path / "generic_model.pkl"

@@ -1,4 +1,4 @@
-"""Tests of engine.networks: shapes, the cache, both warps, gradients, learning, config, MACs."""
+"""Tests of engine.render.networks: shapes, the cache, both warps, gradients, learning, config, MACs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.networks import (
+from engine.render.networks import (
     PRESETS,
     ExplicitWarp,
     Generator,
@@ -27,9 +27,9 @@ from engine.networks import (
     sh_basis,
     warp_features,
 )
-from engine.networks.inference import fuse_batch_norms
-from engine.neural_cache import NeuralCache
-from engine.raster import PixelMotion
+from engine.render.networks.inference import fuse_batch_norms
+from engine.render.neural_cache import NeuralCache
+from engine.render.raster import PixelMotion
 
 TINY = PRESETS["tiny"]
 SIZE = TINY.resolution

@@ -1,4 +1,4 @@
-"""engine.pipeline with real worker processes on a tiny untrained avatar: order, cache use, live
+"""engine.pipeline.dispatcher with real worker processes on a tiny untrained avatar: order, cache use, live
 mode, sessions, faults and clean shutdown."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from engine.controls import Controls, neutral, update
-from engine.default_head import build_default_head
-from engine.pipeline import Frame, Pipeline, PipelineSettings, wait_for_exit
-from engine.schedule import Schedule
+from engine.head.default import build_default_head
+from engine.pipeline.dispatcher import Frame, Pipeline, PipelineSettings, wait_for_exit
+from engine.pipeline.schedule import Schedule
 from tests.conftest import save_untrained_avatar
 
 NAMES = build_default_head().expression_names
@@ -184,8 +184,8 @@ def test_a_crashed_parent_leaves_no_process_and_no_shared_memory(tiny_avatar: Pa
         f"""
         import sys
         from pathlib import Path
-        from engine.pipeline import Pipeline, PipelineSettings
-        from engine.schedule import Schedule
+        from engine.pipeline.dispatcher import Pipeline, PipelineSettings
+        from engine.pipeline.schedule import Schedule
         p = Pipeline(PipelineSettings(Path({str(tiny_avatar)!r}), Schedule("parallel", 2, 1),
                                       threads=1)).start()
         print(" ".join(map(str, p.worker_pids)), flush=True)

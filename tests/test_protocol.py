@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 
 from bench.fuzz import message_strategy
 from engine.controls import neutral
-from engine.default_head import build_default_head
+from engine.head.default import build_default_head
 from server import protocol
 from server.protocol import ControlMessage, Ping, Probe, ProtocolError
 

@@ -1,4 +1,4 @@
-"""engine.raster: the fast rasteriser against the plain reference, UV maps, and pixel motion."""
+"""engine.render.raster: the fast rasteriser against the plain reference, UV maps, and pixel motion."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.camera import Camera, project
-from engine.canonical_mesh import load_canonical_mesh
-from engine.raster import (
+from engine.head.canonical_mesh import load_canonical_mesh
+from engine.render.raster import (
     OUTSIDE_GRID,
     Fragments,
     interpolate,

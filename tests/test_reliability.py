@@ -20,7 +20,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from hypothesis import strategies as st
 
 from bench import churn, faults, fuzz, rtc_client
-from engine.schedule import Schedule
+from engine.pipeline.schedule import Schedule
 from server import probe
 from server.app import MAX_OFFER_BYTES, ServerConfig, create_app
 from tests.conftest import save_untrained_avatar

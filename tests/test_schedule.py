@@ -1,10 +1,10 @@
-"""engine.schedule: which worker makes which frame, from which cache."""
+"""engine.pipeline.schedule: which worker makes which frame, from which cache."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.schedule import Schedule
+from engine.pipeline.schedule import Schedule
 
 FRAMES = 200
 SETTINGS = [

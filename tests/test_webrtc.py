@@ -18,7 +18,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from bench import rtc_client
 from bench.rtc_client import Viewer
-from engine.schedule import Schedule
+from engine.pipeline.schedule import Schedule
 from server import probe
 from server.app import ServerConfig, create_app
 from tests.conftest import save_untrained_avatar

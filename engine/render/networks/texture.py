@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.networks.config import RGB_CHANNELS, RendererConfig, sh_basis_size
+from engine.render.networks.config import RGB_CHANNELS, RendererConfig, sh_basis_size
 
 TEXTURE_INIT_STD = 0.01  # small start: the generator first sees near-zero, not noise
 # Real SH normalisation constants (degree 0, 1, 2), the usual orthonormal ones.

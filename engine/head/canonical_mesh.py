@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-TASK_BUNDLE = Path(__file__).resolve().parent.parent / "static" / "face_landmarker.task"
+TASK_BUNDLE = Path(__file__).resolve().parents[2] / "static" / "face_landmarker.task"
 METADATA_MEMBER = "geometry_pipeline_metadata_landmarks.binarypb"
 NUM_VERTICES = 468
 NUM_FACES = 898

@@ -8,7 +8,7 @@ wraps without blocking its loop.
         frame = p.get(session, timeout=1.0)  # Frame: picture, seq, generated or warped, timings
 
 One dispatcher thread in the parent does all the bookkeeping: it hands tasks to workers as the
-schedule (`engine.schedule`) says, reads their results, puts each session's frames back in order,
+schedule (`engine.pipeline.schedule`) says, reads their results, puts each session's frames back in order,
 and watches the processes. Modes:
 - live (the server): a session holds only its freshest control; a frame is made from it when the
   worker whose turn it is is free, so stale controls are dropped and no queue grows with time.
@@ -40,9 +40,9 @@ import torch
 import torch.multiprocessing as tmp
 
 from engine.controls import Controls
-from engine.frame_ring import FrameRing
-from engine.schedule import Schedule
-from engine.worker import (
+from engine.pipeline.frame_ring import FrameRing
+from engine.pipeline.schedule import Schedule
+from engine.pipeline.worker import (
     BuildDone,
     BuildTask,
     DropSession,
@@ -204,7 +204,9 @@ class Pipeline:
 
     def start(self) -> Pipeline:
         """Spawn the workers and wait until every one has loaded the avatar."""
-        from engine.avatar import Avatar  # the parent reads the size once, then drops the model
+        from engine.render.avatar import (
+            Avatar,  # the parent reads the size once, then drops the model
+        )
 
         if not self.settings.avatar_path.exists():
             raise FileNotFoundError(f"avatar file not found: {self.settings.avatar_path}")

@@ -1,5 +1,5 @@
 """The built-in head: MediaPipe's canonical face mesh with a small skeleton and the expression
-basis learned from a real face video (`engine.expression_basis`, stored in
+basis learned from a real face video (`engine.training.basis`, stored in
 `static/default_expression_basis.npz`). Needs no licensed file.
 
 Skeleton (FLAME's structure where it applies to a face-only mesh): a root, a neck that carries
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.canonical_mesh import CanonicalMesh, load_canonical_mesh
-from engine.head_model_data import HeadModelData
+from engine.head.canonical_mesh import CanonicalMesh, load_canonical_mesh
+from engine.head.data import HeadModelData
 
-BASIS_FILE = Path(__file__).resolve().parent.parent / "static" / "default_expression_basis.npz"
+BASIS_FILE = Path(__file__).resolve().parents[2] / "static" / "default_expression_basis.npz"
 
 # MediaPipe canonical-mesh landmark ids (the face mesh's published numbering).
 UPPER_LIP_INNER, LOWER_LIP_INNER = 13, 14
@@ -91,7 +91,7 @@ def load_basis(
             inert = tuple(bool(b) for b in z["inert"])
     except FileNotFoundError as exc:
         raise FileNotFoundError(
-            f"expression basis {path} is missing: run `python -m engine.expression_basis --sample`"
+            f"expression basis {path} is missing: run `python -m engine basis --sample`"
         ) from exc
     except (KeyError, ValueError, OSError) as exc:
         raise ValueError(f"{path} is not an expression basis file: {exc}") from exc

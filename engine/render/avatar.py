@@ -30,22 +30,22 @@ from engine.controls import (
     update,
     view_range,
 )
-from engine.frame import to_image
-from engine.frame_inputs import FrameInputs, make_inputs
-from engine.head_model import HeadModel
-from engine.head_model_data import HeadModelData
-from engine.networks import (
+from engine.head.data import HeadModelData
+from engine.head.model import HeadModel
+from engine.render.frame import to_image
+from engine.render.frame_inputs import FrameInputs, make_inputs
+from engine.render.networks import (
     Generator,
     NeuralTexture,
     RendererConfig,
     make_warp,
     prepare_for_inference,
 )
-from engine.networks.generator import generator_input, make_cache
-from engine.neural_cache import NeuralCache
-from engine.raster import pixel_motion
+from engine.render.networks.generator import generator_input, make_cache
+from engine.render.neural_cache import NeuralCache
+from engine.render.raster import pixel_motion
 
-DEFAULT_AVATAR = Path(__file__).resolve().parents[1] / "static" / "default_avatar.pt"
+DEFAULT_AVATAR = Path(__file__).resolve().parents[2] / "static" / "default_avatar.pt"
 AVATAR_FORMAT = "neural-avatar"
 AVATAR_VERSION = 1
 BACKGROUND_INIT = 0.5  # grey, until training learns the real one
@@ -88,7 +88,7 @@ class Avatar(nn.Module):
 
     def prepare_for_inference(self) -> Avatar:
         """Eval mode, BatchNorms folded into their convs, channels_last: how the live renderer runs
-        (see `engine.networks.inference`). The avatar can then neither train nor be saved."""
+        (see `engine.render.networks.inference`). The avatar can then neither train nor be saved."""
         self.eval()
         for net in (self.generator, self.warp_net):
             prepare_for_inference(net, self.translation.device, channels_last=True)

@@ -1,10 +1,11 @@
 """The neural renderer's networks: neural texture, generator with cache taps, warp networks."""
 
-from engine.networks.config import PRESETS, RendererConfig, macs
-from engine.networks.generator import Generator, GeneratorOutput, generator_input, make_cache
-from engine.networks.inference import prepare_for_inference
-from engine.networks.texture import NeuralTexture, sh_basis
-from engine.networks.warp import (
+from engine.render.networks.config import PRESETS, RendererConfig
+from engine.render.networks.generator import Generator, GeneratorOutput, generator_input, make_cache
+from engine.render.networks.inference import prepare_for_inference
+from engine.render.networks.macs import macs
+from engine.render.networks.texture import NeuralTexture, sh_basis
+from engine.render.networks.warp import (
     ControlEmbedding,
     ExplicitWarp,
     ImplicitWarp,

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.networks.config import RendererConfig
-from engine.neural_cache import NeuralCache
+from engine.render.networks.config import RendererConfig
+from engine.render.neural_cache import NeuralCache
 
 LEAKY_SLOPE = 0.2  # LeakyReLU negative slope (as in pix2pix / DNR)
 RGBA_CHANNELS = 4  # the head's output: RGB then alpha

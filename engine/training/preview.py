@@ -1,6 +1,6 @@
 """Check that UV maps rasterised from the fitted model line up with the captured crops.
 
-    python -m engine.uv_preview --capture DIR --out PNG [--frames 6] [--device auto]
+    python -m engine preview --capture DIR --out PNG [--frames 6] [--device auto]
 
 For evenly spaced captured frames: the frame's controls alone (blendshape scores and head pose) go
 through the default head, the crop's camera and the rasteriser, exactly as training will make its
@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 
 from engine.camera import project
-from engine.capture import CaptureData, load_capture
+from engine.capture.capture import CaptureData, load_capture
 from engine.controls import head_controls_from_capture
-from engine.default_head import build_default_head
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
-from engine.head_model import HeadModel
-from engine.raster import UVMap, uv_map
+from engine.head.default import build_default_head
+from engine.head.model import HeadModel
+from engine.render.raster import UVMap, uv_map
 
 OVERLAY_ALPHA = 0.45  # weight of the UV colours over the crop
 
@@ -69,7 +69,7 @@ def overlay(crop: np.ndarray, uv: UVMap, b: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.uv_preview", description=__doc__.split("\n\n")[0]
+        prog="python -m engine preview", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--capture", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")

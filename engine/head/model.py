@@ -23,7 +23,7 @@ import torch
 from pytorch3d.transforms import axis_angle_to_matrix, euler_angles_to_matrix
 from torch import nn
 
-from engine.head_model_data import HeadModelData
+from engine.head.data import HeadModelData
 
 EULER_CONVENTION = "YXZ"  # yaw about +y (up), then pitch about +x (right), then roll about +z
 DEG = math.pi / 180.0

@@ -37,7 +37,7 @@ Mapping into `HeadModelData`:
 - posedirs (V, 3, P) -> (P, V * 3) with out[k, 3 v + c] = posedirs[v, c, k], i.e. FLAME's
   `reshape(-1, P).T`. Pose feature k is entry (k % 9) of the row-major (R - I) of non-root
   joint 1 + k // 9 (chumpy's `lrotmin`), so `feature (B, P) @ posedirs -> (B, V * 3)` and
-  `.view(B, V, 3)` gives the per-vertex xyz offsets, as in `engine.head_model`.
+  `.view(B, V, 3)` gives the per-vertex xyz offsets, as in `engine.head.model`.
 - j_regressor dense; lbs_weights = weights; parents = kintree_table[0] with the root set to -1;
   faces int64; joint names global, neck, jaw, eye_left, eye_right when J == 5.
 - UVs: the pickle has none. With `uv_obj` (FLAME's `head_template.obj`: `vt` lines and
@@ -59,7 +59,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from engine.head_model_data import HeadModelData
+from engine.head.data import HeadModelData
 
 FLAME_SHAPE_COMPONENTS = 300  # identity components before the expression block in `shapedirs`
 DEFAULT_NUM_SHAPE = 300

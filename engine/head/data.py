@@ -1,8 +1,8 @@
 """The arrays that define a FLAME-format parametric head, independent of where they came from.
 
-Both sources fill the same frozen dataclass: a real FLAME file (`engine.flame_file`) and the
+Both sources fill the same frozen dataclass: a real FLAME file (`engine.head.flame_file`) and the
 built-in default made from MediaPipe's canonical mesh plus a learned expression basis
-(`engine.default_head`). `engine.head_model` evaluates it.
+(`engine.head.default`). `engine.head.model` evaluates it.
 """
 
 from __future__ import annotations

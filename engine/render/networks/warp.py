@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.networks.config import RendererConfig
-from engine.networks.generator import LEAKY_SLOPE, RGBA_CHANNELS, conv_block, upsample2
-from engine.neural_cache import NeuralCache
-from engine.raster import PixelMotion
+from engine.render.networks.config import RendererConfig
+from engine.render.networks.generator import LEAKY_SLOPE, RGBA_CHANNELS, conv_block, upsample2
+from engine.render.neural_cache import NeuralCache
+from engine.render.raster import PixelMotion
 
 C3_FACTOR, C4_FACTOR = 4, 2  # C3 lives at H/4, C4 at H/2
 MOTION_CHANNELS = 4  # implicit: uv_new - uv_cached (2), new mask, cached mask, pooled to H/4
@@ -287,7 +287,7 @@ class ExplicitWarp(nn.Module):
         motion: PixelMotion | None = None,
     ) -> WarpOutput:
         """As `ImplicitWarp`, plus `motion`: the full-resolution pixel motion from the cache frame
-        to the new frame (`engine.raster.pixel_motion(new fragments, cache.screen, ...)`)."""
+        to the new frame (`engine.render.raster.pixel_motion(new fragments, cache.screen, ...)`)."""
         if motion is None:
             raise ValueError("the explicit warp needs the pixel motion from the cache frame")
         _check_frame(cache, uv, mask, self.config)

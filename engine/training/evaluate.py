@@ -1,6 +1,6 @@
 """Quality of a trained avatar on the held-out test frames of its capture.
 
-    python -m engine.evaluate --avatar A --data DIR --out REPORT_DIR [--ablation A3 A34 A345]
+    python -m engine evaluate --avatar A --data DIR --out REPORT_DIR [--ablation A3 A34 A345]
 
 Writes REPORT_DIR/report.json (keys: DESIGN.md, "Measurement contracts"), report.md, a plot of
 quality against warp distance, an image strip (ground truth, generator, warp k=1, warp k=4) and a
@@ -29,12 +29,12 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from engine.avatar import Avatar
-from engine.capture import load_capture
+from engine.capture.capture import load_capture
 from engine.controls import neutral, update
-from engine.dataset import CaptureFrames, temporal_split
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
+from engine.render.avatar import Avatar
 from engine.runtime import tune_allocator
+from engine.training.dataset import CaptureFrames, temporal_split
 
 MAX_K = 8
 BATCH = 8  # frames rendered at once
@@ -177,7 +177,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.evaluate", description=__doc__.split("\n\n")[0]
+        prog="python -m engine evaluate", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--avatar", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the capture it was trained on")

@@ -1,6 +1,6 @@
 """Train an avatar on a capture: the generator, the neural texture and the warp network together.
 
-    python -m engine.train --data DIR --preset cpu --out AVATAR.pt [--max-minutes M] [--seed S]
+    python -m engine train --data DIR --preset cpu --out AVATAR.pt [--max-minutes M] [--seed S]
         [--cache-layers c3,c4,c5] [--warp-kind implicit|explicit] [--max-k 2] [--resume]
 
 Each step takes pairs of frames (t, t + k), k uniform in 1..max_k, from the training split: the
@@ -32,17 +32,17 @@ from torchmetrics.functional.image import (
 )
 from tqdm import tqdm
 
-from engine.avatar import Avatar
-from engine.capture import load_capture
+from engine.capture.capture import load_capture
 from engine.controls import pose_range, rest_expression
-from engine.dataset import CaptureFrames, sample_pairs, temporal_split
-from engine.default_head import build_default_head
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
-from engine.frame_inputs import random_affines
-from engine.head_model import HeadModel
-from engine.networks import PRESETS
-from engine.networks.config import WarpKind
+from engine.head.default import build_default_head
+from engine.head.model import HeadModel
+from engine.render.avatar import Avatar
+from engine.render.frame_inputs import random_affines
+from engine.render.networks import PRESETS
+from engine.render.networks.config import WarpKind
 from engine.runtime import tune_allocator
+from engine.training.dataset import CaptureFrames, sample_pairs, temporal_split
 
 SSIM_WEIGHT = 0.2  # structural term next to L1
 TEXTURE_WEIGHT = 0.5  # texture colour loss, early guidance for the neural texture
@@ -310,10 +310,10 @@ def parse_cache_layers(text: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m engine.train", description=__doc__.split("\n\n")[0]
+        prog="python -m engine train", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--data", type=Path, required=True, help="a capture directory (engine.capture)"
+        "--data", type=Path, required=True, help="a capture directory (engine.capture.capture)"
     )
     parser.add_argument("--out", type=Path, required=True, help="avatar file to write")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")

@@ -1,6 +1,6 @@
 """Training data from a capture: target crops, and the renderer inputs made from controls alone.
 
-A capture (engine.capture) is loaded into memory once (the sample clip: 472 crops of 256^2, 93 MB as
+A capture (engine.capture.capture) is loaded into memory once (the sample clip: 472 crops of 256^2, 93 MB as
 uint8). The split is temporal: the clip's last frames are the test set and the ones before them
 the validation set, so nothing the model is scored on was next to a training frame. Frames are
 addressed by row (the order of the capture); a pair (t, t + k) never crosses a split boundary.
@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.camera import Camera
-from engine.capture import CaptureData
+from engine.capture.capture import CaptureData
 from engine.controls import expressions_from_scores
-from engine.frame_inputs import FrameInputs, angles_from_rotation, make_inputs, warp_image
-from engine.head_model import HeadControls, HeadModel
+from engine.head.model import HeadControls, HeadModel
+from engine.render.frame_inputs import FrameInputs, angles_from_rotation, make_inputs, warp_image
 
 TEST_FRACTION = 0.15  # the clip's last frames, never trained on
 VALIDATION_FRACTION = 0.05  # the frames just before them, for checkpoint choice and curves

@@ -1,7 +1,7 @@
 """One render worker process: one avatar copy on one device, caches per session, pictures out
 through shared memory.
 
-The parent (`engine.pipeline`) sends small task records on a queue; the worker answers each with a
+The parent (`engine.pipeline.dispatcher`) sends small task records on a queue; the worker answers each with a
 small result record. Pictures go into the worker's `FrameRing` slot named by the task. A worker
 only ever warps from caches it built itself, after building them (tasks run in the order sent); a
 render that names a cache the worker does not hold fails loudly instead of using another. The
@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from engine.avatar import Avatar
 from engine.controls import Controls
-from engine.frame import to_image
-from engine.frame_ring import FrameRing, RingSpec
-from engine.neural_cache import NeuralCache
+from engine.pipeline.frame_ring import FrameRing, RingSpec
+from engine.render.avatar import Avatar
+from engine.render.frame import to_image
+from engine.render.neural_cache import NeuralCache
 from engine.runtime import release_free_memory, tune_allocator
 
 POLL_S = 0.5  # how often an idle worker checks that its parent is alive

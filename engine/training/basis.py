@@ -39,16 +39,17 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from engine.canonical_mesh import CanonicalMesh, load_canonical_mesh
-from engine.default_head import (
+from engine.device import DEVICE_CHOICES_HELP, resolve_device
+from engine.head.canonical_mesh import CanonicalMesh, load_canonical_mesh
+from engine.head.default import (
     ARKIT_NAMES,
     BASIS_FILE,
     JAW_OPEN_RAD,
     build_default_head,
     jaw_weights,
 )
-from engine.device import DEVICE_CHOICES_HELP, resolve_device
-from engine.face_regions import (
+from engine.head.model import HeadModel
+from engine.head.regions import (
     MASK_FLOOR,
     is_sided,
     mirror_map,
@@ -56,7 +57,6 @@ from engine.face_regions import (
     report_regions,
     symmetrise,
 )
-from engine.head_model import HeadModel
 
 SAMPLE_CAPTURE_DIR = Path("data/sample_capture")  # git-ignored: frames are not committed
 FACE_WIDTH_PAIR = (234, 454)  # tragus to tragus: the width that errors are quoted against
@@ -661,7 +661,7 @@ def render_sheet(head: HeadModel, out: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.capture import (
+    from engine.capture.capture import (
         SampleUnavailableError,
         capture_video,
         fetch_sample_video,
@@ -669,11 +669,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     parser = argparse.ArgumentParser(
-        prog="python -m engine.expression_basis", description=__doc__.split("\n\n")[0]
+        prog="python -m engine basis", description=__doc__.split("\n\n")[0]
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--capture", type=Path, help="a directory written by `python -m engine.capture`"
+        "--capture", type=Path, help="a directory written by `python -m engine capture`"
     )
     src.add_argument(
         "--sample",

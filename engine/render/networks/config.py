@@ -19,10 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from engine.neural_cache import CACHE_LAYERS
+from engine.render.neural_cache import CACHE_LAYERS
 
 WarpKind = Literal["implicit", "explicit"]
 WARP_KINDS: tuple[str, ...] = ("implicit", "explicit")
@@ -32,7 +29,6 @@ CACHE_LAYER_CHOICES: tuple[tuple[str, ...], ...] = tuple(
 RGB_CHANNELS = 3  # texture channels 0..2 are the RGB ones a texture loss supervises
 MIN_DOWNSAMPLES = 3  # C3 sits at H/4 and is a decoder level: the encoder must reach H/8 at least
 MAX_SH_DEGREE = 2  # real spherical harmonics up to degree 2 (9 basis values), as in DNR
-FLOPS_PER_MAC = 2  # FlopCounterMode counts a multiply-accumulate as two floating-point ops
 
 
 def sh_basis_size(degree: int | None) -> int:
@@ -222,35 +218,3 @@ PRESETS: dict[str, RendererConfig] = {
         control_embed_dim=8,
     ),
 }
-
-
-def macs(config: RendererConfig, batch: int = 1) -> dict[str, int]:
-    """Multiply-accumulates of one forward pass at `batch`, counted by `FlopCounterMode` (convs,
-    linears, matmuls; grid_sample and elementwise work are not counted) on the meta device.
-
-    Returns {"generator", "warp" (the config's kind), "warp_implicit", "warp_explicit"}.
-    """
-    # Local imports: the network modules import this one.
-    from engine.networks.generator import Generator, make_cache
-    from engine.networks.warp import ExplicitWarp, ImplicitWarp, identity_motion
-
-    size = config.resolution
-    meta = torch.device("meta")
-    with meta:
-        generator = Generator(config)
-        warps = {"implicit": ImplicitWarp(config), "explicit": ExplicitWarp(config)}
-        x = torch.zeros(batch, config.generator_in_channels, size, size)
-        uv = torch.zeros(batch, size, size, 2)
-        mask = torch.zeros(batch, size, size, dtype=torch.bool)
-        controls = torch.zeros(batch, config.control_dim)
-    with FlopCounterMode(display=False) as counter:
-        out = generator(x, controls)
-    result = {"generator": counter.get_total_flops() // FLOPS_PER_MAC}
-    cache = make_cache(out, config.cache_layers, uv, mask, controls, torch.zeros(batch, 1, 3))
-    motion = identity_motion(batch, size, size, meta)
-    for kind, warp in warps.items():
-        with FlopCounterMode(display=False) as counter:
-            warp(cache, uv, mask, controls, motion)
-        result[f"warp_{kind}"] = counter.get_total_flops() // FLOPS_PER_MAC
-    result["warp"] = result[f"warp_{config.warp_kind}"]
-    return result
