@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from engine.capture import capture
+from engine.capture.capture import capture_video
+from engine.capture.sample import SampleUnavailableError, fetch_sample_video
 
 SHORT_FRAMES = 40
 SHORT_RESOLUTION = 64
@@ -18,11 +19,11 @@ SHORT_RESOLUTION = 64
 @pytest.fixture(scope="session")
 def short_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
-        video = capture.fetch_sample_video()
-    except capture.SampleUnavailableError as exc:
+        video = fetch_sample_video("pexels")
+    except SampleUnavailableError as exc:
         pytest.skip(f"sample clip unavailable (network down?): {exc}")
     out = tmp_path_factory.mktemp("short") / "capture"
-    capture.capture_video(video, out, resolution=SHORT_RESOLUTION, max_frames=SHORT_FRAMES)
+    capture_video(video, out, resolution=SHORT_RESOLUTION, max_frames=SHORT_FRAMES, progress=False)
     return out
 
 
