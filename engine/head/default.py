@@ -25,6 +25,17 @@ CHIN = 152
 EAR_RIGHT, EAR_LEFT = 234, 454  # outline points at the tragus, the subject's right / left
 JAW_SIDE_RIGHT, JAW_SIDE_LEFT = 93, 323  # outline points where the jaw meets the cheek
 
+# The inner lip contours (MediaPipe's FACEMESH_LIPS), mouth corner to mouth corner. The canonical
+# mesh closes the mouth with a strip of triangles between them whose UVs are a sliver of the lip
+# line: opened by the jaw, it would show the lip texture stretched. Its corners get a texture
+# region of their own instead (MOUTH_UV_*: the atlas's empty band above the forehead), so that the
+# mouth interior (teeth, tongue, dark) is learned where it shows, and the generator sees from the
+# features where the mouth is open.
+LIP_INNER_UPPER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+LIP_INNER_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
+MOUTH_UV_U = (0.1, 0.9)  # u of the two mouth corners
+MOUTH_UV_V = (0.005, 0.1)  # v of the upper and the lower inner lip (the atlas starts at 0.107)
+
 JAW_OPEN_RAD = 0.45  # jaw rotation at jawOpen = 1 (26 degrees: the lips part by about 3 cm)
 JAW_BLEND_CM = 0.5  # width of the soft band between jaw-carried and skull-carried vertices
 JOINT_NAMES = ("global", "neck", "jaw")
@@ -98,6 +109,27 @@ def load_basis(
     return offset, exprdirs, names, inert
 
 
+def mouth_faces(faces: np.ndarray) -> np.ndarray:
+    """(F, 3) triangles -> indices of those whose corners all lie on the inner lip contours."""
+    loop = set(LIP_INNER_UPPER) | set(LIP_INNER_LOWER)
+    return np.flatnonzero([set(tri.tolist()) <= loop for tri in faces])
+
+
+def mouth_uvs(mesh: CanonicalMesh) -> np.ndarray:
+    """(F, 3, 2) corner UVs of the mesh, the mouth strip's moved to its own region: u by the
+    corner's canonical u (spread over MOUTH_UV_U), v by whether it is on the upper or lower lip."""
+    uvs = mesh.uvs[mesh.faces].copy()  # (F, 3, 2)
+    corners = mesh.uvs[[LIP_INNER_UPPER[0], LIP_INNER_UPPER[-1]], 0]  # (2,) canonical u
+    upper, lower = set(LIP_INNER_UPPER[1:-1]), set(LIP_INNER_LOWER[1:-1])
+    for f in mouth_faces(mesh.faces):
+        for c, vid in enumerate(mesh.faces[f].tolist()):
+            s = (mesh.uvs[vid, 0] - corners[0]) / (corners[1] - corners[0])  # 0..1 across
+            u = MOUTH_UV_U[0] + s * (MOUTH_UV_U[1] - MOUTH_UV_U[0])
+            v = MOUTH_UV_V[0] if vid in upper else MOUTH_UV_V[1] if vid in lower else None
+            uvs[f, c] = (u, sum(MOUTH_UV_V) / 2 if v is None else v)
+    return uvs
+
+
 def build_default_head(
     basis_path: Path | None = BASIS_FILE, mesh: CanonicalMesh | None = None
 ) -> HeadModelData:
@@ -132,7 +164,7 @@ def build_default_head(
         lbs_weights=weights,
         parents=parents,
         faces=mesh.faces,
-        face_uvs=mesh.uvs[mesh.faces],
+        face_uvs=mouth_uvs(mesh),
         expression_names=names,
         expression_inert=inert,
         joint_names=JOINT_NAMES,

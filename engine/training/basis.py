@@ -553,7 +553,37 @@ def fit(
         "inert": basis.inert_reason,
         "active": [n_ for n_, i in zip(ARKIT_NAMES, basis.inert, strict=True) if not i],
     }
+    basis, scale = to_metric_scale(basis, template, aligned["perspective"][train_sl], inner)
+    report["metric_scale"] = round(scale, 4)
     return FitResult(basis=basis, report=report)
+
+
+def to_metric_scale(
+    basis: Basis, template: np.ndarray, metric: np.ndarray, inner: np.ndarray
+) -> tuple[Basis, float]:
+    """The basis scaled about its face's centre to the size of MediaPipe's metric landmarks
+    (`metric` (N, V, 3): the training frames in the canonical frame, unscaled), and the scale.
+
+    The rigid-points alignment measures shape in the canonical mesh's size, judged by the skull's
+    rigid points; a face whose proportions differ from the canonical one then comes out larger or
+    smaller than the metric landmarks that MediaPipe's head pose places in the picture (the
+    talking clip: 5% larger, a 0.4 cm misfit at the silhouette). Scaled, the mesh the avatar is
+    trained and served on overlays the face it shows."""
+    shape = (template + basis.identity_offset)[inner]  # (V', 3)
+    target = metric.mean(axis=0)[inner]
+    centre = shape.mean(axis=0)
+    scale = float(((shape - centre) * (target - target.mean(axis=0))).sum())
+    scale /= float(((shape - centre) ** 2).sum())
+    full = template + basis.identity_offset
+    scaled = centre + scale * (full - centre)
+    return (
+        dataclasses.replace(
+            basis,
+            identity_offset=(scaled - template).astype(np.float32),
+            exprdirs=(basis.exprdirs * scale).astype(np.float32),
+        ),
+        scale,
+    )
 
 
 def save_basis(basis: Basis, path: Path) -> None:
@@ -661,12 +691,10 @@ def render_sheet(head: HeadModel, out: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.capture.capture import (
-        SampleUnavailableError,
-        capture_video,
-        fetch_sample_video,
-        load_capture,
-    )
+    from engine.capture.capture import capture_video
+    from engine.capture.sample import SampleUnavailableError, fetch_sample_video
+    from engine.capture.store import load_capture
+    from engine.training.split import interleaved_split
 
     parser = argparse.ArgumentParser(
         prog="python -m engine basis", description=__doc__.split("\n\n")[0]
@@ -688,6 +716,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--alignment", choices=ALIGNMENTS, default="rigid-points")
     parser.add_argument(
+        "--train-rows",
+        action="store_true",
+        help="fit on the training rows of the capture's interleaved split only (what an avatar "
+        "trained on it may see; engine/training/split.py)",
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help=f"{DEVICE_CHOICES_HELP}; used by the capture's checks (the fit is a sparse CPU solve)",
@@ -703,12 +737,13 @@ def main(argv: list[str] | None = None) -> int:
                 capture_video(fetch_sample_video(), capture_dir, overwrite=True, device=str(device))
         data = load_capture(capture_dir)
         mesh = load_canonical_mesh()
+        rows = interleaved_split(data.time_s).train if args.train_rows else slice(None)
         result = fit(
-            data.landmarks_px,
-            data.landmarks_world,
-            data.rotation,
-            data.translation,
-            data.blendshapes,
+            data.landmarks_px[rows],
+            data.landmarks_world[rows],
+            data.rotation[rows],
+            data.translation[rows],
+            data.blendshapes[rows],
             data.blendshape_names,
             mesh=mesh,
             alignment=args.alignment,
@@ -718,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = dict(result.report)
     report["capture"] = str(capture_dir)
+    report["rows"] = "interleaved split, training rows" if args.train_rows else "all"
     report["seconds"] = round(time.perf_counter() - started, 2)
     args.report.mkdir(parents=True, exist_ok=True)
     tmp_report = args.report / "report.json.tmp"
