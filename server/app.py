@@ -20,7 +20,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG
 from engine.pipeline.dispatcher import PipelineSettings
-from engine.pipeline.schedule import Schedule
+from engine.pipeline.schedule import DEFAULT_SCHEDULE, Schedule
 from engine.render.avatar import DEFAULT_AVATAR, Avatar
 from engine.runtime import release_free_memory
 from server import protocol
@@ -61,7 +61,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     avatar_path: Path = DEFAULT_AVATAR
-    schedule: Schedule = field(default_factory=lambda: Schedule("parallel", 2, 4))
+    schedule: Schedule = DEFAULT_SCHEDULE
     device: str | None = None
     ice_servers: tuple[RTCIceServer, ...] = ()
     max_sessions: int = 4
@@ -175,6 +175,8 @@ async def api_avatar(request: web.Request) -> web.Response:
             "accepted_view_deg": {k: list(v) for k, v in VIEW_LIMITS_DEG.items()},
             "codec": request.app[CONFIG_KEY].codec,
             "max_bitrate": max_bitrate(),
+            # The clip the face was learned from and its terms (null: the file does not say).
+            "source": avatar.source,
         }
     )
 

@@ -7,17 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from engine.capture.capture import load_capture
+from engine.capture.store import load_capture
 from engine.controls import neutral, update
 from engine.head.default import build_default_head
 from engine.head.model import HeadModel
 from engine.render.avatar import AVATAR_VERSION, Avatar
 from engine.render.networks import PRESETS
 from engine.training import evaluate as evaluate_module
-from engine.training.dataset import CaptureFrames, temporal_split
+from engine.training.dataset import CaptureFrames
+from engine.training.split import interleaved_split
 from engine.training.train import TrainSettings, make_optimizer, train, train_step
 
 
@@ -26,7 +28,9 @@ def _tiny_avatar(capture_dir: Path, **changes: Any) -> tuple[Avatar, CaptureFram
     config = dataclasses.replace(PRESETS["tiny"], **changes)
     head_data = build_default_head()
     frames = CaptureFrames(data, HeadModel(head_data), config.resolution)
-    avatar = Avatar(config, head_data, data.camera, frames.median_translation)
+    avatar = Avatar(
+        config, head_data, data.camera, frames.median_translation(np.arange(len(frames)))
+    )
     frames.head = avatar.head
     return avatar, frames
 
@@ -67,9 +71,14 @@ def test_training_steps_lower_the_loss(short_capture: Path) -> None:
     avatar, frames = _tiny_avatar(short_capture)
     optimizer = make_optimizer(avatar, lr=3e-3)
     t, tk = torch.tensor([2, 5, 9, 12]), torch.tensor([3, 7, 10, 13])
-    first = train_step(avatar, optimizer, frames, t, tk, None, torch.device("cpu"))
+    settings = TrainSettings(
+        preset="tiny", steps=16, max_minutes=5.0, batch=4, max_k=4, lr=3e-3, seed=0,
+        cache_layers=("c3", "c4", "c5"), warp_kind="implicit",
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    first = train_step(avatar, optimizer, frames, t, tk, None, cpu, settings)
     for _ in range(15):
-        last = train_step(avatar, optimizer, frames, t, tk, None, torch.device("cpu"))
+        last = train_step(avatar, optimizer, frames, t, tk, None, cpu, settings)
     assert last[0] < first[0] and last[1] < first[1]
 
 
@@ -144,12 +153,15 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert code == 0
     report = json.loads((report_dir / "report.json").read_text())
     assert {"avatar", "test_frames", "generator", "warp_distance", "ablation"} <= set(report)
-    assert set(report["generator"]) == {"l1", "psnr", "ssim"}
+    assert set(report["generator"]) == {"l1", "psnr", "ssim", "face_psnr"}
+    assert set(report["median_baseline"]) == {"l1", "psnr", "ssim", "face_psnr"}
+    assert report["served_distances"] == [4, 5, 6, 7]
     assert report["warp_distance"][0]["k"] == 1
     assert report["ablation"][0]["cache_layers"] == "C3+C4+C5" and "budget" in report["ablation"][0]
     for name in ("strip.png", "warp_distance.png", "controls.png", "report.md"):
         assert (report_dir / name).stat().st_size > 0, name
-    assert report["test_frames"] == len(temporal_split(40).test)
+    split = interleaved_split(load_capture(short_capture).time_s, gap=2)
+    assert report["test_frames"] == len(split.test) and report["split"] == split.digest()
 
 
 def test_same_seed_same_avatar(short_capture: Path, tmp_path: Path) -> None:
@@ -163,3 +175,42 @@ def test_same_seed_same_avatar(short_capture: Path, tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=0, rtol=0, msg=name)
+
+
+def test_evaluation_streams_in_batches_and_pools_like_torchmetrics(short_capture: Path) -> None:
+    """Memory must not grow with the clip: every render and every target read is one batch, and
+    the running sums give what torchmetrics gives over all frames at once."""
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
+
+    avatar, _ = _tiny_avatar(short_capture)
+    avatar.eval()
+    frames = CaptureFrames(load_capture(short_capture), avatar.head, 64, preload=False)
+    assert frames.images is None  # nothing of the clip is held
+    asked: list[int] = []
+    read = frames.targets
+
+    def counted(rows: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
+        asked.append(len(rows))
+        return read(rows, affine)
+
+    frames.targets = counted  # type: ignore[method-assign]
+    rows = np.arange(30)
+    got = evaluate_module.score(frames, rows, 0, evaluate_module.generator_renderer(avatar, frames))
+    assert max(asked) <= evaluate_module.BATCH and sum(asked) == len(rows)
+    with torch.inference_mode():
+        x = frames.inputs(torch.as_tensor(rows))
+        pred = avatar.generate(x)[0].image.clamp(0, 1)
+    target = read(torch.as_tensor(rows))
+    assert got["psnr"] == pytest.approx(
+        float(peak_signal_noise_ratio(pred, target, data_range=1.0)), abs=2e-3
+    )
+    ssim = structural_similarity_index_measure(pred, target, data_range=1.0)
+    assert isinstance(ssim, torch.Tensor)
+    assert got["ssim"] == pytest.approx(float(ssim), abs=2e-4)
+    assert got["l1"] == pytest.approx(float((pred - target).abs().mean()), abs=1e-5)
+    face = x.mask[:, None].expand_as(pred)
+    face_mse = float((pred - target).square()[face].mean())
+    assert got["face_psnr"] == pytest.approx(-10 * np.log10(face_mse), abs=2e-3)

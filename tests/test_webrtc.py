@@ -124,6 +124,7 @@ async def test_api_avatar(client: TestClient) -> None:
     assert info["resolution"] == 256 and "jawOpen" in info["expression_names"]
     assert info["pose_limits_deg"]["yaw"] == [-45.0, 45.0]
     assert info["rest_expression"] == {}  # an avatar that does not know its rest starts neutral
+    assert info["source"] is None  # nor where its face came from
     assert (
         info["view_limits_deg"]
         == info["accepted_view_deg"]
@@ -133,10 +134,13 @@ async def test_api_avatar(client: TestClient) -> None:
 
 async def test_a_session_starts_at_the_avatars_rest_expression(tmp_path: Path) -> None:
     rest = {"mouthSmileLeft": 0.68, "eyeSquintLeft": 0.35}
-    avatar = save_untrained_avatar(tmp_path / "rest.pt", 256, {"rest_expression": rest})
+    source = {"video": "franck.mp4", "licence": "for research"}
+    summary = {"rest_expression": rest, "source": source, "frames": 4800}
+    avatar = save_untrained_avatar(tmp_path / "rest.pt", 256, summary)
     async with TestClient(TestServer(create_app(_config(avatar)))) as c:
         info = await (await c.get("/api/avatar")).json()
         assert info["rest_expression"] == rest
+        assert info["source"] == {"clip": "franck.mp4", "frames": 4800, "licence": "for research"}
         peer = await connect(c)
         expression = (await peer.message("stats"))["state"]["expression"]
         assert {k: v for k, v in expression.items() if v} == rest

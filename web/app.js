@@ -228,6 +228,10 @@ async function start() {
   const params = new URLSearchParams(location.search);
   $("codec").value = params.get("codec") || info.codec;
   buildControls();
+  if (info.source) {
+    $("credit").textContent = `Face learned from ${info.source.clip} (${info.source.frames} frames): ${info.source.licence}.`;
+    $("credit").hidden = false;
+  }
   avatar = await connectAvatar({
     codec: $("codec").value,
     token: params.get("token"),

@@ -122,3 +122,16 @@ class Schedule:
         if self.name == "sequential":
             return cache * (self.num_warps + 1)
         return cache * self.num_warps
+
+    def distances(self) -> tuple[int, ...]:
+        """The warp distances this schedule serves once warmed up (frames from cache to output),
+        ascending; () for the generator schedule. Training and evaluation cover these."""
+        if self.name == "generator":
+            return ()
+        period = self.num_warps + (self.name == "sequential")
+        start = self.workers * period  # past the warm-up blocks
+        seen = {self.step(f).distance for f in range(start, start + period * self.workers)}
+        return tuple(sorted(seen - {0}))
+
+
+DEFAULT_SCHEDULE = Schedule("parallel", 2, 4)  # the server's: two workers, four warps per cache

@@ -142,6 +142,19 @@ class Avatar(nn.Module):
         return update(neutral(names), names, expression=self.rest_expression)
 
     @property
+    def source(self) -> dict[str, object] | None:
+        """Where the avatar's face came from: {"clip", "frames", "licence"} (the capture's video,
+        the frames it was trained on, its terms); None when its file does not say."""
+        value = self.summary.get("source")
+        if not isinstance(value, dict):
+            return None
+        return {
+            "clip": value.get("video"),
+            "frames": self.summary.get("frames"),
+            "licence": value.get("licence", "not stated"),
+        }
+
+    @property
     def view_range_deg(self) -> dict[str, list[float]] | None:
         """The view orbits ({"yaw", "pitch": [lo, hi]} degrees) that keep the unturned head within
         `pose_range_deg`; None when that is not known."""

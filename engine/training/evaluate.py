@@ -2,15 +2,23 @@
 
     python -m engine evaluate --avatar A --data DIR --out REPORT_DIR [--ablation A3 A34 A345]
 
-Writes REPORT_DIR/report.json (keys: DESIGN.md, "Measurement contracts"), report.md, a plot of
-quality against warp distance, an image strip (ground truth, generator, warp k=1, warp k=4) and a
-strip of the avatar driven by controls alone (all-zero expression, then from its rest: jaw open,
-no smile, smile, blink, head turns).
-- generator: the generator run on every test frame (the baseline);
-- warp_distance: for k = 1..8, frame t + k warped from the cache of frame t (supplemental Fig. 2);
+The test frames are the interleaved test blocks of engine/training/split.py, recomputed from the
+capture and checked against the split the avatar recorded when it was trained (a different
+capture, or a different split, is refused). Everything streams in batches: memory does not grow
+with the length of the clip. Writes REPORT_DIR/report.json (keys: DESIGN.md, "Measurement
+contracts"), report.md, a plot of quality against warp distance, an image strip (truth,
+generator, warps at the distances the server's schedule serves) and a strip of the avatar driven
+by controls alone (all-zero expression, then from its rest: jaw, smile, blink, head turns).
+- generator: the generator on every test frame (the baseline), with PSNR over the face alone
+  (the pixels the mesh covers) beside the whole frame's;
+- warp_distance: for k = 1..8, frame t + k warped from the cache of frame t, both in one test
+  block (supplemental Fig. 2); the server's default schedule serves k = 4..7;
+- median_baseline: the per-pixel median of training crops, scored like a renderer (the trivial
+  baseline);
 - ablation: warp k=1 quality of avatars trained with cached layers C3, C3+C4, C3+C4+C5 on an
   equal budget (supplemental Table 1), when `--ablation` names them.
-Metrics come from torchmetrics (L1 is the plain mean absolute error of [0, 1] images).
+Metrics come from torchmetrics (L1 is the plain mean absolute error of [0, 1] images; PSNR pools
+the squared error of all frames, as torchmetrics does over a batch).
 """
 
 from __future__ import annotations
@@ -18,97 +26,188 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+from torchmetrics.functional.image import structural_similarity_index_measure
 
-from engine.capture.capture import load_capture
+from engine.capture.store import load_capture
 from engine.controls import neutral, update
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
+from engine.pipeline.schedule import DEFAULT_SCHEDULE
 from engine.render.avatar import Avatar
+from engine.render.frame_inputs import FrameInputs
 from engine.runtime import tune_allocator
-from engine.training.dataset import CaptureFrames, temporal_split
+from engine.training.dataset import CaptureFrames
+from engine.training.split import Split, held_out_pairs, interleaved_split
 
 MAX_K = 8
 BATCH = 8  # frames rendered at once
 STRIP_FRAMES = 4
-STRIP_K = (1, 4)
+MEDIAN_FRAMES = 64  # training crops the median baseline is taken over
 # What the controls strip shows: (label, expression weights, pose in degrees).
 # Changes from the avatar's rest (`Avatar.rest`), after one picture of the all-zero expression.
 CONTROL_POSES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
     ("rest", {}, {}),
+    ("jawOpen 0.5", {"jawOpen": 0.5}, {}),
     ("jawOpen 1", {"jawOpen": 1.0}, {}),
-    ("smile 0", {"mouthSmileLeft": 0.0, "mouthSmileRight": 0.0}, {}),
     ("smile 1", {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}, {}),
     ("blink 1", {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}, {}),
     ("yaw -15", {}, {"yaw": -15.0}),
-    ("yaw +15", {}, {"yaw": 15.0}),
-    ("yaw +30", {}, {"yaw": 30.0}),  # beyond the sample clip's range (-18..4 degrees)
+    ("yaw +20", {}, {"yaw": 20.0}),
+    ("pitch -10", {}, {"pitch": -10.0}),
+    ("pitch +10", {}, {"pitch": 10.0}),
 )
 
 
-def metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Mean L1, PSNR (dB) and SSIM of (N, 3, H, W) images in [0, 1]."""
-    pred = pred.clamp(0.0, 1.0)
-    ssim = structural_similarity_index_measure(pred, target, data_range=1.0)
-    assert isinstance(ssim, torch.Tensor)
-    return {
-        "l1": round(float((pred - target).abs().mean()), 5),
-        "psnr": round(float(peak_signal_noise_ratio(pred, target, data_range=1.0)), 3),
-        "ssim": round(float(ssim), 4),
-    }
+@dataclass
+class Scores:
+    """Running sums for L1, PSNR (pooled squared error), SSIM (mean of per-image) and the face's
+    PSNR (squared error over the pixels the mesh covers)."""
+
+    frames: int = 0
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    values: int = 0
+    ssim_sum: float = 0.0
+    face_sq_sum: float = 0.0
+    face_values: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor, face: torch.Tensor | None) -> None:
+        """pred, target (B, 3, H, W) in [0, 1]; face (B, H, W) bool or None."""
+        pred = pred.float().clamp(0.0, 1.0).cpu()
+        target = target.float().cpu()
+        diff = pred - target
+        self.frames += int(pred.shape[0])
+        self.abs_sum += float(diff.abs().sum())
+        self.sq_sum += float(diff.square().sum())
+        self.values += diff.numel()
+        ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+        assert isinstance(ssim, torch.Tensor)
+        self.ssim_sum += float(ssim.sum())
+        if face is not None:
+            m = face[:, None].cpu().expand_as(diff)
+            self.face_sq_sum += float(diff.square()[m].sum())
+            self.face_values += int(m.sum())
+
+    def result(self) -> dict[str, float]:
+        out = {
+            "l1": round(self.abs_sum / max(self.values, 1), 5),
+            "psnr": round(psnr(self.sq_sum / max(self.values, 1)), 3),
+            "ssim": round(self.ssim_sum / max(self.frames, 1), 4),
+        }
+        if self.face_values:
+            out["face_psnr"] = round(psnr(self.face_sq_sum / self.face_values), 3)
+        return out
 
 
-@torch.inference_mode()
-def render_generator(avatar: Avatar, frames: CaptureFrames, rows: np.ndarray) -> torch.Tensor:
-    out = [
-        avatar.generate(frames.inputs(torch.as_tensor(rows[i : i + BATCH])))[0].image
-        for i in range(0, len(rows), BATCH)
-    ]
-    return torch.cat(out).cpu()
+def psnr(mse: float) -> float:
+    return float(10.0 * np.log10(1.0 / max(mse, 1e-12)))
 
 
-@torch.inference_mode()
-def render_warped(avatar: Avatar, frames: CaptureFrames, rows: np.ndarray, k: int) -> torch.Tensor:
-    """Frames rows + k, each warped from the cache of frame rows."""
-    out = []
+def batches(rows: np.ndarray) -> Iterator[torch.Tensor]:
     for i in range(0, len(rows), BATCH):
-        t = torch.as_tensor(rows[i : i + BATCH])
+        yield torch.as_tensor(rows[i : i + BATCH])
+
+
+Renderer = Callable[[torch.Tensor], tuple[torch.Tensor, FrameInputs]]
+
+
+@torch.inference_mode()
+def score(frames: CaptureFrames, rows: np.ndarray, k: int, render: Renderer) -> dict[str, float]:
+    """Scores of `render(t)` (an image of frame t + k and that frame's inputs) over `rows`."""
+    scores = Scores()
+    for t in batches(rows):
+        image, x = render(t)
+        scores.add(image, frames.targets(t + k), x.mask)
+    return scores.result()
+
+
+def generator_renderer(avatar: Avatar, frames: CaptureFrames) -> Renderer:
+    def render(t: torch.Tensor) -> tuple[torch.Tensor, FrameInputs]:
+        x = frames.inputs(t)
+        return avatar.generate(x)[0].image, x
+
+    return render
+
+
+def warp_renderer(avatar: Avatar, frames: CaptureFrames, k: int) -> Renderer:
+    """Frame t + k warped from the cache of frame t."""
+
+    def render(t: torch.Tensor) -> tuple[torch.Tensor, FrameInputs]:
         _, cache = avatar.generate(frames.inputs(t))
-        out.append(avatar.warp(cache, frames.inputs(t + k)).image)
-    return torch.cat(out).cpu()
+        x = frames.inputs(t + k)
+        return avatar.warp(cache, x).image, x
+
+    return render
 
 
-def evaluate(avatar: Avatar, frames: CaptureFrames, test_rows: np.ndarray) -> dict[str, Any]:
-    targets = frames.targets(torch.as_tensor(test_rows))
-    generator = metrics(render_generator(avatar, frames, test_rows), targets)
+@torch.inference_mode()
+def median_image(frames: CaptureFrames, train_rows: np.ndarray) -> torch.Tensor:
+    """(1, 3, R, R) per-pixel median of up to MEDIAN_FRAMES training crops."""
+    picks = train_rows[np.linspace(0, len(train_rows) - 1, MEDIAN_FRAMES).round().astype(int)]
+    return frames.targets(torch.as_tensor(np.unique(picks))).median(dim=0, keepdim=True).values
+
+
+def evaluate(avatar: Avatar, frames: CaptureFrames, split: Split) -> dict[str, Any]:
+    test = split.test
+    report: dict[str, Any] = {
+        "generator": score(frames, test, 0, generator_renderer(avatar, frames)),
+        "served_distances": list(DEFAULT_SCHEDULE.distances()),
+    }
     warp_distance = []
     for k in range(1, MAX_K + 1):
-        rows = test_rows[test_rows + k <= test_rows[-1]]
-        if len(rows) == 0:  # a test set shorter than k + 1 frames has no such pairs
+        rows = held_out_pairs(test, k)
+        if len(rows) == 0:  # test blocks shorter than k + 1 frames have no such pairs
             break
-        warped = render_warped(avatar, frames, rows, k)
-        warp_distance.append({"k": k, **metrics(warped, frames.targets(torch.as_tensor(rows + k)))})
-    return {"generator": generator, "warp_distance": warp_distance}
+        warp_distance.append({"k": k, **score(frames, rows, k, warp_renderer(avatar, frames, k))})
+    report["warp_distance"] = warp_distance
+    median = median_image(frames, split.train)
+
+    def constant(t: torch.Tensor) -> tuple[torch.Tensor, FrameInputs]:
+        x = frames.inputs(t)
+        return median.expand(len(t), -1, -1, -1), x
+
+    report["median_baseline"] = score(frames, test, 0, constant)
+    return report
 
 
-def image_strip(avatar: Avatar, frames: CaptureFrames, test_rows: np.ndarray, out: Path) -> None:
-    """Rows of: ground truth, generator, warp k=1, warp k=4 (from frame t - k), for a few frames."""
-    picks = np.linspace(max(STRIP_K), len(test_rows) - 1, STRIP_FRAMES).round().astype(int)
-    rows = test_rows[picks]
-    columns = [frames.targets(torch.as_tensor(rows)), render_generator(avatar, frames, rows)]
-    columns += [render_warped(avatar, frames, rows - k, k) for k in STRIP_K]
-    grid = torch.cat(
-        [torch.cat(list(col.clamp(0, 1)), dim=1) for col in columns], dim=2
-    )  # (3, H*n, W*4)
+def check_split(avatar: Avatar, split: Split, data: Path) -> None:
+    """Refuse to score an avatar on frames it may have trained on."""
+    recorded = avatar.summary.get("split")
+    if not isinstance(recorded, dict) or "digest" not in recorded:
+        raise ValueError(
+            "the avatar records no interleaved split (trained by an older engine): its test "
+            "frames cannot be known, so it is not evaluated"
+        )
+    if recorded["digest"] != split.digest():
+        raise ValueError(
+            f"the avatar was trained on another split than this capture's ({data}): split "
+            f"{recorded['digest']} recorded, {split.digest()} here"
+        )
+
+
+@torch.inference_mode()
+def image_strip(avatar: Avatar, frames: CaptureFrames, split: Split, out: Path) -> list[str]:
+    """Rows: test frames spread over the test blocks. Columns: truth, generator, and the frame
+    warped from the cache of each distance the server's schedule serves. Returns the labels."""
+    ks = tuple(k for k in DEFAULT_SCHEDULE.distances() if len(held_out_pairs(split.test, k)))
+    ks = ks or (1,)  # test blocks shorter than the served distances (a short clip)
+    starts = held_out_pairs(split.test, max(ks))
+    picks = starts[np.linspace(0, len(starts) - 1, STRIP_FRAMES).round().astype(int)]
+    rows = torch.as_tensor(picks + max(ks))  # each has all its served predecessors in its block
+    columns = [frames.targets(rows), avatar.generate(frames.inputs(rows))[0].image]
+    for k in ks:
+        columns.append(warp_renderer(avatar, frames, k)(rows - k)[0])
+    grid = torch.cat([torch.cat(list(c.float().clamp(0, 1).cpu()), dim=1) for c in columns], dim=2)
     Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(out)
+    return ["truth", "generator"] + [f"warp k={k}" for k in ks]
 
 
 def control_strip(avatar: Avatar, out: Path) -> list[str]:
@@ -133,6 +232,9 @@ def plot_warp_distance(report: dict[str, Any], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     axes[0].plot(ks, [r["psnr"] for r in report["warp_distance"]], "o-", label="warp from frame t")
     axes[0].axhline(report["generator"]["psnr"], color="k", ls="--", label="generator every frame")
+    served = report.get("served_distances") or []
+    if served:
+        axes[0].axvspan(min(served) - 0.5, max(served) + 0.5, color="0.9", label="served")
     axes[0].set_xlabel("warp distance k (frames)")
     axes[0].set_ylabel("PSNR (dB)")
     axes[0].legend()
@@ -146,18 +248,23 @@ def plot_warp_distance(report: dict[str, Any], out: Path) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    g = report["generator"]
+    g, m = report["generator"], report["median_baseline"]
     lines = [
         f"# Evaluation of {report['avatar']}",
         "",
-        f"{report['test_frames']} held-out test frames (the capture's last ones, never trained on).",
+        f"{report['test_frames']} held-out test frames (interleaved blocks, never trained on; "
+        f"split {report['split']}).",
         "",
-        "| | L1 | PSNR (dB) | SSIM |",
-        "|---|---|---|---|",
-        f"| generator every frame | {g['l1']:.4f} | {g['psnr']:.2f} | {g['ssim']:.4f} |",
+        "| | L1 | PSNR (dB) | face PSNR (dB) | SSIM |",
+        "|---|---|---|---|---|",
+        f"| median of training crops (baseline) | {m['l1']:.4f} | {m['psnr']:.2f} | "
+        f"{m['face_psnr']:.2f} | {m['ssim']:.4f} |",
+        f"| generator every frame | {g['l1']:.4f} | {g['psnr']:.2f} | {g['face_psnr']:.2f} | "
+        f"{g['ssim']:.4f} |",
     ]
     lines += [
-        f"| warp k={r['k']} | {r['l1']:.4f} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
+        f"| warp k={r['k']} | {r['l1']:.4f} | {r['psnr']:.2f} | {r['face_psnr']:.2f} | "
+        f"{r['ssim']:.4f} |"
         for r in report["warp_distance"]
     ]
     if report["ablation"]:
@@ -175,6 +282,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def split_of(avatar: Avatar, time_s: np.ndarray) -> Split:
+    recorded = avatar.summary.get("split")
+    gap = recorded.get("gap") if isinstance(recorded, dict) else None
+    return interleaved_split(time_s, gap=int(gap) if isinstance(gap, int) else MAX_K)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m engine evaluate", description=__doc__.split("\n\n")[0]
@@ -187,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="*",
         default=[],
-        help="avatars trained with other cache layers",
+        help="avatars trained with other cache layers on the same capture and split",
     )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     args = parser.parse_args(argv)
@@ -196,39 +309,44 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         avatar = Avatar.load(args.avatar, device).prepare_for_inference()
         capture = load_capture(args.data)
-        ablation_avatars = [Avatar.load(p, device).prepare_for_inference() for p in args.ablation]
+        split = split_of(avatar, capture.time_s)
+        check_split(avatar, split, args.data)
+        others = [Avatar.load(p, device).prepare_for_inference() for p in args.ablation]
+        for other in others:
+            check_split(other, split_of(other, capture.time_s), args.data)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    frames = CaptureFrames(capture, avatar.head, avatar.resolution)
-    test_rows = temporal_split(len(frames)).test
+    frames = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
     report: dict[str, Any] = {
         "avatar": str(args.avatar),
-        "test_frames": len(test_rows),
+        "test_frames": len(split.test),
+        "split": split.digest(),
         "device": str(device),
     }
-    report |= evaluate(avatar, frames, test_rows)
+    report |= evaluate(avatar, frames, split)
     report["ablation"] = []
-    for path, other in zip(args.ablation, ablation_avatars, strict=True):
-        rows = test_rows[:-1]
-        warped = render_warped(other, CaptureFrames(capture, other.head, other.resolution), rows, 1)
-        summary = other.summary.get("settings", {})
+    for path, other in zip(args.ablation, others, strict=True):
+        theirs = CaptureFrames(capture, other.head, other.resolution, preload=False)
+        rows = held_out_pairs(split.test, 1)
+        settings = other.summary.get("settings", {})
         report["ablation"].append(
             {
                 "cache_layers": "+".join(c.upper() for c in other.config.cache_layers),
-                **metrics(warped, frames.targets(torch.as_tensor(rows + 1))),
-                "budget": f"{other.summary.get('steps')} steps, {other.summary.get('minutes')} min, batch {summary.get('batch')}",
+                **score(theirs, rows, 1, warp_renderer(other, theirs, 1)),
+                "budget": f"{other.summary.get('steps')} steps, {other.summary.get('minutes')} "
+                f"min, batch {settings.get('batch')}",
                 "avatar": str(path),
             }
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_warp_distance(report, args.out / "warp_distance.png")
-    image_strip(avatar, frames, test_rows, args.out / "strip.png")
+    strip = image_strip(avatar, frames, split, args.out / "strip.png")
     labels = control_strip(avatar, args.out / "controls.png")
     (args.out / "report.md").write_text(
         markdown(report)
-        + "\n`strip.png`: columns ground truth, generator, warp k=1, warp k=4; rows test frames.\n"
+        + f"\n`strip.png`, columns: {', '.join(strip)}; rows: test frames.\n"
         + f"`controls.png`, left to right: {', '.join(labels)}.\n"
     )
     print(markdown(report))

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from engine.camera import project
-from engine.capture.capture import CaptureData, load_capture
+from engine.capture.store import CaptureData, load_capture
 from engine.controls import head_controls_from_capture
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.head.default import build_default_head
@@ -36,7 +36,7 @@ def landmark_error_px(head: HeadModel, data: CaptureData, device: torch.device) 
     res = data.resolution
     with torch.inference_mode():
         c = head_controls_from_capture(
-            data.blendshapes, data.blendshape_names, data.rotation, data.translation, head
+            data.blendshapes, data.blendshape_names, data.rotation, data.crop_translation, head
         )
         screen = project(head(c).vertices, data.camera, res, res).cpu().numpy()  # (N, 468, 3)
     seen = data.landmarks_px[:, : screen.shape[1], :2]
@@ -50,7 +50,7 @@ def uv_maps(head: HeadModel, data: CaptureData, rows: np.ndarray) -> UVMap:
             data.blendshapes[rows],
             data.blendshape_names,
             data.rotation[rows],
-            data.translation[rows],
+            data.crop_translation[rows],
             head,
         )
         screen = project(head(c).vertices, data.camera, res, res)

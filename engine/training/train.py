@@ -3,14 +3,24 @@
     python -m engine train --data DIR --preset cpu --out AVATAR.pt [--max-minutes M] [--seed S]
         [--cache-layers c3,c4,c5] [--warp-kind implicit|explicit] [--max-k 2] [--resume]
 
-Each step takes pairs of frames (t, t + k), k uniform in 1..max_k, from the training split: the
+Each step takes pairs of frames (t, t + k), k uniform in 1..max_k, from the training split
+(engine/training/split.py: interleaved held-out blocks, a gap of max_k frames around each): the
 generator renders frame t and leaves its cache, the warp network renders frame t + k from that
 cache (as in the paper), and the texture's first three channels are pulled towards the colours
-they cover. Losses are L1 plus a structural term (1 - SSIM, torchmetrics); no perceptual term,
-since no VGG weights can be had offline here. Both frames of a pair are moved by the same random
-zoom and shift, applied to the mesh before rasterising and to the target image, so the UV map and
-the target stay aligned. A checkpoint is written every few minutes and at the end; `--resume`
-continues from it bit for bit in the step count, the optimiser and the random streams.
+they cover. max_k defaults to 8, past the distances the served schedule warps over (parallel, two
+workers, four warps: 4..7). Losses: L1 and the L1 of image gradients, both weighted towards the
+face (the pixels the mesh covers count 1 + face_weight times), plus a structural term (1 - SSIM,
+torchmetrics). The gradient term rewards edges that a blur loses and PSNR forgives; no
+perceptual term, since no VGG weights can be had offline here. Both frames of a pair are moved by
+the same random zoom and shift, applied to the mesh before rasterising and to the target image, so
+the UV map and the target stay aligned.
+
+The mesh a frame is trained on is `basis` (rebuilt from its blendshape scores and pose through the
+head model, as serving does) or `landmarks` (MediaPipe's tracked landmarks themselves: the
+geometry the picture shows, mouth opening included). `--precision bf16` runs the forward passes
+under CPU autocast in bfloat16 (`auto`: where the CPU has AVX-512 BF16 or AMX). A checkpoint is
+written every few minutes and at the end; `--resume` continues from it in the step count, the
+optimiser and the random streams.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torchmetrics.functional.image import (
@@ -32,8 +42,9 @@ from torchmetrics.functional.image import (
 )
 from tqdm import tqdm
 
-from engine.capture.capture import load_capture
+from engine.capture.store import load_capture
 from engine.controls import pose_range, rest_expression
+from engine.cpu import has_native_bf16
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.head.default import build_default_head
 from engine.head.model import HeadModel
@@ -42,16 +53,23 @@ from engine.render.frame_inputs import random_affines
 from engine.render.networks import PRESETS
 from engine.render.networks.config import WarpKind
 from engine.runtime import tune_allocator
-from engine.training.dataset import CaptureFrames, sample_pairs, temporal_split
+from engine.training.dataset import CaptureFrames
+from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
 
 SSIM_WEIGHT = 0.2  # structural term next to L1
+DEFAULT_FACE_WEIGHT = 4.0  # a face pixel counts 1 + this in the L1 and gradient terms
+DEFAULT_GRADIENT_WEIGHT = 1.0  # image-gradient L1 next to L1
+DEFAULT_MAX_K = 8  # warp distances 1..8 cover the served schedule's 4..7
 TEXTURE_WEIGHT = 0.5  # texture colour loss, early guidance for the neural texture
 TEXTURE_LR_FACTOR = 5.0  # the texture learns faster than the networks, as in DNR
 AUG_SHIFT_PX_FRACTION = 0.03  # random shift up to 3% of the image
 AUG_SCALE = 0.05  # random zoom up to +-5%
 CHECKPOINT_EVERY_S = 300.0
 VALIDATE_EVERY = 100  # steps
-VALIDATION_FRAMES = 8
+VALIDATION_FRAMES = 16
+VALIDATION_K = (1, 4)  # warp distances validated: the nearest and one the schedule serves
+Geometry = Literal["basis", "landmarks"]
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -66,39 +84,96 @@ class TrainSettings:
     cache_layers: tuple[str, ...]
     warp_kind: WarpKind
     generator_controls: int | None = None
+    face_weight: float = DEFAULT_FACE_WEIGHT
+    gradient_weight: float = DEFAULT_GRADIENT_WEIGHT
+    geometry: Geometry = "basis"
+    precision: Precision = "fp32"
+    basis: str | None = None  # expression basis file for the default head (None: the shipped one)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__ | {"cache_layers": list(self.cache_layers)}
 
 
-def losses(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, L1) of (B, 3, H, W) images in [0, 1]."""
-    l1 = (pred - target).abs().mean()
+# Settings a resumed run must share with its checkpoint (the rest may change, e.g. the budget).
+RESUME_KEYS = (
+    "preset", "cache_layers", "warp_kind", "batch", "max_k", "seed", "generator_controls",
+    "face_weight", "gradient_weight", "geometry", "basis",
+)  # fmt: skip
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> horizontal (B, C, H, W - 1) and vertical (B, C, H - 1, W) differences."""
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def losses(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    face: torch.Tensor,
+    face_weight: float = DEFAULT_FACE_WEIGHT,
+    gradient_weight: float = DEFAULT_GRADIENT_WEIGHT,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, plain L1) of (B, 3, H, W) images in [0, 1]; face (B, 1, H, W) in [0, 1] marks the
+    pixels that count 1 + face_weight times in the L1 and gradient terms."""
+    pred = pred.float()
+    weight = 1.0 + face_weight * face  # (B, 1, H, W)
+    diff = (pred - target).abs()
+    l1 = diff.mean()
+    weighted = (diff * weight).mean() / weight.mean()
+    loss = weighted
+    if gradient_weight > 0:
+        (pdx, pdy), (tdx, tdy) = image_gradients(pred), image_gradients(target)
+        wx = (weight[..., :, 1:] + weight[..., :, :-1]) / 2
+        wy = (weight[..., 1:, :] + weight[..., :-1, :]) / 2
+        grad = ((pdx - tdx).abs() * wx).mean() / wx.mean()
+        grad = grad + ((pdy - tdy).abs() * wy).mean() / wy.mean()
+        loss = loss + gradient_weight * grad
     ssim = structural_similarity_index_measure(pred, target, data_range=1.0)
     assert isinstance(ssim, torch.Tensor)
-    return l1 + SSIM_WEIGHT * (1.0 - ssim), l1
+    return loss + SSIM_WEIGHT * (1.0 - ssim), l1
 
 
 @torch.inference_mode()
-def validate(avatar: Avatar, frames: CaptureFrames, rows: torch.Tensor) -> dict[str, float]:
-    """PSNR of the generator on `rows` and of the warp from each row's predecessor (k = 1)."""
+def validate(
+    avatar: Avatar, frames: CaptureFrames, rows: dict[int, torch.Tensor]
+) -> dict[str, float]:
+    """PSNR of the generator on the validation rows, whole frame and face (the pixels the mesh
+    covers), and of the warp at each distance k in VALIDATION_K from the cache of the frame k
+    before (`rows[k]`: frames t whose t + k is validation too; the generator is scored on the
+    frames rows[min k] + min k)."""
     avatar.eval()
-    x_prev, x = frames.inputs(rows - 1), frames.inputs(rows)
-    target = frames.targets(rows)
-    full, _ = avatar.generate(x)
-    _, cache = avatar.generate(x_prev)
-    warped = avatar.warp(cache, x)
+    out: dict[str, float] = {}
+    for k, t in rows.items():
+        target = frames.targets(t + k)
+        x = frames.inputs(t + k)
+        _, cache = avatar.generate(frames.inputs(t))
+        warped = avatar.warp(cache, x).image.float().clamp(0, 1)
+        out[f"warp_k{k}_psnr"] = float(peak_signal_noise_ratio(warped, target, data_range=1.0))
+        if k == min(rows):
+            full = avatar.generate(x)[0].image.float().clamp(0, 1)
+            face = x.mask[:, None].expand_as(full)
+            out["generator_psnr"] = float(peak_signal_noise_ratio(full, target, data_range=1.0))
+            face_mse = (full - target).square()[face].mean()
+            out["generator_face_psnr"] = float(-10.0 * torch.log10(face_mse.clamp_min(1e-12)))
     avatar.train()
-    return {
-        "generator_psnr": float(
-            peak_signal_noise_ratio(full.image.clamp(0, 1), target, data_range=1.0)
-        ),
-        "warp_k1_psnr": float(
-            peak_signal_noise_ratio(warped.image.clamp(0, 1), target, data_range=1.0)
-        ),
-    }
+    first = ("generator_psnr", "generator_face_psnr")
+    return {**{k: out[k] for k in first}, **{k: v for k, v in out.items() if k not in first}}
+
+
+def validation_rows(split: Split) -> dict[int, torch.Tensor]:
+    """For each k in VALIDATION_K, VALIDATION_FRAMES frames t spread over the validation blocks
+    whose t + k is in the same block."""
+    chosen = {}
+    for k in VALIDATION_K:
+        starts = pair_starts(split.validation, k)
+        step = max(1, len(starts) // VALIDATION_FRAMES)
+        chosen[k] = torch.as_tensor(starts[step // 2 :: step][:VALIDATION_FRAMES])
+    return chosen
 
 
 def median_background(frames: CaptureFrames, rows: Any) -> torch.Tensor:
     """(1, 3, R, R) per-pixel median of the training crops: a good start for the background."""
-    sample = frames.images[torch.as_tensor(rows)[:: max(1, len(rows) // 64)]].float() / 255.0
+    sample = frames.uint8(torch.as_tensor(rows)[:: max(1, len(rows) // 64)]).float() / 255.0
     return sample.median(dim=0, keepdim=True).values
 
 
@@ -110,16 +185,21 @@ def train_step(
     tk_rows: torch.Tensor,
     affine: torch.Tensor | None,
     device: torch.device,
+    settings: TrainSettings,
 ) -> tuple[float, float]:
     """One optimiser step on pairs (t, t + k); returns the generator's and the warp's L1."""
     with torch.no_grad():
-        x_t, x_tk = frames.inputs(t_rows, affine), frames.inputs(tk_rows, affine)
+        x_t = frames.inputs(t_rows, affine, settings.geometry)
+        x_tk = frames.inputs(tk_rows, affine, settings.geometry)
         y_t = frames.targets(t_rows, affine).to(device)
         y_tk = frames.targets(tk_rows, affine).to(device)
-    full, cache = avatar.generate(x_t)
-    warped = avatar.warp(cache, x_tk)
-    loss_g, l1_g = losses(full.image, y_t)
-    loss_w, l1_w = losses(warped.image, y_tk)
+    bf16 = settings.precision == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        full, cache = avatar.generate(x_t)
+        warped = avatar.warp(cache, x_tk)
+    weights = (settings.face_weight, settings.gradient_weight)
+    loss_g, l1_g = losses(full.image, y_t, x_t.mask[:, None].float(), *weights)
+    loss_w, l1_w = losses(warped.image, y_tk, x_tk.mask[:, None].float(), *weights)
     tex = avatar.texture_rgb(x_t)  # (B, 3, H, W)
     covered = x_t.mask[:, None].to(tex.dtype)  # (B, 1, H, W)
     loss_tex = ((tex - y_t).abs() * covered).sum() / covered.sum().clamp_min(1.0) / 3.0
@@ -147,20 +227,26 @@ def train(
     resume: bool = False,
     checkpoint: Path | None = None,
     progress: bool = True,
+    init: Path | None = None,
 ) -> Avatar:
+    """Train an avatar on the capture in `data_dir` and write it to `out`. `resume` continues
+    from `out`'s checkpoint (optimiser included); `init` continues from a finished avatar file
+    instead (a committed one: its weights, step count, minutes and history, with a fresh
+    optimiser), which must have been trained with the same settings on the same split."""
     tune_allocator()
     torch.manual_seed(settings.seed)
     checkpoint = checkpoint or out.with_suffix(".ckpt")
     capture = load_capture(data_dir)
-    head_data = build_default_head()
+    head_data = build_default_head(Path(settings.basis)) if settings.basis else build_default_head()
     config = replace(
         PRESETS[settings.preset], cache_layers=settings.cache_layers, warp_kind=settings.warp_kind
     )
     if settings.generator_controls is not None:
         config = replace(config, generator_control_dim=settings.generator_controls)
     frames = CaptureFrames(capture, HeadModel(head_data), config.resolution)
-    split = temporal_split(len(frames))
-    avatar = Avatar(config, head_data, capture.camera, frames.median_translation)
+    split = interleaved_split(capture.time_s, gap=settings.max_k)
+    starts = pair_starts(split.train, settings.max_k)
+    avatar = Avatar(config, head_data, capture.camera, frames.median_translation(split.train))
     with torch.no_grad():
         avatar.background.copy_(median_background(frames, split.train))
     avatar.to(device).use_channels_last().train()
@@ -169,11 +255,14 @@ def train(
     rng = torch.Generator().manual_seed(settings.seed)
     step, elapsed = 0, 0.0
     history: list[dict[str, float]] = []
+    if resume and init is not None:
+        raise ValueError("--resume and --init both say where to continue from: give one")
     if resume:
         step, elapsed, history = _load_checkpoint(checkpoint, avatar, optimizer, rng, settings)
-    val_rows = torch.as_tensor(
-        split.validation[1 :: max(1, len(split.validation) // VALIDATION_FRAMES)]
-    )
+    if init is not None:
+        step, elapsed, history = _load_avatar(init, avatar, settings, split)
+        rng.manual_seed(settings.seed + step)  # not the pairs the first run drew again
+    val_rows = validation_rows(split)
     res = config.resolution
     budget_s = settings.max_minutes * 60.0
     started = time.perf_counter() - elapsed
@@ -182,12 +271,15 @@ def train(
     total = settings.steps if math.isinf(settings.max_minutes) else None
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
     while step < settings.steps and time.perf_counter() - started < budget_s:
-        t_rows, tk_rows = sample_pairs(split.train, settings.batch, settings.max_k, rng)
+        t_rows, tk_rows = sample_pairs(starts, settings.batch, settings.max_k, rng)
         affine = random_affines(settings.batch, res, AUG_SHIFT_PX_FRACTION * res, AUG_SCALE, rng)
-        l1_g, l1_w = train_step(avatar, optimizer, frames, t_rows, tk_rows, affine, device)
+        l1_g, l1_w = train_step(
+            avatar, optimizer, frames, t_rows, tk_rows, affine, device, settings
+        )
         step += 1
         bar.update(1)
-        if step % VALIDATE_EVERY == 0 or step == settings.steps:
+        last = step == settings.steps or time.perf_counter() - started >= budget_s
+        if step % VALIDATE_EVERY == 0 or last:
             row: dict[str, float] = {
                 "step": step,
                 "minutes": round((time.perf_counter() - started) / 60.0, 2),
@@ -196,7 +288,7 @@ def train(
                 **{k: round(v, 3) for k, v in validate(avatar, frames, val_rows).items()},
             }
             history.append(row)
-            bar.set_postfix(psnr_g=row["generator_psnr"], psnr_w=row["warp_k1_psnr"])
+            bar.set_postfix(psnr_g=row["generator_psnr"], psnr_w4=row["warp_k4_psnr"])
         if time.perf_counter() - last_ckpt > CHECKPOINT_EVERY_S:
             _save_checkpoint(
                 checkpoint,
@@ -214,13 +306,14 @@ def train(
     _save_checkpoint(checkpoint, avatar, optimizer, rng, step, elapsed, history, settings)
     avatar.summary = {
         "data": str(data_dir),
+        "source": capture.source | {"frames_captured": len(frames)},
         "frames": len(frames),
         "split": split.to_dict(),
         "pose_range_deg": pose_range(capture.rotation[split.train]),
         "rest_expression": rest_expression(
             frames.expression[split.train].numpy(), avatar.expression_names
         ),
-        "settings": settings.__dict__ | {"cache_layers": list(settings.cache_layers)},
+        "settings": settings.to_dict(),
         "steps": step,
         "minutes": round(elapsed / 60.0, 2),
         "device": str(device),
@@ -249,9 +342,7 @@ def _save_checkpoint(
             "step": step,
             "elapsed": elapsed,
             "history": history,
-            "settings": json.dumps(
-                settings.__dict__ | {"cache_layers": list(settings.cache_layers)}
-            ),
+            "settings": json.dumps(settings.to_dict()),
             "model": avatar.state_dict(),
             "optimizer": optimizer.state_dict(),
             "rng": rng.get_state(),
@@ -260,6 +351,23 @@ def _save_checkpoint(
         tmp,
     )
     os.replace(tmp, path)
+
+
+def _load_avatar(
+    path: Path, avatar: Avatar, settings: TrainSettings, split: Split
+) -> tuple[int, float, list[dict[str, float]]]:
+    """Weights, steps, minutes and history of a finished avatar file, checked to match."""
+    done = Avatar.load(path)
+    summary = done.summary
+    saved = summary.get("settings", {})
+    mine = settings.to_dict()
+    differs = sorted(k for k in RESUME_KEYS if saved.get(k) != mine[k])
+    if differs:
+        raise ValueError(f"--init: {path} was trained with other settings: {differs}")
+    if (summary.get("split") or {}).get("digest") != split.digest():
+        raise ValueError(f"--init: {path} was trained on another capture or split")
+    avatar.load_state_dict(done.state_dict())
+    return int(summary["steps"]), float(summary["minutes"]) * 60.0, list(summary["history"])
 
 
 def _load_checkpoint(
@@ -273,19 +381,10 @@ def _load_checkpoint(
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     saved = json.loads(ckpt["settings"])
-    mine = settings.__dict__ | {"cache_layers": list(settings.cache_layers)}
+    mine = settings.to_dict()
+    defaults = TrainSettings.__dataclass_fields__
     differs = {
-        k
-        for k in (
-            "preset",
-            "cache_layers",
-            "warp_kind",
-            "batch",
-            "max_k",
-            "seed",
-            "generator_controls",
-        )
-        if saved.get(k) != mine[k]
+        k for k in RESUME_KEYS if saved.get(k, getattr(defaults[k], "default", None)) != mine[k]
     }
     if differs:
         raise ValueError(
@@ -296,6 +395,18 @@ def _load_checkpoint(
     rng.set_state(ckpt["rng"])
     torch.set_rng_state(ckpt["torch_rng"])
     return int(ckpt["step"]), float(ckpt["elapsed"]), list(ckpt["history"])
+
+
+def choose_precision(wanted: str, device: str) -> Precision:
+    """fp32 or bf16 for training: bf16 on request, or with `auto` on a CPU with native bfloat16
+    (AVX-512 BF16 or AMX; on AVX2 alone bf16 convs ran 100x slower, shared/MEASURED.md)."""
+    if wanted in ("fp32", "bf16"):
+        return "bf16" if wanted == "bf16" else "fp32"
+    if device not in ("auto", "cpu") and not device.startswith("cpu"):
+        return "fp32"
+    if device == "auto" and torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if has_native_bf16() else "fp32"
 
 
 def parse_cache_layers(text: str) -> tuple[str, ...]:
@@ -320,7 +431,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1_000_000, help="stop after this many steps")
     parser.add_argument("--max-minutes", type=float, default=math.inf, help="stop after this long")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--max-k", type=int, default=2, help="warp distances 1..K during training")
+    parser.add_argument(
+        "--max-k", type=int, default=DEFAULT_MAX_K, help="warp distances 1..K during training"
+    )
+    parser.add_argument("--face-weight", type=float, default=DEFAULT_FACE_WEIGHT)
+    parser.add_argument("--gradient-weight", type=float, default=DEFAULT_GRADIENT_WEIGHT)
+    parser.add_argument(
+        "--geometry",
+        choices=("basis", "landmarks"),
+        default="basis",
+        help="train on meshes rebuilt from the scores (as served) or on the tracked landmarks",
+    )
+    parser.add_argument(
+        "--basis",
+        default=None,
+        help="expression basis file for the default head (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16: forward passes under CPU autocast; auto: bf16 where the CPU has AVX-512 "
+        "BF16 or AMX, else fp32",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-layers", type=parse_cache_layers, default=("c3", "c4", "c5"))
@@ -334,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from a finished avatar file trained with the same settings (weights, "
+        "steps and minutes; a fresh optimiser): --max-minutes counts its minutes too",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--threads",
@@ -345,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.max_k < 1 or not args.max_minutes > 0:
         parser.error("--steps, --batch, --max-k and --max-minutes must be positive")
+    if args.face_weight < 0 or args.gradient_weight < 0:
+        parser.error("--face-weight and --gradient-weight must not be negative")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be positive")
@@ -360,11 +502,22 @@ def main(argv: list[str] | None = None) -> int:
         cache_layers=args.cache_layers,
         warp_kind=args.warp_kind,
         generator_controls=args.generator_controls,
+        face_weight=args.face_weight,
+        gradient_weight=args.gradient_weight,
+        geometry=args.geometry,
+        basis=args.basis,
+        precision=choose_precision(args.precision, args.device),
     )
     try:
         device = resolve_device(args.device)
         avatar = train(
-            args.data, args.out, settings, device, resume=args.resume, progress=not args.quiet
+            args.data,
+            args.out,
+            settings,
+            device,
+            resume=args.resume,
+            progress=not args.quiet,
+            init=args.init,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

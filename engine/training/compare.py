@@ -1,0 +1,124 @@
+"""A table of trained candidates, scored alike on validation frames (never the test frames: those
+choose nothing).
+
+    python -m engine.training.compare A.pt B.pt ... --data DIR [--frames 64] [--json OUT]
+
+For each avatar: its settings and budget from its own record, then on `--frames` validation
+frames of the capture it was trained on (the split it recorded, checked): the generator's PSNR
+over the whole frame and over the face (the pixels the mesh covers), the warp's at k = 4 (a
+distance the server's schedule serves), and the detail ratio: the variance of the Laplacian of
+the grey face box in the generator's pictures over the same in the real frames (1 = as sharp as
+the video; blur scores well on PSNR and low here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.ndimage import laplace
+
+from engine.capture.store import CaptureData, load_capture
+from engine.render.avatar import Avatar
+from engine.training.dataset import CaptureFrames
+from engine.training.evaluate import (
+    batches,
+    check_split,
+    generator_renderer,
+    score,
+    split_of,
+    warp_renderer,
+)
+from engine.training.split import held_out_pairs
+
+SETTING_KEYS = (
+    "face_weight", "gradient_weight", "generator_controls", "geometry", "basis", "max_k",
+    "batch", "seed", "precision",
+)  # fmt: skip
+WARP_K = 4
+DEFAULT_FRAMES = 64
+
+
+def detail(images: torch.Tensor, masks: torch.Tensor) -> list[float]:
+    """(B, 3, H, W) in [0, 1] and (B, H, W) face masks -> per image, the variance of the
+    Laplacian of the grey picture inside the face mask's bounding box."""
+    out = []
+    grey = (images.float().clamp(0, 1) * 255).mean(1).cpu().numpy()  # (B, H, W)
+    for g, m in zip(grey, masks.cpu().numpy(), strict=True):
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0:
+            continue
+        box = g[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        out.append(float(laplace(box).var()))
+    return out
+
+
+@torch.inference_mode()
+def row(path: Path, capture: CaptureData, frames: int) -> dict[str, Any]:
+    """One candidate's settings, budget and validation scores."""
+    avatar = Avatar.load(path).prepare_for_inference()
+    split = split_of(avatar, capture.time_s)
+    check_split(avatar, split, capture.directory)
+    data = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
+    starts = held_out_pairs(split.validation, WARP_K)
+    rows = starts[np.linspace(0, len(starts) - 1, min(frames, len(starts))).round().astype(int)]
+    generator = score(data, rows + WARP_K, 0, generator_renderer(avatar, data))
+    warp = score(data, rows, WARP_K, warp_renderer(avatar, data, WARP_K))
+    ours, real = [], []
+    render = generator_renderer(avatar, data)
+    for t in batches(rows + WARP_K):
+        image, x = render(t)
+        ours += detail(image, x.mask)
+        real += detail(data.targets(t), x.mask)
+    summary = avatar.summary
+    settings = summary.get("settings", {})
+    return {
+        "avatar": path.name,
+        **{k: settings.get(k) for k in SETTING_KEYS},
+        "steps": summary.get("steps"),
+        "minutes": summary.get("minutes"),
+        "val_frames": len(rows),
+        "generator_psnr": generator["psnr"],
+        "generator_face_psnr": generator.get("face_psnr"),
+        "generator_ssim": generator["ssim"],
+        f"warp_k{WARP_K}_psnr": warp["psnr"],
+        "detail_ratio": round(float(np.median(ours) / np.median(real)), 3),
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.training.compare", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("avatars", type=Path, nargs="+")
+    parser.add_argument("--data", type=Path, required=True, help="the capture they trained on")
+    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="validation frames")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        capture = load_capture(args.data)
+        rows = [row(p, capture, args.frames) for p in args.avatars]
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print(markdown(rows), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
