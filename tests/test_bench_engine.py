@@ -32,7 +32,8 @@ def test_json_has_the_contract_keys(tmp_path: Path) -> None:
     argv = ["--json", str(out), "--frames", "3", "--resolutions", "64", "128"]
     assert bench_engine.main([*argv, "--presets", "tiny", "--avatar", str(avatar_path)]) == 0
     report = json.loads(out.read_text())
-    assert {"device", "torch", "threads", "runs", "modes"} <= set(report)
+    assert {"device", "torch", "threads", "runs", "modes", "cpu", "backend"} <= set(report)
+    assert set(report["cpu"]) == {"model", "flags"} and "avx512_bf16" in report["cpu"]["flags"]
     render, *mesh_only = report["runs"]
     assert set(render) >= RENDER_KEYS
     assert render["preset"] == "tiny" and render["weights"] == str(avatar_path)
@@ -40,6 +41,9 @@ def test_json_has_the_contract_keys(tmp_path: Path) -> None:
     assert all(v > 0 for v in render["stages_ms"].values())
     assert render["speedup"] == pytest.approx(render["generator_ms"] / render["warp_ms"], rel=0.01)
     assert render["generator_gmac"] > render["warp_gmac"] > 0
+    assert render["frame_speedup"] == pytest.approx(
+        render["full_frame_ms"] / render["warped_frame_ms"], rel=0.01
+    )
     assert [r["resolution"] for r in mesh_only] == [64, 128]
     for run in mesh_only:
         assert set(run["stages_ms"]) == {"head", "uv"}
