@@ -156,6 +156,9 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert set(report["generator"]) == {"l1", "psnr", "ssim", "face_psnr"}
     assert set(report["median_baseline"]) == {"l1", "psnr", "ssim", "face_psnr"}
     assert report["served_distances"] == [4, 5, 6, 7]
+    readback = report["readback"]  # the tiny untrained avatar's stills are no faces: no claims
+    assert readback["stills"] == 1 + 3 + 18 + 60 and 0 <= readback["detected"] <= 1
+    assert readback["reenact"]["frames"] == 60 and readback["source"] == "pexels"
     assert report["warp_distance"][0]["k"] == 1
     assert report["ablation"][0]["cache_layers"] == "C3+C4+C5" and "budget" in report["ablation"][0]
     for name in ("strip.png", "warp_distance.png", "controls.png", "report.md"):

@@ -16,7 +16,10 @@ by controls alone (all-zero expression, then from its rest: jaw, smile, blink, h
 - median_baseline: the per-pixel median of training crops, scored like a renderer (the trivial
   baseline);
 - ablation: warp k=1 quality of avatars trained with cached layers C3, C3+C4, C3+C4+C5 on an
-  equal budget (supplemental Table 1), when `--ablation` names them.
+  equal budget (supplemental Table 1), when `--ablation` names them;
+- readback: the avatar's stills read back by MediaPipe (engine/training/readback.py), reenacted
+  from `--source` (another person's clip, default the Pexels sample) with the sharpness of its
+  face against the capture's own clip when that is a sample (`--reference` names another).
 Metrics come from torchmetrics (L1 is the plain mean absolute error of [0, 1] images; PSNR pools
 the squared error of all frames, as torchmetrics does over a batch).
 """
@@ -36,14 +39,16 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from engine.capture.sample import SAMPLES, fetch_sample_video
 from engine.capture.store import load_capture
-from engine.controls import neutral, update
+from engine.controls import POSE_LIMITS_DEG, neutral, update
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.pipeline.schedule import DEFAULT_SCHEDULE
 from engine.render.avatar import Avatar
 from engine.render.frame_inputs import FrameInputs
 from engine.runtime import tune_allocator
 from engine.training.dataset import CaptureFrames
+from engine.training.readback import State, measure, track_clip
 from engine.training.split import Split, held_out_pairs, interleaved_split
 
 MAX_K = 8
@@ -282,6 +287,26 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def clip(value: str) -> Path:
+    """A sample clip's name (fetched and cached) or a video path."""
+    return fetch_sample_video(value) if value in SAMPLES else Path(value)
+
+
+def readback(avatar: Avatar, source: str, reference: object) -> dict[str, Any]:
+    """The read-back of the avatar's own stills (as `GET /still.png` renders them)."""
+    names = avatar.expression_names
+
+    def render(state: State) -> np.ndarray:
+        controls = update(avatar.rest, names, state.get("expression"), state.get("pose"))
+        return avatar.render(controls)
+
+    limits = avatar.pose_range_deg or {k: list(v) for k, v in POSE_LIMITS_DEG.items()}
+    accepted = {k: list(v) for k, v in POSE_LIMITS_DEG.items()}
+    ref = clip(reference) if isinstance(reference, str) else None
+    report = measure(render, names, limits, accepted, track_clip(clip(source)), ref)
+    return report | {"source": source, "reference": reference}
+
+
 def split_of(avatar: Avatar, time_s: np.ndarray) -> Split:
     recorded = avatar.summary.get("split")
     gap = recorded.get("gap") if isinstance(recorded, dict) else None
@@ -301,6 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         help="avatars trained with other cache layers on the same capture and split",
+    )
+    parser.add_argument(
+        "--source",
+        default="pexels",
+        help="another person's clip for the read-back's reenactment (a sample name or a video "
+        "path; 'none': no read-back)",
+    )
+    parser.add_argument(
+        "--reference", default=None, help="the avatar's own clip for the sharpness ratio"
     )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     args = parser.parse_args(argv)
@@ -344,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     plot_warp_distance(report, args.out / "warp_distance.png")
     strip = image_strip(avatar, frames, split, args.out / "strip.png")
     labels = control_strip(avatar, args.out / "controls.png")
+    if args.source != "none":
+        reference = args.reference or capture.source.get("sample")
+        report["readback"] = readback(avatar, args.source, reference)
+        (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "report.md").write_text(
         markdown(report)
         + f"\n`strip.png`, columns: {', '.join(strip)}; rows: test frames.\n"
