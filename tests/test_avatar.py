@@ -161,7 +161,7 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert readback["reenact"]["frames"] == 60 and readback["source"] == "pexels"
     assert report["warp_distance"][0]["k"] == 1
     assert report["ablation"][0]["cache_layers"] == "C3+C4+C5" and "budget" in report["ablation"][0]
-    for name in ("strip.png", "warp_distance.png", "controls.png", "report.md"):
+    for name in ("strip.png", "warp_distance.png", "controls.png", "report.md", "validation.png"):
         assert (report_dir / name).stat().st_size > 0, name
     split = interleaved_split(load_capture(short_capture).time_s, gap=2)
     assert report["test_frames"] == len(split.test) and report["split"] == split.digest()

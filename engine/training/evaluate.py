@@ -252,6 +252,37 @@ def plot_warp_distance(report: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_validation(history: list[dict[str, float]], out: Path) -> bool:
+    """Validation PSNR against training steps, from the avatar's own record; False when it has
+    none to plot."""
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, label in (
+        ("generator_face_psnr", "generator, face"),
+        ("generator_psnr", "generator, whole frame"),
+        ("warp_k1_psnr", "warp k=1"),
+        ("warp_k4_psnr", "warp k=4"),
+    ):
+        values = [float(h.get(key, np.nan)) for h in history]  # older rows may lack a key
+        if not np.isnan(values).all():
+            ax.plot(steps, values, label=label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def markdown(report: dict[str, Any]) -> str:
     g, m = report["generator"], report["median_baseline"]
     lines = [
@@ -377,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_warp_distance(report, args.out / "warp_distance.png")
     strip = image_strip(avatar, frames, split, args.out / "strip.png")
+    plot_validation(avatar.summary.get("history") or [], args.out / "validation.png")
     labels = control_strip(avatar, args.out / "controls.png")
     if args.source != "none":
         reference = args.reference or capture.source.get("sample")
