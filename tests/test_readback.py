@@ -40,6 +40,7 @@ def test_a_picture_that_never_changes_reads_back_no_rise_and_no_correlation(
     source = readback.SourceClip(
         scores=[{"jawOpen": 0.1 * i, "eyeBlinkLeft": 0.5} for i in range(5)],
         angles=[(30.0 * i, 0.0, 0.0) for i in range(5)],
+        frames=list(range(5)),
     )
     report = readback.measure(render, NAMES, LIMITS, LIMITS, source)
     assert report["detected"] == 1.0 and report["stills"] == len(states) == 1 + 3 + 18 + 5

@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from engine.capture.decode import decode
 from engine.capture.sample import SAMPLES, fetch_sample_video
 from engine.capture.store import load_capture
 from engine.controls import POSE_LIMITS_DEG, neutral, update
@@ -48,12 +49,13 @@ from engine.render.avatar import Avatar
 from engine.render.frame_inputs import FrameInputs
 from engine.runtime import tune_allocator
 from engine.training.dataset import CaptureFrames
-from engine.training.readback import State, measure, track_clip
+from engine.training.readback import Render, State, measure, source_state, track_clip
 from engine.training.split import Split, held_out_pairs, interleaved_split
 
 MAX_K = 8
 BATCH = 8  # frames rendered at once
 STRIP_FRAMES = 4
+REENACT_STRIP = 6  # source frames shown above the avatar's pictures of them
 MEDIAN_FRAMES = 64  # training crops the median baseline is taken over
 # What the controls strip shows: (label, expression weights, pose in degrees).
 # Changes from the avatar's rest (`Avatar.rest`), after one picture of the all-zero expression.
@@ -323,18 +325,53 @@ def clip(value: str) -> Path:
     return fetch_sample_video(value) if value in SAMPLES else Path(value)
 
 
-def readback(avatar: Avatar, source: str, reference: object) -> dict[str, Any]:
-    """The read-back of the avatar's own stills (as `GET /still.png` renders them)."""
+def square(rgb: np.ndarray, side: int) -> np.ndarray:
+    """(H, W, 3) -> its centre square, resized to side x side."""
+    h, w = rgb.shape[:2]
+    s = min(h, w)
+    centre = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    return np.asarray(Image.fromarray(centre).resize((side, side), Image.Resampling.LANCZOS))
+
+
+def still_renderer(avatar: Avatar) -> Render:
+    """A state -> the avatar's picture of it, as `GET /still.png` renders it."""
     names = avatar.expression_names
 
     def render(state: State) -> np.ndarray:
         controls = update(avatar.rest, names, state.get("expression"), state.get("pose"))
         return avatar.render(controls)
 
+    return render
+
+
+def readback(
+    avatar: Avatar, source: str, reference: object, strip: Path | None = None
+) -> dict[str, Any]:
+    """The read-back of the avatar's own stills; `strip`: where to save REENACT_STRIP frames of
+    the source clip above the avatar's pictures of them."""
     limits = avatar.pose_range_deg or {k: list(v) for k, v in POSE_LIMITS_DEG.items()}
     accepted = {k: list(v) for k, v in POSE_LIMITS_DEG.items()}
     ref = clip(reference) if isinstance(reference, str) else None
-    report = measure(render, names, limits, accepted, track_clip(clip(source)), ref)
+    video = clip(source)
+    tracked = track_clip(video)
+    render = still_renderer(avatar)
+    report = measure(render, avatar.expression_names, limits, accepted, tracked, ref)
+    if strip is not None:
+        picks = np.linspace(0, len(tracked.frames) - 1, REENACT_STRIP).round().astype(int)
+        wanted = {tracked.frames[i]: i for i in picks}
+        top, bottom = [], []
+        for frame in decode(video):
+            i = wanted.get(frame.index)
+            if i is None:
+                continue
+            state = source_state(
+                tracked.scores[i], tracked.angles[i], avatar.expression_names, accepted
+            )
+            picture = render(state)
+            top.append(square(frame.rgb, picture.shape[0]))
+            bottom.append(picture)
+        grid = np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
+        Image.fromarray(grid).save(strip)
     return report | {"source": source, "reference": reference}
 
 
@@ -412,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = control_strip(avatar, args.out / "controls.png")
     if args.source != "none":
         reference = args.reference or capture.source.get("sample")
-        report["readback"] = readback(avatar, args.source, reference)
+        strip_path = args.out / "reenact.png"
+        report["readback"] = readback(avatar, args.source, reference, strip_path)
         (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "report.md").write_text(
         markdown(report)

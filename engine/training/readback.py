@@ -126,10 +126,11 @@ def laplacian_variance(rgb: np.ndarray, box: tuple[int, int, int, int]) -> float
 @dataclass(frozen=True)
 class SourceClip:
     """Controls tracked from a clip (frames spread over it): per frame the ARKit scores by name and
-    yaw / pitch / roll in degrees."""
+    yaw / pitch / roll in degrees, and the frame's decode-order number."""
 
     scores: list[dict[str, float]]
     angles: list[tuple[float, float, float]]
+    frames: list[int]
 
 
 def track_clip(video: Path, frames: int = REENACT_FRAMES) -> SourceClip:
@@ -141,7 +142,7 @@ def track_clip(video: Path, frames: int = REENACT_FRAMES) -> SourceClip:
     picks = np.linspace(0, len(det.kept) - 1, min(frames, len(det.kept))).round().astype(int)
     angles = pose_angles(det.matrices[picks].astype(np.float64))
     scores = [dict(zip(det.names, map(float, det.blendshapes[i]), strict=True)) for i in picks]
-    return SourceClip(scores, angles)
+    return SourceClip(scores, angles, [det.kept[i] for i in picks])
 
 
 def reference_frames(video: Path, count: int = REFERENCE_FRAMES) -> Iterator[np.ndarray]:
