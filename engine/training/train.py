@@ -53,6 +53,7 @@ from engine.render.frame_inputs import random_affines
 from engine.render.networks import PRESETS
 from engine.render.networks.config import WarpKind
 from engine.runtime import tune_allocator
+from engine.training.adversarial import Critic
 from engine.training.dataset import CaptureFrames
 from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
 
@@ -89,6 +90,7 @@ class TrainSettings:
     geometry: Geometry = "basis"
     precision: Precision = "fp32"
     basis: str | None = None  # expression basis file for the default head (None: the shipped one)
+    adversarial: float = 0.0  # weight of the patch critic's loss (0: no critic)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__ | {"cache_layers": list(self.cache_layers)}
@@ -97,7 +99,7 @@ class TrainSettings:
 # Settings a resumed run must share with its checkpoint (the rest may change, e.g. the budget).
 RESUME_KEYS = (
     "preset", "cache_layers", "warp_kind", "batch", "max_k", "seed", "generator_controls",
-    "face_weight", "gradient_weight", "geometry", "basis",
+    "face_weight", "gradient_weight", "geometry", "basis", "adversarial",
 )  # fmt: skip
 
 
@@ -186,8 +188,10 @@ def train_step(
     affine: torch.Tensor | None,
     device: torch.device,
     settings: TrainSettings,
+    critic: Critic | None = None,
 ) -> tuple[float, float]:
-    """One optimiser step on pairs (t, t + k); returns the generator's and the warp's L1."""
+    """One optimiser step on pairs (t, t + k), and one of the critic when there is one; returns
+    the generator's and the warp's L1."""
     with torch.no_grad():
         x_t = frames.inputs(t_rows, affine, settings.geometry)
         x_tk = frames.inputs(tk_rows, affine, settings.geometry)
@@ -204,9 +208,17 @@ def train_step(
     covered = x_t.mask[:, None].to(tex.dtype)  # (B, 1, H, W)
     loss_tex = ((tex - y_t).abs() * covered).sum() / covered.sum().clamp_min(1.0) / 3.0
     loss = loss_g + loss_w + TEXTURE_WEIGHT * loss_tex
+    if critic is not None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            fooled = critic.generator_loss(full.image) + critic.generator_loss(warped.image)
+        loss = loss + settings.adversarial * fooled
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    if critic is not None:
+        fake = torch.cat((full.image, warped.image)).detach().float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            critic.step(torch.cat((y_t, y_tk)), fake)
     return float(l1_g.detach()), float(l1_w.detach())
 
 
@@ -252,13 +264,16 @@ def train(
     avatar.to(device).use_channels_last().train()
     frames.head = avatar.head  # rasterise with the avatar's own head model (same arrays)
     optimizer = make_optimizer(avatar, settings.lr)
+    critic = Critic.create(device) if settings.adversarial > 0 else None
     rng = torch.Generator().manual_seed(settings.seed)
     step, elapsed = 0, 0.0
     history: list[dict[str, float]] = []
     if resume and init is not None:
         raise ValueError("--resume and --init both say where to continue from: give one")
     if resume:
-        step, elapsed, history = _load_checkpoint(checkpoint, avatar, optimizer, rng, settings)
+        step, elapsed, history = _load_checkpoint(
+            checkpoint, avatar, optimizer, rng, settings, critic
+        )
     if init is not None:
         step, elapsed, history = _load_avatar(init, avatar, settings, split)
         rng.manual_seed(settings.seed + step)  # not the pairs the first run drew again
@@ -274,7 +289,7 @@ def train(
         t_rows, tk_rows = sample_pairs(starts, settings.batch, settings.max_k, rng)
         affine = random_affines(settings.batch, res, AUG_SHIFT_PX_FRACTION * res, AUG_SCALE, rng)
         l1_g, l1_w = train_step(
-            avatar, optimizer, frames, t_rows, tk_rows, affine, device, settings
+            avatar, optimizer, frames, t_rows, tk_rows, affine, device, settings, critic
         )
         step += 1
         bar.update(1)
@@ -299,11 +314,12 @@ def train(
                 time.perf_counter() - started,
                 history,
                 settings,
+                critic,
             )
             last_ckpt = time.perf_counter()
     bar.close()
     elapsed = time.perf_counter() - started
-    _save_checkpoint(checkpoint, avatar, optimizer, rng, step, elapsed, history, settings)
+    _save_checkpoint(checkpoint, avatar, optimizer, rng, step, elapsed, history, settings, critic)
     avatar.summary = {
         "data": str(data_dir),
         "source": capture.source | {"frames_captured": len(frames)},
@@ -335,6 +351,7 @@ def _save_checkpoint(
     elapsed: float,
     history: list[dict[str, float]],
     settings: TrainSettings,
+    critic: Critic | None = None,
 ) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(
@@ -347,6 +364,7 @@ def _save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "rng": rng.get_state(),
             "torch_rng": torch.get_rng_state(),
+            **({"critic": critic.state_dict()} if critic is not None else {}),
         },
         tmp,
     )
@@ -376,6 +394,7 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
     rng: torch.Generator,
     settings: TrainSettings,
+    critic: Critic | None = None,
 ) -> tuple[int, float, list[dict[str, float]]]:
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
@@ -394,6 +413,8 @@ def _load_checkpoint(
     optimizer.load_state_dict(ckpt["optimizer"])
     rng.set_state(ckpt["rng"])
     torch.set_rng_state(ckpt["torch_rng"])
+    if critic is not None:
+        critic.load_state_dict(ckpt["critic"])
     return int(ckpt["step"]), float(ckpt["elapsed"]), list(ckpt["history"])
 
 
@@ -443,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         help="train on meshes rebuilt from the scores (as served) or on the tracked landmarks",
     )
     parser.add_argument(
+        "--adversarial",
+        type=float,
+        default=0.0,
+        help="weight of an adversarial patch loss (engine/training/adversarial.py; 0: off)",
+    )
+    parser.add_argument(
         "--basis",
         default=None,
         help="expression basis file for the default head (default: the shipped one)",
@@ -485,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.max_k < 1 or not args.max_minutes > 0:
         parser.error("--steps, --batch, --max-k and --max-minutes must be positive")
-    if args.face_weight < 0 or args.gradient_weight < 0:
-        parser.error("--face-weight and --gradient-weight must not be negative")
+    if args.face_weight < 0 or args.gradient_weight < 0 or args.adversarial < 0:
+        parser.error("--face-weight, --gradient-weight and --adversarial must not be negative")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be positive")
@@ -506,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         gradient_weight=args.gradient_weight,
         geometry=args.geometry,
         basis=args.basis,
+        adversarial=args.adversarial,
         precision=choose_precision(args.precision, args.device),
     )
     try:
