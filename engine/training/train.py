@@ -8,10 +8,12 @@ Each step takes pairs of frames (t, t + k), k uniform in 1..max_k, from the trai
 generator renders frame t and leaves its cache, the warp network renders frame t + k from that
 cache (as in the paper), and the texture's first three channels are pulled towards the colours
 they cover. max_k defaults to 8, past the distances the served schedule warps over (parallel, two
-workers, four warps: 4..7). Losses: L1 and the L1 of image gradients, both weighted towards the
-face (the pixels the mesh covers count 1 + face_weight times), plus a structural term (1 - SSIM,
-torchmetrics). The gradient term rewards edges that a blur loses and PSNR forgives; no
-perceptual term, since no VGG weights can be had offline here. Both frames of a pair are moved by
+workers, four warps: 4..7). Losses: L1 plus a structural term (1 - SSIM, torchmetrics); options:
+an L1 of image gradients (edges that a blur loses and PSNR forgives), both L1 terms weighted
+towards the face (the pixels the mesh covers count 1 + face_weight times), and an adversarial
+patch loss (engine/training/adversarial.py). No perceptual term, since no VGG weights can be had
+offline here. The face weight and the gradient term are off by default: at an equal 15-minute
+budget they lost 0.4 dB whole-frame and 0.7 dB on the face itself (README, "The shipped avatar"). Both frames of a pair are moved by
 the same random zoom and shift, applied to the mesh before rasterising and to the target image, so
 the UV map and the target stay aligned.
 
@@ -58,8 +60,8 @@ from engine.training.dataset import CaptureFrames
 from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
 
 SSIM_WEIGHT = 0.2  # structural term next to L1
-DEFAULT_FACE_WEIGHT = 4.0  # a face pixel counts 1 + this in the L1 and gradient terms
-DEFAULT_GRADIENT_WEIGHT = 1.0  # image-gradient L1 next to L1
+DEFAULT_FACE_WEIGHT = 0.0  # a face pixel counts 1 + this in the L1 and gradient terms
+DEFAULT_GRADIENT_WEIGHT = 0.0  # image-gradient L1 next to L1
 DEFAULT_MAX_K = 8  # warp distances 1..8 cover the served schedule's 4..7
 TEXTURE_WEIGHT = 0.5  # texture colour loss, early guidance for the neural texture
 TEXTURE_LR_FACTOR = 5.0  # the texture learns faster than the networks, as in DNR
