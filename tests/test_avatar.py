@@ -161,7 +161,14 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert readback["reenact"]["frames"] == 60 and readback["source"] == "pexels"
     assert report["warp_distance"][0]["k"] == 1
     assert report["ablation"][0]["cache_layers"] == "C3+C4+C5" and "budget" in report["ablation"][0]
-    for name in ("strip.png", "warp_distance.png", "controls.png", "report.md", "validation.png"):
+    for name in (
+        "strip.png",
+        "warp_distance.png",
+        "controls.png",
+        "report.md",
+        "validation.png",
+        "reenact.png",
+    ):
         assert (report_dir / name).stat().st_size > 0, name
     split = interleaved_split(load_capture(short_capture).time_s, gap=2)
     assert report["test_frames"] == len(split.test) and report["split"] == split.digest()
@@ -217,3 +224,43 @@ def test_evaluation_streams_in_batches_and_pools_like_torchmetrics(short_capture
     face = x.mask[:, None].expand_as(pred)
     face_mse = float((pred - target).square()[face].mean())
     assert got["face_psnr"] == pytest.approx(-10 * np.log10(face_mse), abs=2e-3)
+
+
+def test_the_shipped_avatar_loads_and_renders() -> None:
+    """The file `make run` serves: learned from the talking clip, within its size budget, and its
+    jaw opens the mouth (the picture changes where the mouth is, not only the outline)."""
+    from engine.render.avatar import DEFAULT_AVATAR
+
+    assert DEFAULT_AVATAR.stat().st_size <= 25 * 1024 * 1024
+    avatar = Avatar.load(DEFAULT_AVATAR).prepare_for_inference()
+    assert avatar.resolution == 256 and avatar.source is not None
+    assert avatar.source["clip"] == "franck.mp4" and "FGNet" in str(avatar.source["licence"])
+    assert avatar.summary["split"]["method"] == "interleaved"
+    names = avatar.expression_names
+    rest = avatar.render(avatar.rest).astype(np.int16)
+    jaw = avatar.render(update(avatar.rest, names, {"jawOpen": 1.0})).astype(np.int16)
+    assert rest.shape == (256, 256, 3) and rest.std() > 20  # a picture, not a flat colour
+    mouth = (slice(150, 230), slice(88, 168))  # lower middle of the crop
+    assert np.abs(jaw[mouth] - rest[mouth]).mean() > 10
+
+
+def test_training_continues_from_a_finished_avatar_file(
+    short_capture: Path, tmp_path: Path
+) -> None:
+    settings = TrainSettings(
+        preset="tiny", steps=3, max_minutes=5.0, batch=2, max_k=2, lr=1e-3, seed=1,
+        cache_layers=("c3",), warp_kind="implicit",
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    first = tmp_path / "first.pt"
+    train(short_capture, first, settings, cpu, progress=False)
+    more = dataclasses.replace(settings, steps=5)
+    second = train(short_capture, tmp_path / "second.pt", more, cpu, progress=False, init=first)
+    assert second.summary["steps"] == 5 and len(second.summary["history"]) == 2
+    with pytest.raises(ValueError, match=r"other settings: \['seed'\]"):
+        train(
+            short_capture, tmp_path / "x.pt", dataclasses.replace(more, seed=2), cpu,
+            progress=False, init=first,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="give one"):
+        train(short_capture, first, more, cpu, progress=False, init=first, resume=True)
