@@ -55,7 +55,7 @@ soak: $(STAMP)
 avatar: $(STAMP)
 	$(PY) -m engine capture --sample franck --out data/franck --overwrite --quiet
 	$(PY) -m engine basis --capture data/franck --train-rows
-	$(PY) -m engine train --data data/franck --out data/avatar.pt --max-minutes 120 --threads 2 \
+	$(PY) -m engine train --data data/franck --out data/avatar.pt --max-minutes 100 --threads 2 \
 		--batch 4 --seed 0 --generator-controls 32 --face-weight 0 --gradient-weight 0 --quiet
 	$(PY) -m engine evaluate --avatar data/avatar.pt --data data/franck --out docs/eval
 
