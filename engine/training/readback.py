@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from scipy.ndimage import laplace
 
-from engine.capture.decode import decode
+from engine.capture.decode import decode, frame_count
 from engine.capture.geometry import nearest_rotation
 from engine.capture.landmarks import detect, landmarker
 from engine.head.canonical_mesh import NUM_VERTICES
@@ -146,8 +146,9 @@ def track_clip(video: Path, frames: int = REENACT_FRAMES) -> SourceClip:
 
 
 def reference_frames(video: Path, count: int = REFERENCE_FRAMES) -> Iterator[np.ndarray]:
-    """`count` frames spread over the clip (every n-th decoded frame)."""
-    total = sum(1 for _ in decode(video))
+    """`count` frames spread over the clip (every n-th decoded frame). The container's frame count
+    spares a decode of the whole clip; only a clip that does not declare one is counted first."""
+    total = frame_count(video) or sum(1 for _ in decode(video))
     step = max(1, total // count)
     for frame in decode(video):
         if frame.index % step == 0 and frame.index // step < count:
