@@ -257,6 +257,14 @@ def test_training_continues_from_a_finished_avatar_file(
     more = dataclasses.replace(settings, steps=5)
     second = train(short_capture, tmp_path / "second.pt", more, cpu, progress=False, init=first)
     assert second.summary["steps"] == 5 and len(second.summary["history"]) == 2
+    assert [s["steps"] for s in second.summary["stages"]] == [3, 5]
+    # A new loss may fine-tune a finished avatar; the summary says which steps used which.
+    sharper = dataclasses.replace(settings, steps=6, adversarial=0.05)
+    third = train(
+        short_capture, tmp_path / "3.pt", sharper, cpu, progress=False, init=tmp_path / "second.pt"
+    )
+    stages = third.summary["stages"]
+    assert [(s["steps"], s["adversarial"]) for s in stages] == [(3, 0.0), (5, 0.0), (6, 0.05)]
     with pytest.raises(ValueError, match=r"other settings: \['seed'\]"):
         train(
             short_capture, tmp_path / "x.pt", dataclasses.replace(more, seed=2), cpu,

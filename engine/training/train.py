@@ -99,10 +99,15 @@ class TrainSettings:
 
 
 # Settings a resumed run must share with its checkpoint (the rest may change, e.g. the budget).
-RESUME_KEYS = (
+# What the weights mean: an avatar continued with --init must agree on these.
+MODEL_KEYS = (
     "preset", "cache_layers", "warp_kind", "batch", "max_k", "seed", "generator_controls",
-    "face_weight", "gradient_weight", "geometry", "basis", "adversarial",
+    "geometry", "basis",
 )  # fmt: skip
+# The loss weights may change on --init (fine-tuning a trained avatar with a new loss is a recipe
+# of its own, recorded in the summary's `stages`); --resume continues one run, so they may not.
+LOSS_KEYS = ("face_weight", "gradient_weight", "adversarial")
+RESUME_KEYS = MODEL_KEYS + LOSS_KEYS
 
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,14 +275,15 @@ def train(
     rng = torch.Generator().manual_seed(settings.seed)
     step, elapsed = 0, 0.0
     history: list[dict[str, float]] = []
+    stages: list[dict[str, Any]] = []  # earlier runs this one continues, each with its losses
     if resume and init is not None:
         raise ValueError("--resume and --init both say where to continue from: give one")
     if resume:
-        step, elapsed, history = _load_checkpoint(
+        step, elapsed, history, stages = _load_checkpoint(
             checkpoint, avatar, optimizer, rng, settings, critic
         )
     if init is not None:
-        step, elapsed, history = _load_avatar(init, avatar, settings, split)
+        step, elapsed, history, stages = _load_avatar(init, avatar, settings, split)
         rng.manual_seed(settings.seed + step)  # not the pairs the first run drew again
     val_rows = validation_rows(split)
     res = config.resolution
@@ -317,11 +323,14 @@ def train(
                 history,
                 settings,
                 critic,
+                stages,
             )
             last_ckpt = time.perf_counter()
     bar.close()
     elapsed = time.perf_counter() - started
-    _save_checkpoint(checkpoint, avatar, optimizer, rng, step, elapsed, history, settings, critic)
+    _save_checkpoint(
+        checkpoint, avatar, optimizer, rng, step, elapsed, history, settings, critic, stages
+    )
     avatar.summary = {
         "data": str(data_dir),
         "source": capture.source | {"frames_captured": len(frames)},
@@ -339,6 +348,8 @@ def train(
         "history": history,
         "final_validation": history[-1] if history else None,
     }
+    if stages:
+        avatar.summary["stages"] = [*stages, _stage(settings.to_dict(), step, elapsed)]
     avatar.eval()
     avatar.save(out)
     return avatar
@@ -354,6 +365,7 @@ def _save_checkpoint(
     history: list[dict[str, float]],
     settings: TrainSettings,
     critic: Critic | None = None,
+    stages: list[dict[str, Any]] | None = None,
 ) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(
@@ -367,27 +379,38 @@ def _save_checkpoint(
             "rng": rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             **({"critic": critic.state_dict()} if critic is not None else {}),
+            "stages": json.dumps(stages or []),
         },
         tmp,
     )
     os.replace(tmp, path)
 
 
+def _stage(settings: dict[str, Any], steps: int, elapsed_s: float) -> dict[str, Any]:
+    """One run's record in `stages`: where it ended and the losses it used."""
+    return {"steps": steps, "minutes": round(elapsed_s / 60.0, 2)} | {
+        k: settings.get(k) for k in LOSS_KEYS
+    }
+
+
 def _load_avatar(
     path: Path, avatar: Avatar, settings: TrainSettings, split: Split
-) -> tuple[int, float, list[dict[str, float]]]:
-    """Weights, steps, minutes and history of a finished avatar file, checked to match."""
+) -> tuple[int, float, list[dict[str, float]], list[dict[str, Any]]]:
+    """Weights, steps, minutes, history and stages of a finished avatar file, checked to match
+    (its model settings; its loss weights may differ)."""
     done = Avatar.load(path)
     summary = done.summary
     saved = summary.get("settings", {})
     mine = settings.to_dict()
-    differs = sorted(k for k in RESUME_KEYS if saved.get(k) != mine[k])
+    differs = sorted(k for k in MODEL_KEYS if saved.get(k) != mine[k])
     if differs:
         raise ValueError(f"--init: {path} was trained with other settings: {differs}")
     if (summary.get("split") or {}).get("digest") != split.digest():
         raise ValueError(f"--init: {path} was trained on another capture or split")
     avatar.load_state_dict(done.state_dict())
-    return int(summary["steps"]), float(summary["minutes"]) * 60.0, list(summary["history"])
+    steps, elapsed = int(summary["steps"]), float(summary["minutes"]) * 60.0
+    stages = summary.get("stages") or [_stage(saved, steps, elapsed)]
+    return steps, elapsed, list(summary["history"]), list(stages)
 
 
 def _load_checkpoint(
@@ -397,7 +420,7 @@ def _load_checkpoint(
     rng: torch.Generator,
     settings: TrainSettings,
     critic: Critic | None = None,
-) -> tuple[int, float, list[dict[str, float]]]:
+) -> tuple[int, float, list[dict[str, float]], list[dict[str, Any]]]:
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -417,7 +440,8 @@ def _load_checkpoint(
     torch.set_rng_state(ckpt["torch_rng"])
     if critic is not None:
         critic.load_state_dict(ckpt["critic"])
-    return int(ckpt["step"]), float(ckpt["elapsed"]), list(ckpt["history"])
+    stages = json.loads(ckpt.get("stages", "[]"))
+    return int(ckpt["step"]), float(ckpt["elapsed"]), list(ckpt["history"]), stages
 
 
 def choose_precision(wanted: str, device: str) -> Precision:
