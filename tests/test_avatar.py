@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from engine.render.networks import PRESETS
 from engine.training import evaluate as evaluate_module
 from engine.training.dataset import CaptureFrames
 from engine.training.split import interleaved_split
-from engine.training.train import TrainSettings, make_optimizer, train, train_step
+from engine.training.train import TrainSettings, lr_factor, make_optimizer, train, train_step
 
 
 def _tiny_avatar(capture_dir: Path, **changes: Any) -> tuple[Avatar, CaptureFrames]:
@@ -272,3 +273,12 @@ def test_training_continues_from_a_finished_avatar_file(
         )  # fmt: skip
     with pytest.raises(ValueError, match="give one"):
         train(short_capture, first, more, cpu, progress=False, init=first, resume=True)
+
+
+def test_the_learning_rate_anneals_over_the_budget_by_a_half_cosine() -> None:
+    assert lr_factor(0.0, 0.1) == 1.0 and lr_factor(1.0, 0.1) == pytest.approx(0.1)
+    assert lr_factor(0.5, 0.1) == pytest.approx(0.55)
+    curve = [lr_factor(p / 20, 0.1) for p in range(21)]
+    assert all(a > b for a, b in itertools.pairwise(curve))
+    assert lr_factor(2.0, 0.1) == pytest.approx(0.1) and lr_factor(-1.0, 0.1) == 1.0  # held
+    assert {lr_factor(p / 4, 1.0) for p in range(5)} == {1.0}  # 1: constant
