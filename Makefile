@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 
-.PHONY: run test lint setup bench soak clean browser avatar
+.PHONY: run test lint setup bench soak clean browser avatar vendor
 
 setup: $(STAMP)
 
@@ -58,6 +58,10 @@ avatar: $(STAMP)
 	$(PY) -m engine train --data data/franck --out data/avatar.pt --max-minutes 100 --threads 2 \
 		--batch 4 --seed 0 --generator-controls 32 --face-weight 0 --gradient-weight 0 --quiet
 	$(PY) -m engine evaluate --avatar data/avatar.pt --data data/franck --out docs/eval
+
+# Re-fetch web/vendor/tasks-vision (pinned npm, hash-checked); `make run` needs none: it's committed.
+vendor:
+	bash scripts/vendor_tasks_vision.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
