@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from engine.capture.store import load_capture
 from engine.controls import neutral, update
@@ -18,6 +19,7 @@ from engine.head.default import build_default_head
 from engine.head.model import HeadModel
 from engine.render.avatar import AVATAR_VERSION, Avatar
 from engine.render.networks import PRESETS
+from engine.training import compare as compare_module
 from engine.training import evaluate as evaluate_module
 from engine.training.dataset import CaptureFrames
 from engine.training.split import interleaved_split
@@ -173,6 +175,15 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
         assert (report_dir / name).stat().st_size > 0, name
     split = interleaved_split(load_capture(short_capture).time_s, gap=2)
     assert report["test_frames"] == len(split.test) and report["split"] == split.digest()
+    # The candidates' table and strip score validation frames alike.
+    table, picture = tmp_path / "compare.json", tmp_path / "compare.png"
+    argv = [str(out), str(out), "--data", str(short_capture), "--json", str(table)]
+    assert compare_module.main([*argv, "--frames", "4", "--strip", str(picture)]) == 0
+    rows = json.loads(table.read_text())
+    assert len(rows) == 2 and rows[0] == rows[1] and rows[0]["steps"] == 6
+    assert rows[0]["val_frames"] <= 4 and rows[0]["detail_ratio"] > 0
+    res = resumed.resolution
+    assert Image.open(picture).size == (compare_module.STRIP_FRAMES * res, 3 * res)
 
 
 def test_same_seed_same_avatar(short_capture: Path, tmp_path: Path) -> None:

@@ -2,13 +2,15 @@
 choose nothing).
 
     python -m engine.training.compare A.pt B.pt ... --data DIR [--frames 64] [--json OUT]
+        [--strip PNG]
 
 For each avatar: its settings and budget from its own record, then on `--frames` validation
 frames of the capture it was trained on (the split it recorded, checked): the generator's PSNR
 over the whole frame and over the face (the pixels the mesh covers), the warp's at k = 4 (a
 distance the server's schedule serves), and the detail ratio: the variance of the Laplacian of
 the grey face box in the generator's pictures over the same in the real frames (1 = as sharp as
-the video; blur scores well on PSNR and low here).
+the video; blur scores well on PSNR and low here). `--strip` writes a picture to look at: a few
+of those validation frames, the real one on top and each candidate's generator below, in order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy.ndimage import laplace
 
 from engine.capture.store import CaptureData, load_capture
@@ -38,10 +41,11 @@ from engine.training.split import held_out_pairs
 
 SETTING_KEYS = (
     "face_weight", "gradient_weight", "generator_controls", "geometry", "basis", "max_k",
-    "batch", "seed", "precision",
+    "batch", "seed", "precision", "adversarial", "lr_final",
 )  # fmt: skip
 WARP_K = 4
 DEFAULT_FRAMES = 64
+STRIP_FRAMES = 5
 
 
 def detail(images: torch.Tensor, masks: torch.Tensor) -> list[float]:
@@ -56,6 +60,36 @@ def detail(images: torch.Tensor, masks: torch.Tensor) -> list[float]:
         box = g[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
         out.append(float(laplace(box).var()))
     return out
+
+
+def strip_rows(capture: CaptureData, avatar: Avatar, frames: int) -> torch.Tensor:
+    """The validation rows a strip shows: evenly spaced over the clip."""
+    split = split_of(avatar, capture.time_s)
+    picks = np.linspace(0, len(split.validation) - 1, frames).round().astype(int)
+    return torch.as_tensor(np.asarray(split.validation)[picks])
+
+
+@torch.inference_mode()
+def strip(paths: list[Path], capture: CaptureData, out: Path, frames: int = STRIP_FRAMES) -> None:
+    """Real validation frames on the top row, each candidate's generator on the rows below."""
+    rows: list[np.ndarray] = []
+    t = None
+    for path in paths:
+        avatar = Avatar.load(path).prepare_for_inference()
+        data = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
+        if t is None:
+            t = strip_rows(capture, avatar, frames)
+            rows.append(_row_image(data.targets(t)))
+        image, _ = generator_renderer(avatar, data)(t)
+        rows.append(_row_image(image))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+
+
+def _row_image(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (H, B * W, 3) uint8, side by side."""
+    pictures = (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)
+    return np.concatenate(list(pictures.cpu().numpy()), axis=1)
 
 
 @torch.inference_mode()
@@ -106,10 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the capture they trained on")
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="validation frames")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--strip", type=Path, default=None, help="PNG: real frames, then each")
     args = parser.parse_args(argv)
     try:
         capture = load_capture(args.data)
         rows = [row(p, capture, args.frames) for p in args.avatars]
+        if args.strip is not None:
+            strip(args.avatars, capture, args.strip)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
