@@ -1,6 +1,6 @@
 """Motion-to-photon latency and playback quality measured in a real headless Chromium.
 
-    python -m bench.browser [--url URL] [--seconds S] [--codec vp8|h264] --json OUT
+    python -m bench.browser [--url URL] [--seconds S] [--codec vp8|h264] [--camera CLIP] --json OUT
 
 Without --url it starts a server of its own (`run.py --loopback-only` on a free port, the shipped
 avatar unless --avatar) and stops it afterwards. Chromium is Debian's (`/usr/bin/chromium`, driven by
@@ -8,17 +8,26 @@ Playwright with `executable_path`; no browser is downloaded), with flags that ke
 this machine. The page's own latency test runs: the head sweeps at 30 Hz, every displayed frame's
 stamped seq is read in requestVideoFrameCallback, and motion-to-photon = display time - send time.
 JSON keys: DESIGN.md, "Measurement contracts".
+
+With --camera CLIP the page is driven by a face instead: Chromium's webcam plays CLIP (a Y4M made
+from it, bench/fake_camera.py), the page tracks it and sends the controls, and the report adds
+camera-to-avatar latency, tracking figures and how the sent controls follow an offline tracking
+of the same clip (bench/camera.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.camera import offline_series, summarise
+from bench.fake_camera import chromium_camera_flags, write_y4m
 from bench.local_server import run_against, server_parser, write_report
 
 CHROMIUM = "/usr/bin/chromium"
@@ -43,15 +52,17 @@ def chromium_path() -> str | None:
 
 
 @contextlib.contextmanager
-def browser_page(url: str, path: str = "/") -> Iterator[Any]:
-    """A Playwright page of headless Debian chromium at url + path, once the avatar is connected."""
+def browser_page(url: str, path: str = "/", extra_args: list[str] | None = None) -> Iterator[Any]:
+    """A Playwright page of headless Debian chromium at url + path (`extra_args`: more flags)."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
     if executable is None:
         raise FileNotFoundError("Debian's chromium is not installed (apt-get install chromium)")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch(
+            executable_path=executable, args=CHROMIUM_FLAGS + (extra_args or [])
+        )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url + path)
@@ -89,10 +100,71 @@ def measure(url: str, seconds: float, codec: str) -> dict[str, Any]:
     }
 
 
+CAMERA_WIDTH = 640  # the fake webcam's width: a laptop camera's, and the sample clip's own
+
+
+def wait_driving(page: Any, timeout_s: float = 60.0) -> None:
+    """Until the camera drives the avatar (the tracker loaded and a face tracked)."""
+    page.wait_for_function(
+        "() => window.avatarPage?.drive && window.avatarPage.drive.counts.faces > 0",
+        timeout=timeout_s * 1000,
+    )
+
+
+def measure_camera(
+    url: str,
+    clip: Path,
+    seconds: float,
+    codec: str,
+    log_out: Path | None = None,
+    clip_seconds: float | None = None,
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        y4m = Path(tmp) / "camera.y4m"
+        frames, fps = write_y4m(clip, y4m, clip_seconds, width=CAMERA_WIDTH)
+        offline = offline_series(clip, frames)
+        flags = chromium_camera_flags(y4m)
+        with browser_page(url, f"/?codec={codec}&camera=1", flags) as page:
+            wait_connected(page)
+            wait_driving(page)
+            page.wait_for_timeout(1500)  # calibrated, the first stats
+            result = page.evaluate(f"window.avatarPage.latencyTest({seconds})", None)
+            report = page.evaluate("window.avatarPage.cameraReport()")
+    if log_out is not None:  # every tracked frame: times, the face as tracked, what was sent
+        log_out.write_text(json.dumps(report["log"]) + "\n")
+    camera = result.get("camera") or {}
+    return {
+        "seconds": seconds,
+        "clip": clip.name,
+        "clip_frames": frames,
+        "clip_fps": round(fps, 3),
+        "camera_to_avatar_ms_p50": camera.get("p50"),
+        "camera_to_avatar_ms_p95": camera.get("p95"),
+        "camera_to_avatar_parts_ms": camera.get("parts"),
+        "camera_to_avatar_samples": camera.get("samples"),
+        "mtp_ms_p50": result["p50"],
+        "mtp_ms_p95": result["p95"],
+        **summarise(report, offline, frames, fps),
+        "url": url,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = server_parser("bench.browser", __doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--codec", choices=("vp8", "h264"), default="vp8")
+    parser.add_argument(
+        "--camera", type=Path, default=None, help="a face clip the browser's webcam plays"
+    )
+    parser.add_argument(
+        "--camera-clip-seconds",
+        type=float,
+        default=None,
+        help="with --camera: the webcam loops the clip's first this many seconds (all of it)",
+    )
+    parser.add_argument(
+        "--camera-log", type=Path, default=None, help="with --camera: the page's per-frame log"
+    )
     args = parser.parse_args(argv)
     if args.seconds < 2:
         parser.error("--seconds must be >= 2")
@@ -101,9 +173,21 @@ def main(argv: list[str] | None = None) -> int:
             "error: Debian's chromium is not installed (apt-get install chromium)", file=sys.stderr
         )
         return 2
-    report = run_against(
-        args.url, args.avatar, lambda url, _pid: measure(url, args.seconds, args.codec)
-    )
+    if args.camera is not None and not args.camera.is_file():
+        parser.error(f"--camera: no such clip: {args.camera}")
+    if args.camera is not None:
+        clip = args.camera
+        report = run_against(
+            args.url,
+            args.avatar,
+            lambda url, _pid: measure_camera(
+                url, clip, args.seconds, args.codec, args.camera_log, args.camera_clip_seconds
+            ),
+        )
+    else:
+        report = run_against(
+            args.url, args.avatar, lambda url, _pid: measure(url, args.seconds, args.codec)
+        )
     write_report(args.json, report)
     return 0
 

@@ -32,6 +32,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from engine.controls import POSE_LIMITS_DEG, VIEW_LIMITS_DEG
+from engine.head.canonical_mesh import TASK_BUNDLE
 from engine.pipeline.dispatcher import PipelineSettings
 from engine.pipeline.schedule import DEFAULT_SCHEDULE, Schedule
 from engine.render.avatar import DEFAULT_AVATAR, Avatar
@@ -128,6 +129,11 @@ def _page(name: str) -> Any:
         return web.FileResponse(WEB_DIR / name, headers={"Cache-Control": "no-cache"})
 
     return page
+
+
+async def face_model(request: web.Request) -> web.FileResponse:
+    """The Face Landmarker bundle the page tracks a camera with (the same file capture uses)."""
+    return web.FileResponse(TASK_BUNDLE, headers={"Cache-Control": "max-age=86400"})
 
 
 def _inert(avatar: Avatar) -> list[str]:
@@ -383,6 +389,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/call", _page("call.html"))
     app.router.add_get("/stills", _page("still.html"))
     app.router.add_static("/web/", WEB_DIR)
+    app.router.add_get("/models/face_landmarker.task", face_model)
     app.router.add_get("/health", health)
     app.router.add_get("/still.png", still)
     app.router.add_get("/api/avatar", api_avatar)

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 import run
+from engine.head.canonical_mesh import TASK_BUNDLE
 from engine.pipeline.schedule import Schedule
 from server.app import ServerConfig, create_app
 from tests.conftest import save_untrained_avatar
@@ -40,6 +41,11 @@ async def test_page_health_and_stills(tiny_avatar: Path) -> None:
         assert page.status == 200 and "/web/app.js" in await page.text()
         for path in ("/call", "/stills", "/web/app.js", "/web/avatar-client.js", "/web/probe.js"):
             assert (await client.get(path)).status == 200, path
+        # What the page tracks a camera with: the vendored tasks-vision and the model bundle.
+        wasm = await client.get("/web/vendor/tasks-vision/wasm/vision_wasm_internal.wasm")
+        assert wasm.status == 200 and wasm.content_type == "application/wasm"
+        model = await client.get("/models/face_landmarker.task")
+        assert model.status == 200 and len(await model.read()) == TASK_BUNDLE.stat().st_size
         health = await (await client.get("/health")).json()
         assert health["status"] == "ok" and health["webrtc"] is True
         assert [w["alive"] for w in health["workers"]] == [True]

@@ -1,5 +1,6 @@
-// The page: connect, build the controls from /api/avatar, send changes over the data channel, show
-// stats, and measure motion-to-photon latency with the probe.
+// The page: connect, build the controls from /api/avatar, send changes over the data channel (from
+// the sliders, or from the user's face: web/camera-drive.js), show stats, and measure latency with
+// the probe: motion-to-photon for every control, camera-to-avatar for the camera's.
 import { connectAvatar } from "/web/avatar-client.js";
 import { probeReader } from "/web/probe.js";
 
@@ -29,6 +30,9 @@ let frames = 0;
 let lastStats = {};
 let rtt = null;
 let testRun = null;
+let drive = null; // the camera driving the avatar, while it does
+let cameraStream = null;
+const camera = []; // camera-to-avatar samples: {seq, total, tracking, send, server, rest}
 
 function queue(group, name, value) {
   pending = pending || {};
@@ -52,6 +56,14 @@ function slider(parent, group, name, min, max, step, value, inert = false) {
   label.append(name, input, out);
   parent.append(label);
   sliders.set(`${group}.${name}`, { input, out });
+}
+
+// Show a value on its slider without sending it (the camera sends its own controls).
+function show(group, name, value) {
+  const s = sliders.get(`${group}.${name}`);
+  if (!s || s.input.disabled) return;
+  s.input.value = value;
+  s.out.textContent = Number(value).toFixed(2);
 }
 
 function set(group, name, value) {
@@ -88,6 +100,10 @@ function applyPreset(name) {
 
 function animate(now) {
   const t = now / 1000;
+  if (drive) {  // the face drives: no animation, no sweep
+    requestAnimationFrame(animate);
+    return;
+  }
   if (animation === "talking") {
     set("expression", "jawOpen", (0.5 + 0.5 * Math.sin(t * 9)) * 0.6);
     for (const side of ["Left", "Right"]) {  // about the resting smile: some avatars rest smiling
@@ -142,10 +158,36 @@ function onVideoFrame(readSeq) {
       mtp.push(sample);
       if (mtp.length > 2000) mtp.shift();
       if (testRun) testRun.samples.push(sample);
+      const cam = drive?.timings.get(seq);
+      if (cam) {
+        // The parts: capture -> tracked, tracked -> sent, the server's own control -> picture time
+        // (its median), and what is left: encode, network, decode, display.
+        const total = shown - cam.capture, tracking = cam.tracked - cam.capture, send = cam.sent - cam.tracked;
+        const server = lastStats.latency_ms ?? 0;
+        const c = { seq, total, tracking, send, server, rest: total - tracking - send - server, captureKnown: cam.captureKnown };
+        camera.push(c);
+        if (camera.length > 2000) camera.shift();
+        if (testRun) testRun.camera.push(c);
+      }
     }
     video.requestVideoFrameCallback(step);
   };
   video.requestVideoFrameCallback(step);
+}
+
+let lastCamera = { frames: 0, tracked: 0 };
+
+// Camera-to-avatar samples -> p50/p95 of the whole and the median of each part.
+function summarise(samples) {
+  if (!samples.length) return null;
+  const median = (k) => percentile(samples.map((x) => x[k]), 50);
+  return {
+    samples: samples.length,
+    p50: percentile(samples.map((x) => x.total), 50),
+    p95: percentile(samples.map((x) => x.total), 95),
+    parts: { tracking: median("tracking"), send: median("send"), server: median("server"), rest: median("rest") },
+    capture_time_from_camera: samples.every((x) => x.captureKnown),
+  };
 }
 
 async function statsLoop(pc) {
@@ -172,6 +214,14 @@ async function statsLoop(pc) {
     lines.push(`rtt ${rtt === null ? "-" : rtt.toFixed(1)} ms`);
     const recent = mtp.slice(-300).map((s) => s.ms);
     lines.push(`motion-to-photon p50 ${percentile(recent, 50)?.toFixed(1) ?? "-"} p95 ${percentile(recent, 95)?.toFixed(1) ?? "-"} ms`);
+    if (drive) {
+      const c = drive.counts, seen = c.frames - lastCamera.frames, done = c.tracked - lastCamera.tracked;
+      lastCamera = { ...c };
+      const track = drive.trackingMs().slice(-60);
+      lines.push(`camera ${(seen / seconds).toFixed(1)} fps, tracked ${(done / seconds).toFixed(1)} fps, tracking p50 ${percentile(track, 50)?.toFixed(1) ?? "-"} ms (${drive.delegate})`);
+      const s = summarise(camera.slice(-300));
+      if (s) lines.push(`camera-to-avatar p50 ${s.p50.toFixed(0)} p95 ${s.p95.toFixed(0)} ms: tracking ${s.parts.tracking.toFixed(0)}, server ${s.parts.server.toFixed(0)}, transport ${s.parts.rest.toFixed(0)}`);
+    }
     if (lastStats.stages_ms) lines.push(`server ${Object.entries(lastStats.stages_ms).map(([k, v]) => `${k} ${v}`).join("  ")} ms`);
     if (lastStats.warped !== undefined) lines.push(`warped ${(100 * lastStats.warped).toFixed(0)}%  latency ${lastStats.latency_ms} ms`);
     $("overlay").textContent = lines.join("\n");
@@ -209,18 +259,100 @@ function download(id, name, type, text) {
 async function latencyTest(seconds) {
   $("probe").checked = true;
   avatar.probe(true);
-  testRun = { samples: [], started: performance.now() };
+  testRun = { samples: [], camera: [], started: performance.now(), driving: Boolean(drive) };
   await new Promise((r) => setTimeout(r, seconds * 1000));
   const run = testRun;
   testRun = null;
   const ms = run.samples.map((s) => s.ms);
   const result = { seconds, samples: ms.length, p50: percentile(ms, 50), p95: percentile(ms, 95), fps: ms.length / seconds, latencies_ms: ms };
-  $("latency-result").textContent = `${ms.length} frames, p50 ${result.p50?.toFixed(1)} ms, p95 ${result.p95?.toFixed(1)} ms`;
+  if (run.driving) {
+    // Driven by the camera: the controls were the face's, and camera-to-avatar is measured too.
+    result.camera = { ...summarise(run.camera), latencies_ms: run.camera.map((c) => c.total) };
+  }
+  $("latency-result").textContent = `${ms.length} frames, p50 ${result.p50?.toFixed(1)} ms, p95 ${result.p95?.toFixed(1)} ms`
+    + (result.camera?.samples ? `; camera-to-avatar p50 ${result.camera.p50.toFixed(1)} ms, p95 ${result.camera.p95.toFixed(1)} ms` : "");
   drawHistogram(ms);
   download("download-csv", "latency.csv", "text/csv", "seq,ms\n" + run.samples.map((s) => `${s.seq},${s.ms.toFixed(2)}`).join("\n"));
   download("download-json", "latency.json", "application/json", JSON.stringify(result));
   window.latencyResult = result;
   return result;
+}
+
+function cameraStatus(text, problem = false) {
+  $("camera-status").textContent = text;
+  $("camera-status").classList.toggle("problem", problem);
+}
+
+// While the camera drives, the sliders follow the tracked values.
+function followControls(controls) {
+  if (!controls) return;
+  for (const [n, v] of Object.entries(controls.expression)) show("expression", n, v);
+  for (const [k, v] of Object.entries(controls.pose)) show("pose", k, v);
+}
+
+// What bench/camera.py and the tests read: the drive's counts and log, tracking times, latency.
+function cameraReport() {
+  if (!drive) return null;
+  return { counts: { ...drive.counts }, log: drive.log, tracking_ms: drive.trackingMs(), delegate: drive.delegate, status: drive.status, latency: summarise(camera) };
+}
+
+async function startCamera() {
+  if (drive) return drive;
+  if (!navigator.mediaDevices?.getUserMedia) {
+    cameraStatus("this browser gives no camera to this page (it needs https or localhost)", true);
+    $("camera").checked = false;
+    return null;
+  }
+  cameraStatus("asking for the camera…");
+  try {
+    cameraStream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480, frameRate: { ideal: 30 } }, audio: false });
+  } catch (e) {
+    const why = e.name === "NotAllowedError" ? "the camera was refused: allow it in the browser's site settings and tick the box again"
+      : e.name === "NotFoundError" ? "no camera found" : `the camera could not start: ${e.message}`;
+    cameraStatus(why, true);
+    $("camera").checked = false;
+    return null;
+  }
+  cameraStatus("loading the face tracker…");
+  animation = null;
+  $("idle").checked = false;
+  try {
+    drive = await avatar.driveWithCamera(cameraStream, {
+      info,
+      mirror: $("mirror").checked,
+      gains: { mouth: Number($("gain-mouth").value), eyes: Number($("gain-eyes").value), brows: Number($("gain-brows").value) },
+      selfView: $("selfview"),
+      onStatus: (s) => cameraStatus(s, s.startsWith("no face") || s.startsWith("face lost")),
+      onFrame: (frame, seq, controls) => { if (seq !== null) followControls(controls); },
+    });
+  } catch (e) {
+    cameraStatus(`the face tracker could not start: ${e.message}`, true);
+    stopCamera();
+    return null;
+  }
+  $("selfview").hidden = false;
+  $("calibrate").disabled = false;
+  return drive;
+}
+
+function stopCamera() {
+  if (drive) drive.stop();
+  drive = null;
+  if (cameraStream) for (const track of cameraStream.getTracks()) track.stop();
+  cameraStream = null;
+  $("selfview").hidden = true;
+  $("calibrate").disabled = true;
+  $("camera").checked = false;
+  if (!$("camera-status").classList.contains("problem")) cameraStatus("");
+}
+
+function cameraControls() {
+  $("camera").addEventListener("change", () => ($("camera").checked ? startCamera() : stopCamera()));
+  $("calibrate").addEventListener("click", () => drive?.calibrate());
+  $("mirror").addEventListener("change", () => drive?.setMirror($("mirror").checked));
+  for (const group of ["mouth", "eyes", "brows"]) {
+    $(`gain-${group}`).addEventListener("input", () => drive?.setGain(group, $(`gain-${group}`).value));
+  }
 }
 
 async function start() {
@@ -249,11 +381,16 @@ async function start() {
   for (const b of document.querySelectorAll("[data-preset]")) b.addEventListener("click", () => applyPreset(b.dataset.preset));
   $("latency-test").addEventListener("click", () => latencyTest(Number($("latency-seconds").value)));
   dragToTurn();
+  cameraControls();
   onVideoFrame(probeReader(video));
   requestAnimationFrame(animate);
   statsLoop(avatar.pc);
   $("status").textContent = `connected (${info.resolution}²)`;
-  window.avatarPage = { avatar, latencyTest, set, flush, mtp };
+  window.avatarPage = { avatar, latencyTest, set, flush, mtp, camera, startCamera, stopCamera, cameraReport, get drive() { return drive; } };
+  if (params.get("camera") === "1") {
+    $("camera").checked = true;
+    await startCamera();
+  }
 }
 
 start().catch((e) => { $("status").textContent = `error: ${e.message}`; console.error(e); });

@@ -4,9 +4,12 @@
 //   const avatar = await connectAvatar({ url: "", codec: "vp8" });
 //   video.srcObject = avatar.stream;            // or pc.addTrack(avatar.stream.getVideoTracks()[0])
 //   avatar.setControls({ expression: { jawOpen: 0.5 }, pose: { yaw: 10 } });
+//   const drive = await avatar.driveWithCamera(await navigator.mediaDevices.getUserMedia({ video: true }));
 //   avatar.close();
 // Options: url, codec, iceServers, token (for a server run with --token), onMessage(message) for the
 // server's messages, onClose(reason) once the session has ended (the server's reason when it gave one).
+// driveWithCamera(stream, options) tracks a face in `stream` in this page and drives the avatar with
+// it (web/camera-drive.js, loaded only when asked for: it brings MediaPipe's 13 MB WASM).
 
 function waitForIceGathering(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
@@ -93,6 +96,10 @@ export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], 
     },
     ping() { send({ type: "ping", t: performance.now() }); },
     probe(on) { send({ type: "probe", on }); },
+    async driveWithCamera(camera, options = {}) {
+      const { driveWithCamera } = await import(new URL("./camera-drive.js", import.meta.url));
+      return driveWithCamera(this, camera, { url, ...options });
+    },
     close() { channel.close(); pc.close(); },
   };
 }
