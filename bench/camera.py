@@ -141,6 +141,7 @@ def summarise(page: dict[str, Any], offline: np.ndarray, period: int, fps: float
         "tracking_ms_p50": percentile(page["tracking_ms"], 50),
         "tracking_ms_p95": percentile(page["tracking_ms"], 95),
         "delegate": page["delegate"],
+        "thread": page["thread"],
         "capture_time_from_camera": all(e["captureKnown"] for e in log),
         "sent_without_face": faceless_sends,
         "rest_after_loss_ms": rest_after_loss(log),

@@ -49,11 +49,14 @@ def server_url() -> Iterator[str]:
         yield server.url
 
 
-def _drive(url: str, y4m: Path, seconds: float) -> tuple[dict[str, Any], list[np.ndarray]]:
+def _drive(
+    url: str, y4m: Path, seconds: float, thread: str = "auto"
+) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Open the page with the camera playing `y4m`, let it drive for `seconds`; the page's camera
     report and a screenshot of the avatar every 1.5 s."""
     shots = []
-    with browser.browser_page(url, "/?camera=1", chromium_camera_flags(y4m)) as page:
+    path = f"/?camera=1&camera_thread={thread}"
+    with browser.browser_page(url, path, chromium_camera_flags(y4m)) as page:
         browser.wait_connected(page)
         browser.wait_driving(page)
         page.evaluate("document.getElementById('overlay').hidden = true")
@@ -75,6 +78,7 @@ def test_a_face_on_the_camera_drives_the_avatar(
     frames, fps = write_y4m(clip, y4m)
     report, shots = _drive(server_url, y4m, seconds=frames / fps + 3)  # the clip once, and more
     got = summarise(report, offline_series(clip, frames), frames, fps)
+    assert got["thread"] == "worker"  # tracking off the page's main thread
     assert got["face_share"] >= 0.9, got  # a face in >= 90% of the tracked camera frames
     assert got["sent_without_face"] == 0
     assert got["capture_time_from_camera"]  # Chromium gives captureTime: no fallback needed
@@ -94,15 +98,17 @@ def test_a_lost_face_eases_the_avatar_back_to_rest_and_tracking_resumes(
 ) -> None:
     y4m = tmp_path / "gaps.y4m"
     write_y4m(clip, y4m, seconds=3.0, width=320, no_face_seconds=2.5)
-    report, _ = _drive(server_url, y4m, seconds=12.0)
+    report, _ = _drive(server_url, y4m, seconds=12.0, thread="main")  # the fallback path
+    assert report["thread"] == "main"
     log = report["log"]
     assert not any(e["kind"] == "face" and not e["face"] for e in log)  # nothing tracked sent
     got = summarise(report, np.zeros((0, 4)), 1, 24.0)
     rested = got["rest_after_loss_ms"]
     assert rested, "the avatar was never eased back to rest"
-    frame_ms = 1000 / 24
-    # Back at rest within REST_AFTER_MS + EASE_MS of the last face, give or take two frames.
-    assert all(ms <= REST_AFTER_MS + EASE_MS + 2 * frame_ms for ms in rested), rested
+    # Back at rest on the first tracked frame past REST_AFTER_MS + EASE_MS without a face (a busy
+    # machine tracks fewer frames: the bound is the longest wait between two tracked frames).
+    gap = max(b["capture"] - a["capture"] for a, b in itertools.pairwise(log))
+    assert all(ms <= REST_AFTER_MS + EASE_MS + gap + 1 for ms in rested), (rested, gap)
     kinds = [e["kind"] for e in log]
     first_rest = kinds.index("rest")
     assert "face" in kinds[first_rest:], "tracking did not resume when the face came back"

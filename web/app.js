@@ -218,7 +218,7 @@ async function statsLoop(pc) {
       const c = drive.counts, seen = c.frames - lastCamera.frames, done = c.tracked - lastCamera.tracked;
       lastCamera = { ...c };
       const track = drive.trackingMs().slice(-60);
-      lines.push(`camera ${(seen / seconds).toFixed(1)} fps, tracked ${(done / seconds).toFixed(1)} fps, tracking p50 ${percentile(track, 50)?.toFixed(1) ?? "-"} ms (${drive.delegate})`);
+      lines.push(`camera ${(seen / seconds).toFixed(1)} fps, tracked ${(done / seconds).toFixed(1)} fps, tracking p50 ${percentile(track, 50)?.toFixed(1) ?? "-"} ms (${drive.delegate}, ${drive.thread} thread)`);
       const s = summarise(camera.slice(-300));
       if (s) lines.push(`camera-to-avatar p50 ${s.p50.toFixed(0)} p95 ${s.p95.toFixed(0)} ms: tracking ${s.parts.tracking.toFixed(0)}, server ${s.parts.server.toFixed(0)}, transport ${s.parts.rest.toFixed(0)}`);
     }
@@ -293,7 +293,7 @@ function followControls(controls) {
 // What bench/camera.py and the tests read: the drive's counts and log, tracking times, latency.
 function cameraReport() {
   if (!drive) return null;
-  return { counts: { ...drive.counts }, log: drive.log, tracking_ms: drive.trackingMs(), delegate: drive.delegate, status: drive.status, latency: summarise(camera) };
+  return { counts: { ...drive.counts }, log: drive.log, tracking_ms: drive.trackingMs(), delegate: drive.delegate, thread: drive.thread, status: drive.status, latency: summarise(camera) };
 }
 
 async function startCamera() {
@@ -322,6 +322,7 @@ async function startCamera() {
       mirror: $("mirror").checked,
       gains: { mouth: Number($("gain-mouth").value), eyes: Number($("gain-eyes").value), brows: Number($("gain-brows").value) },
       selfView: $("selfview"),
+      thread: new URLSearchParams(location.search).get("camera_thread") || "auto",  // worker | main
       onStatus: (s) => cameraStatus(s, s.startsWith("no face") || s.startsWith("face lost")),
       onFrame: (frame, seq, controls) => { if (seq !== null) followControls(controls); },
     });

@@ -23,14 +23,14 @@ const KEEP = 4096; // seqs whose timings are kept
 const LOG_KEEP = 20000; // tracked frames kept in the log (over ten minutes at 30 fps)
 
 export async function driveWithCamera(avatar, stream, {
-  url = "", info = null, mirror = false, gains = {}, delegate = "auto", selfView = null,
+  url = "", info = null, mirror = false, gains = {}, delegate = "auto", thread = "auto", selfView = null,
   calibrateMs = CALIBRATE_MS, autoCalibrate = false, onFrame = null, onStatus = null,
 } = {}) {
   info = info ?? (await (await fetch(`${url}/api/avatar`)).json());
   const video = Object.assign(document.createElement("video"), { muted: true, playsInline: true, autoplay: true });
   video.srcObject = stream;
   await video.play();
-  const tracker = await createTracker({ base: url, delegate });
+  const tracker = await createTracker({ base: url, delegate, thread });
   const mapping = new FaceToControls(info, { mirror, gains });
   const timings = new Map(); // seq -> {capture, tracked, sent, captureKnown}
   const counts = { frames: 0, tracked: 0, faces: 0, skipped: 0, sent: 0, restSent: 0 };
@@ -103,6 +103,7 @@ export async function driveWithCamera(avatar, stream, {
     counts,
     log,
     delegate: tracker.delegate,
+    thread: tracker.thread,
     get status() { return status; },
     get calibrated() { return mapping.userRest !== null; },
     calibrate() { calibration = { until: null, readings: [] }; },
@@ -111,7 +112,7 @@ export async function driveWithCamera(avatar, stream, {
     trackingMs() { return [...trackMs]; },
     stop() {
       stopTracking();
-      tracker.landmarker.close();
+      tracker.close();
       video.srcObject = null;
     },
   };

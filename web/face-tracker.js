@@ -1,14 +1,37 @@
 // The camera side: MediaPipe's Face Landmarker (vendored under /web/vendor/tasks-vision, the model
-// served at /models/face_landmarker.task) run on every new frame of a camera <video>.
+// served at /models/face_landmarker.task) run on every new frame of a camera <video>, in a worker
+// (web/face-worker.js) so that the page's main thread stays free for the avatar's video, or on the
+// main thread where a module worker cannot start.
 //
 //   const tracker = await createTracker();
 //   const stop = trackVideo(video, tracker, (frame) => ...);
 //
-// Each frame: {capture, captureKnown, mediaTime, tracked, trackMs, skipped, face}; capture is the camera
-// frame's capture time on the performance.now() clock (requestVideoFrameCallback's captureTime,
-// else the callback's own time), tracked when the landmarker returned, skipped the camera frames
-// that went by untracked since the last one, face null or {categories, matrix, landmarks}.
+// Each frame: {capture, captureKnown, mediaTime, tracked, trackMs, skipped, face}; capture is the
+// camera frame's capture time on the page's performance.now() clock (requestVideoFrameCallback's
+// captureTime, else the callback's own time), tracked when the result was back on the main thread,
+// trackMs the landmarker's own time, skipped the camera frames that went by untracked since the
+// last one (one frame is tracked at a time: a newer frame does not queue behind a busy tracker),
+// face null or {categories, matrix, landmarks}.
 import { FaceLandmarker, FilesetResolver } from "./vendor/tasks-vision/vision_bundle.mjs";
+
+export function landmarkerOptions(base, delegate) {
+  return {
+    baseOptions: { modelAssetPath: `${base}/models/face_landmarker.task`, delegate },
+    runningMode: "VIDEO",
+    numFaces: 1,
+    outputFaceBlendshapes: true,
+    outputFacialTransformationMatrixes: true,
+  };
+}
+
+export function faceOf(result) {
+  if (!result.faceBlendshapes?.length || !result.facialTransformationMatrixes?.length) return null;
+  return {
+    categories: result.faceBlendshapes[0].categories,
+    matrix: Array.from(result.facialTransformationMatrixes[0].data),
+    landmarks: result.faceLandmarks[0],
+  };
+}
 
 // A WebGL renderer that is software (headless Chromium's SwiftShader, Mesa's llvmpipe) makes the
 // GPU delegate slower than the WASM CPU path; such a "GPU" is not used.
@@ -24,35 +47,81 @@ function hardwareWebGL() {
   }
 }
 
-// delegate: "auto" (GPU where the browser has a hardware one, else CPU), "CPU" or "GPU".
-export async function createTracker({ base = "", delegate = "auto" } = {}) {
+async function mainThreadTracker(base, delegate) {
   const fileset = await FilesetResolver.forVisionTasks(`${base}/web/vendor/tasks-vision/wasm`);
-  const options = (d) => ({
-    baseOptions: { modelAssetPath: `${base}/models/face_landmarker.task`, delegate: d },
-    runningMode: "VIDEO",
-    numFaces: 1,
-    outputFaceBlendshapes: true,
-    outputFacialTransformationMatrixes: true,
-  });
-  const tryGpu = delegate === "GPU" || (delegate === "auto" && hardwareWebGL());
-  if (tryGpu) {
+  let landmarker = null, used = "CPU";
+  if (delegate === "GPU") {
     try {
-      return { landmarker: await FaceLandmarker.createFromOptions(fileset, options("GPU")), delegate: "GPU" };
+      landmarker = await FaceLandmarker.createFromOptions(fileset, landmarkerOptions(base, "GPU"));
+      used = "GPU";
     } catch (e) {
-      if (delegate === "GPU") throw e;
       console.warn("GPU delegate unavailable, tracking on the CPU:", e);
     }
   }
-  return { landmarker: await FaceLandmarker.createFromOptions(fileset, options("CPU")), delegate: "CPU" };
+  landmarker = landmarker ?? (await FaceLandmarker.createFromOptions(fileset, landmarkerOptions(base, "CPU")));
+  return {
+    delegate: used,
+    thread: "main",
+    async detect(video, ts) {
+      const start = performance.now();
+      const face = faceOf(landmarker.detectForVideo(video, ts));
+      return { face, trackMs: performance.now() - start };
+    },
+    close() { landmarker.close(); },
+  };
 }
 
-function faceOf(result) {
-  if (!result.faceBlendshapes?.length || !result.facialTransformationMatrixes?.length) return null;
+async function workerTracker(base, delegate) {
+  const worker = new Worker(new URL("./face-worker.js", import.meta.url), { type: "module" });
+  const waiting = new Map(); // id -> resolve
+  let nextId = 0;
+  const ready = new Promise((resolve, reject) => {
+    worker.onerror = (e) => reject(new Error(e.message || "the tracking worker failed to start"));
+    worker.onmessage = ({ data }) => {
+      if (data.type === "ready") resolve(data.delegate);
+      else if (data.type === "failed") reject(new Error(data.message));
+      else if (data.type === "result") {
+        waiting.get(data.id)?.(data);
+        waiting.delete(data.id);
+      }
+    };
+  });
+  worker.postMessage({ type: "init", base: base || location.origin, delegate });
+  let used;
+  try {
+    used = await ready;
+  } catch (e) {
+    worker.terminate();
+    throw e;
+  }
   return {
-    categories: result.faceBlendshapes[0].categories,
-    matrix: result.facialTransformationMatrixes[0].data,
-    landmarks: result.faceLandmarks[0],
+    delegate: used,
+    thread: "worker",
+    async detect(video, ts) {
+      const bitmap = await createImageBitmap(video);
+      const id = nextId++;
+      const done = new Promise((resolve) => waiting.set(id, resolve));
+      worker.postMessage({ type: "frame", id, bitmap, ts }, [bitmap]);
+      const { face, trackMs } = await done;
+      return { face, trackMs };
+    },
+    close() { worker.postMessage({ type: "close" }); },
   };
+}
+
+// delegate: "auto" (GPU where the browser has a hardware WebGL, else CPU), "CPU" or "GPU";
+// thread: "auto" (a worker where one starts, else the main thread), "worker" or "main".
+export async function createTracker({ base = "", delegate = "auto", thread = "auto" } = {}) {
+  const wanted = delegate === "auto" ? (hardwareWebGL() ? "GPU" : "CPU") : delegate;
+  if (thread !== "main") {
+    try {
+      return await workerTracker(base, wanted);
+    } catch (e) {
+      if (thread === "worker") throw e;
+      console.warn("no tracking worker, tracking on the main thread:", e);
+    }
+  }
+  return mainThreadTracker(base, wanted);
 }
 
 // Track every new frame of `video` until the returned stop() is called. Browsers without
@@ -60,37 +129,45 @@ function faceOf(result) {
 // new frame told by currentTime, its capture time then the poll's time (later by up to a frame).
 export function trackVideo(video, tracker, onFrame) {
   let stopped = false;
+  let busy = false;
   let lastTs = 0;
   let lastPresented = null;
-  const detect = (capture, captureKnown, skipped, mediaTime) => {
-    const start = performance.now();
-    const ts = Math.max(lastTs + 1, start); // VIDEO mode needs rising timestamps
+  let missed = 0; // frames that arrived while the tracker was busy
+  const track = async (capture, captureKnown, mediaTime) => {
+    busy = true;
+    const ts = Math.max(lastTs + 1, Math.round(capture)); // VIDEO mode needs rising timestamps
     lastTs = ts;
-    const result = tracker.landmarker.detectForVideo(video, ts);
-    const tracked = performance.now();
-    onFrame({ capture, captureKnown, mediaTime, tracked, trackMs: tracked - start, skipped, face: faceOf(result) });
+    try {
+      const { face, trackMs } = await tracker.detect(video, ts);
+      if (stopped) return;
+      const skipped = missed;
+      missed = 0;
+      onFrame({ capture, captureKnown, mediaTime, tracked: performance.now(), trackMs, skipped, face });
+    } catch (e) {
+      if (!stopped) console.warn("tracking failed on a frame:", e);
+    } finally {
+      busy = false;
+    }
   };
   if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
     const step = (now, meta) => {
       if (stopped) return;
-      const skipped = lastPresented === null ? 0 : Math.max(0, meta.presentedFrames - lastPresented - 1);
+      video.requestVideoFrameCallback(step);
+      if (lastPresented !== null) missed += Math.max(0, meta.presentedFrames - lastPresented - 1);
       lastPresented = meta.presentedFrames;
-      try {
-        detect(meta.captureTime ?? now, meta.captureTime !== undefined, skipped, meta.mediaTime);
-      } finally {
-        video.requestVideoFrameCallback(step);
-      }
+      if (busy) { missed += 1; return; }
+      track(meta.captureTime ?? now, meta.captureTime !== undefined, meta.mediaTime);
     };
     video.requestVideoFrameCallback(step);
   } else {
     let lastTime = -1;
     const poll = () => {
       if (stopped) return;
-      if (video.readyState >= 2 && video.currentTime !== lastTime) {
-        lastTime = video.currentTime;
-        detect(performance.now(), false, 0, video.currentTime);
-      }
       requestAnimationFrame(poll);
+      if (video.readyState < 2 || video.currentTime === lastTime) return;
+      lastTime = video.currentTime;
+      if (busy) { missed += 1; return; }
+      track(performance.now(), false, video.currentTime);
     };
     requestAnimationFrame(poll);
   }
