@@ -78,13 +78,8 @@ def wait_connected(page: Any, timeout_s: float = 60.0) -> None:
     )
 
 
-def measure(url: str, seconds: float, codec: str) -> dict[str, Any]:
-    with browser_page(url, f"/?codec={codec}") as page:
-        wait_connected(page)
-        page.wait_for_timeout(1500)  # the first stats
-        result = page.evaluate(f"window.avatarPage.latencyTest({seconds})", None)
-        page.wait_for_timeout(1200)
-        stats = page.evaluate("window.avatarStats")
+def _playback(url: str, seconds: float, result: dict[str, Any], stats: Any) -> dict[str, Any]:
+    """The latency test's result and the page's playback stats as the report's common keys."""
     return {
         "seconds": seconds,
         "frames": result["samples"],
@@ -98,6 +93,16 @@ def measure(url: str, seconds: float, codec: str) -> dict[str, Any]:
         "resolution": stats and [stats.get("width"), stats.get("height")],
         "url": url,
     }
+
+
+def measure(url: str, seconds: float, codec: str) -> dict[str, Any]:
+    with browser_page(url, f"/?codec={codec}") as page:
+        wait_connected(page)
+        page.wait_for_timeout(1500)  # the first stats
+        result = page.evaluate(f"window.avatarPage.latencyTest({seconds})", None)
+        page.wait_for_timeout(1200)
+        stats = page.evaluate("window.avatarStats")
+    return _playback(url, seconds, result, stats)
 
 
 CAMERA_WIDTH = 640  # the fake webcam's width: a laptop camera's, and the sample clip's own
@@ -119,6 +124,8 @@ def measure_camera(
     log_out: Path | None = None,
     clip_seconds: float | None = None,
 ) -> dict[str, Any]:
+    """The page driven by `clip` as its webcam for `seconds`: the usual keys (the controls are
+    the face's) and `camera` (DESIGN.md's keys, then bench/camera.py's)."""
     with tempfile.TemporaryDirectory() as tmp:
         y4m = Path(tmp) / "camera.y4m"
         frames, fps = write_y4m(clip, y4m, clip_seconds, width=CAMERA_WIDTH)
@@ -127,26 +134,30 @@ def measure_camera(
         with browser_page(url, f"/?codec={codec}&camera=1", flags) as page:
             wait_connected(page)
             wait_driving(page)
-            page.wait_for_timeout(1500)  # calibrated, the first stats
+            page.wait_for_timeout(1500)  # the first stats
             result = page.evaluate(f"window.avatarPage.latencyTest({seconds})", None)
             report = page.evaluate("window.avatarPage.cameraReport()")
+            stats = page.evaluate("window.avatarStats")
     if log_out is not None:  # every tracked frame: times, the face as tracked, what was sent
         log_out.write_text(json.dumps(report["log"]) + "\n")
-    camera = result.get("camera") or {}
-    return {
-        "seconds": seconds,
+    latency = result.get("camera") or {}
+    got = summarise(report, offline, frames, fps)
+    camera = {
+        "camera_fps": got["camera_fps"],
+        "track_fps": got["tracked_fps"],
+        "face_share": got["face_share"],
+        "track_ms_p50": got["tracking_ms_p50"],
+        "c2p_ms_p50": latency.get("p50"),
+        "c2p_ms_p95": latency.get("p95"),
+        "corr": got["follow"]["correlation"],
+        "c2p_parts_ms_p50": latency.get("parts"),
+        "c2p_samples": latency.get("samples"),
         "clip": clip.name,
         "clip_frames": frames,
         "clip_fps": round(fps, 3),
-        "camera_to_avatar_ms_p50": camera.get("p50"),
-        "camera_to_avatar_ms_p95": camera.get("p95"),
-        "camera_to_avatar_parts_ms": camera.get("parts"),
-        "camera_to_avatar_samples": camera.get("samples"),
-        "mtp_ms_p50": result["p50"],
-        "mtp_ms_p95": result["p95"],
-        **summarise(report, offline, frames, fps),
-        "url": url,
+        **got,
     }
+    return _playback(url, seconds, result, stats) | {"camera": camera}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,8 @@ from typing import Any
 
 import aiohttp
 
+from engine.cpu import cpu_info
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_S = 180.0  # workers load the avatar
 
@@ -104,7 +106,10 @@ async def api_stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    """The report as indented JSON at `path` (folders made) and on stdout."""
+    """The report as indented JSON at `path` (folders made) and on stdout, with the machine's CPU
+    (machines of one kind do not all have the same one)."""
+    if "cpu" not in report:
+        report = report | {"cpu": cpu_info()}
     text = json.dumps(report, indent=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,22 @@ def test_the_call_demo_is_driven_by_the_camera(clip: Path, server_url: str, tmp_
         start = page.evaluate("document.getElementById('bob').currentTime")
         page.wait_for_timeout(1500)
         assert page.evaluate("document.getElementById('bob').currentTime") > start  # Bob sees it
+
+
+def test_the_camera_benchmark_writes_its_figures(
+    clip: Path, server_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "camera.json"
+    argv = ["--url", server_url, "--camera", str(clip), "--camera-clip-seconds", "4"]
+    assert browser.main([*argv, "--seconds", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"seconds", "frames", "fps", "mtp_ms_p50", "mtp_ms_p95", "codec"} <= set(report)
+    camera = report["camera"]
+    keys = {"camera_fps", "track_fps", "face_share", "track_ms_p50", "c2p_ms_p50", "c2p_ms_p95"}
+    assert keys <= set(camera) and set(camera["corr"]) == {"jawOpen", "smile", "blink", "yaw"}
+    assert camera["clip_frames"] == 96 and camera["face_share"] > 0.5
+    assert camera["c2p_samples"] >= 1 and 0 < camera["c2p_ms_p50"] < 10_000
+    assert set(camera["c2p_parts_ms_p50"]) == {"tracking", "send", "server", "rest"}
+    assert report["cpu"]["model"]  # the machine is recorded
+    with pytest.raises(SystemExit):
+        browser.main(["--camera", str(tmp_path / "none.mp4"), "--json", str(out)])
