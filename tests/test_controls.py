@@ -111,7 +111,7 @@ def test_wrong_expression_count_is_named() -> None:
 def test_pose_range_covers_the_training_poses_with_a_margin_and_clamps() -> None:
     yaw = torch.tensor([-18.0, -5.0, 4.0])
     rotation = pose_rotation(yaw, torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3)).numpy()
-    limits = pose_range(rotation, margin_deg=5.0)
+    limits = pose_range(rotation, margin_deg=5.0, outliers_percent=0.0)
     assert limits["yaw"] == pytest.approx([-23.0, 9.0], abs=1e-3)
     assert limits["pitch"] == pytest.approx([-4.0, 8.0], abs=1e-3)
     wide = pose_range(pose_rotation(torch.tensor([-44.0]), torch.zeros(1), torch.zeros(1)).numpy())
@@ -119,6 +119,13 @@ def test_pose_range_covers_the_training_poses_with_a_margin_and_clamps() -> None
     c = clamp_pose(Controls(expression=(0.5,), yaw=30.0, pitch=-10.0, roll=2.0), limits)
     assert (c.yaw, c.pitch, c.roll) == pytest.approx((9.0, -4.0, 2.0), abs=1e-3)
     assert c.expression == (0.5,)
+
+
+def test_a_few_far_turned_frames_do_not_widen_the_pose_range() -> None:
+    yaw = torch.cat((torch.linspace(-5.0, 5.0, 1000), torch.tensor([-30.0, -31.0, -32.0])))
+    rotation = pose_rotation(yaw, torch.zeros(1003), torch.zeros(1003)).numpy()
+    assert pose_range(rotation)["yaw"] == [-10.0, 10.0]  # 1st..99th percentile, 5 degrees more
+    assert pose_range(rotation, outliers_percent=0.0)["yaw"] == [-37.0, 10.0]
 
 
 def _seen_pose(c: Controls) -> np.ndarray:
