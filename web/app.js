@@ -383,7 +383,9 @@ async function start() {
   $("latency-test").addEventListener("click", () => latencyTest(Number($("latency-seconds").value)));
   dragToTurn();
   cameraControls();
-  onVideoFrame(probeReader(video));
+  // Firefox before 132 has no requestVideoFrameCallback: the avatar plays, latency goes unmeasured.
+  if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) onVideoFrame(probeReader(video));
+  else $("latency-result").textContent = "this browser cannot time video frames: no latency figures";
   requestAnimationFrame(animate);
   statsLoop(avatar.pc);
   $("status").textContent = `connected (${info.resolution}²)`;
