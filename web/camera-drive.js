@@ -16,7 +16,7 @@
 import { FaceToControls, blend } from "./face-controls.js";
 import { createTracker, drawSelfView, trackVideo } from "./face-tracker.js";
 
-export const REST_AFTER_MS = 500;
+export const REST_AFTER_MS = 250;
 export const EASE_MS = 250;
 export const CALIBRATE_MS = 1000;
 const KEEP = 4096; // seqs whose timings are kept
