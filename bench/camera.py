@@ -44,8 +44,8 @@ def offline_series(clip: Path, frames: int | None = None) -> np.ndarray:
     """(F, 4) the channels of each of the clip's first `frames` frames, tracked offline (NaN where
     no face was found)."""
     det = detect(clip, frames, [], progress=False)
-    total = frames if frames is not None else (max(det.kept) + 1 if det.kept else 0)
-    out = np.full((max(total, (max(det.kept) + 1) if det.kept else 0), len(CHANNELS)), np.nan)
+    rows = max(frames or 0, max(det.kept, default=-1) + 1)
+    out = np.full((rows, len(CHANNELS)), np.nan)
     if not det.kept:
         return out
     yaws = [a[0] for a in pose_angles(det.matrices.astype(np.float64))]
