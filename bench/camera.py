@@ -24,20 +24,19 @@ from typing import Any
 import numpy as np
 
 from engine.capture.landmarks import detect
-from engine.training.readback import pose_angles
+from engine.training.readback import PAIRS, pose_angles
 
 CHANNELS = ("jawOpen", "smile", "blink", "yaw")
-PAIRS = {"smile": ("mouthSmileLeft", "mouthSmileRight"), "blink": ("eyeBlinkLeft", "eyeBlinkRight")}
 
 
 def channel_values(expression: dict[str, float], yaw: float) -> dict[str, float]:
-    """The compared channels of one frame's scores (by name) and yaw."""
-    out = {"jawOpen": float(expression.get("jawOpen", np.nan)), "yaw": float(yaw)}
-    for channel, (left, right) in PAIRS.items():
-        out[channel] = 0.5 * (
-            float(expression.get(left, np.nan)) + float(expression.get(right, np.nan))
-        )
-    return out
+    """The compared channels of one frame's scores (by name) and yaw: the read-back's channels
+    (each the mean of its names) and yaw."""
+    out = {
+        channel: float(np.mean([expression.get(name, np.nan) for name in names]))
+        for channel, names in PAIRS.items()
+    }
+    return out | {"yaw": float(yaw)}
 
 
 def offline_series(clip: Path, frames: int | None = None) -> np.ndarray:
