@@ -1,6 +1,7 @@
 """Start the server: `python run.py` serves the shipped avatar at http://127.0.0.1:8080.
 
 python run.py [--host H] [--port P] [--avatar A] [--device D] [--workers N] [--num-warps W]
+              [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|onnxruntime|openvino]
               [--codec vp8|h264] [--max-bitrate BPS] [--ice-server URL ...]
               [--max-sessions S] [--session-ttl SECONDS]
 """
@@ -18,6 +19,7 @@ from aiortc import RTCIceServer
 
 from engine.pipeline.schedule import Schedule
 from engine.render.avatar import DEFAULT_AVATAR, Avatar
+from engine.render.backends.select import CHOICES, RUNTIME_CHOICES
 from engine.runtime import limit_arenas, tune_allocator
 from server.app import ServerConfig, create_app
 from server.codecs import CODECS, set_max_bitrate
@@ -54,6 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="render worker processes")
     parser.add_argument(
         "--num-warps", type=int, default=4, help="warped frames per cache (0: generator only)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=CHOICES,
+        default="auto",
+        help="the networks' precision; auto: the fastest that passes the quality gate here",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default="auto",
+        help="torch, onnxruntime or openvino; auto: the fastest that passes the quality gate here",
     )
     parser.add_argument("--codec", choices=CODECS, default="vp8", help="the page's preference")
     parser.add_argument("--max-bitrate", type=int, default=1_000_000, help="bits per second")
@@ -105,9 +119,21 @@ def main(argv: list[str] | None = None) -> int:
         loopback_only=args.loopback_only,
         token=args.token,
         allowed_origins=tuple(args.allowed_origin),
+        precision=args.precision,
+        runtime=args.runtime,
     )
+    try:  # measured here, before serving, so that an impossible request fails with its reason
+        selection = config.choose_backend()  # cached: the server's start-up reads it back
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.info(
-        "serving %s on http://%s:%d (%s)", args.avatar, args.host, args.port, schedule.label
+        "serving %s on http://%s:%d (%s; %s)",
+        args.avatar,
+        args.host,
+        args.port,
+        schedule.label,
+        selection.choice.label,
     )
     web.run_app(create_app(config), host=config.host, port=config.port, print=None)
     return 0

@@ -5,6 +5,7 @@
     python -m engine train --data DIR --out A.pt    # a capture -> an avatar
     python -m engine evaluate --avatar A.pt ...     # an avatar -> quality report
     python -m engine preview --capture DIR --out P  # UV maps over a capture's crops
+    python -m engine reference --avatar A.pt --data DIR  # frames to calibrate and gate backends
 
 Each subcommand is its module's own `main`, so `python -m engine train --help` shows its options.
 """
@@ -20,6 +21,7 @@ COMMANDS = {  # subcommand -> module whose main(argv) runs it
     "train": "engine.training.train",
     "evaluate": "engine.training.evaluate",
     "preview": "engine.training.preview",
+    "reference": "engine.training.reference_frames",
 }
 
 

@@ -36,6 +36,8 @@ from engine.head.canonical_mesh import TASK_BUNDLE
 from engine.pipeline.dispatcher import PipelineSettings
 from engine.pipeline.schedule import DEFAULT_SCHEDULE, Schedule
 from engine.render.avatar import DEFAULT_AVATAR, Avatar
+from engine.render.backends.select import Selection, choose, summary_line
+from engine.render.backends.stages import FP32, BackendChoice
 from engine.runtime import release_free_memory
 from server import protocol
 from server.bridge import Bridge
@@ -71,10 +73,30 @@ class ServerConfig:
     codec: str = "vp8"  # the page's setCodecPreferences choice (aiortc's answerer cannot choose)
     token: str | None = None  # when set, POST /offer needs "Authorization: Bearer <token>"
     allowed_origins: tuple[str, ...] = ()  # cross-origin pages allowed to POST (same origin always)
+    # How the workers run the networks (engine.render.backends.select): "auto" measures at start-up
+    # (cached per avatar and machine); fp32 torch, the tests' default, measures nothing.
+    precision: str = "fp32"
+    runtime: str = "torch"
+    backend_cache: Path | None = None
 
-    def pipeline_settings(self) -> PipelineSettings:
+    def pipeline_settings(self, backend: BackendChoice = FP32) -> PipelineSettings:
         devices = None if self.device is None else (self.device,) * self.schedule.workers
-        return PipelineSettings(self.avatar_path, self.schedule, mode="live", devices=devices)
+        return PipelineSettings(
+            self.avatar_path, self.schedule, mode="live", devices=devices, backend=backend
+        )
+
+    def choose_backend(self) -> Selection:
+        """The workers' backends (blocking: measures the candidates unless the cache knows)."""
+        settings = self.pipeline_settings()
+        return choose(
+            self.avatar_path,
+            self.precision,
+            self.runtime,
+            settings.worker_devices()[0],
+            settings.worker_threads(),
+            self.backend_cache,
+            self.schedule.num_warps,
+        )
 
 
 @dataclass
@@ -86,6 +108,7 @@ class Renderer:
 
 
 CONFIG_KEY = web.AppKey("config", ServerConfig)
+SELECTION_KEY = web.AppKey("selection", Selection)
 RENDERER_KEY = web.AppKey("renderer", Renderer)
 BRIDGE_KEY = web.AppKey("bridge", Bridge)
 SESSIONS_KEY = web.AppKey("sessions", dict[str, Session])
@@ -183,8 +206,19 @@ async def api_avatar(request: web.Request) -> web.Response:
             "max_bitrate": max_bitrate(),
             # The clip the face was learned from and its terms (null: the file does not say).
             "source": avatar.source,
+            # How the workers run its networks here, and the stage times that chose it.
+            "backend": _backend_brief(request.app[SELECTION_KEY]),
         }
     )
+
+
+def _backend_brief(selection: Selection) -> dict[str, Any]:
+    return {
+        "label": selection.choice.label,
+        "generator_ms": selection.stage_ms("generator"),
+        "warp_ms": selection.stage_ms("warp"),
+        "source": selection.source,
+    }
 
 
 def resources(app: web.Application, workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -217,6 +251,7 @@ async def api_stats(request: web.Request) -> web.Response:
                 "workers": config.schedule.workers,
                 "num_warps": config.schedule.num_warps,
             },
+            "backend": request.app[SELECTION_KEY].to_dict(),
         }
     )
 
@@ -352,7 +387,10 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     avatar = await loop.run_in_executor(None, Avatar.load, config.avatar_path)
     avatar.prepare_for_inference()
     app[RENDERER_KEY] = Renderer(avatar=avatar, lock=asyncio.Lock())
-    bridge = await Bridge.start(config.pipeline_settings())
+    selection = await loop.run_in_executor(None, config.choose_backend)
+    app[SELECTION_KEY] = selection
+    LOG.info(summary_line(selection))
+    bridge = await Bridge.start(config.pipeline_settings(selection.choice))
     app[BRIDGE_KEY] = bridge
     LOG.info(
         "avatar %s: %d^2, %s, %d torch threads here",

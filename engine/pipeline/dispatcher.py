@@ -55,6 +55,7 @@ from engine.pipeline.worker import (
     WorkerSettings,
     run_worker,
 )
+from engine.render.backends.stages import FP32, BackendChoice
 
 Mode = Literal["live", "replay"]
 WATCH_S = 0.2  # the dispatcher's longest sleep: worker deaths are seen within this
@@ -71,7 +72,8 @@ class PipelineSettings:
     devices: one per worker (default: cuda:0.. when there are enough GPUs, else cpu for all);
     threads: torch threads per worker (default: the CPU cores split between the workers);
     in_flight: render tasks a worker may hold at once (1 in live mode keeps frames fresh);
-    jitter_ms: random delay before every worker task, for ordering tests only."""
+    jitter_ms: random delay before every worker task, for ordering tests only;
+    backend: how the workers run the generator and warp (engine.render.backends.select)."""
 
     avatar_path: Path
     schedule: Schedule
@@ -80,6 +82,7 @@ class PipelineSettings:
     threads: int | None = None
     in_flight: int | None = None
     jitter_ms: float = 0.0
+    backend: BackendChoice = FP32
 
     def __post_init__(self) -> None:
         if self.mode not in ("live", "replay"):
@@ -223,6 +226,7 @@ class Pipeline:
                     threads,
                     ring.spec,
                     self.settings.jitter_ms,
+                    self.settings.backend,
                 )
                 self._workers.append(_Worker(i, ws, ring, free_slots=list(range(RING_SLOTS))))
             for w in self._workers:

@@ -24,6 +24,8 @@ import torch
 from engine.controls import Controls
 from engine.pipeline.frame_ring import FrameRing, RingSpec
 from engine.render.avatar import Avatar
+from engine.render.backends.load import load_backend
+from engine.render.backends.stages import FP32, BackendChoice
 from engine.render.frame import to_image
 from engine.render.neural_cache import NeuralCache
 from engine.runtime import release_free_memory, tune_allocator
@@ -35,7 +37,8 @@ CACHES_KEPT = 2  # per session: the cache being used and the one after it
 @dataclass(frozen=True)
 class WorkerSettings:
     """index: the worker's number; device: "cpu" or "cuda:i"; threads: torch intra-op threads;
-    jitter_ms: a random sleep of up to this before every task (tests of ordering only)."""
+    jitter_ms: a random sleep of up to this before every task (tests of ordering only);
+    backend: how the generator and warp run (engine.render.backends, chosen by the parent)."""
 
     index: int
     avatar_path: Path
@@ -43,6 +46,7 @@ class WorkerSettings:
     threads: int
     ring: RingSpec
     jitter_ms: float = 0.0
+    backend: BackendChoice = FP32
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,7 @@ def run_worker(settings: WorkerSettings, tasks: Connection, results: Connection)
     torch.set_num_threads(settings.threads)
     tune_allocator()
     avatar = Avatar.load(settings.avatar_path, settings.device).prepare_for_inference()
+    load_backend(avatar, settings.backend, settings.threads)
     ring = FrameRing.attach(settings.ring)
     worker = Worker(settings, avatar, ring)
     results.send(WorkerReady(settings.index, os.getpid()))

@@ -32,6 +32,8 @@ from engine.controls import (
 )
 from engine.head.data import HeadModelData
 from engine.head.model import HeadModel
+from engine.render.backends.reference import ReferenceFrames
+from engine.render.backends.stages import FP32, BackendChoice, GeneratorFn, WarpFn
 from engine.render.frame import to_image
 from engine.render.frame_inputs import FrameInputs, make_inputs
 from engine.render.networks import (
@@ -41,9 +43,10 @@ from engine.render.networks import (
     make_warp,
     prepare_for_inference,
 )
-from engine.render.networks.generator import generator_input, make_cache
+from engine.render.networks.generator import GeneratorOutput, generator_input, make_cache
+from engine.render.networks.warp import WarpOutput
 from engine.render.neural_cache import NeuralCache
-from engine.render.raster import pixel_motion
+from engine.render.raster import PixelMotion, pixel_motion
 
 DEFAULT_AVATAR = Path(__file__).resolve().parents[2] / "static" / "default_avatar.pt"
 AVATAR_FORMAT = "neural-avatar"
@@ -83,8 +86,38 @@ class Avatar(nn.Module):
         self.register_buffer("translation", translation.detach().float().reshape(3).clone())
         self.memory_format = torch.contiguous_format
         self.inference_only = False
+        # Frames of its own capture: int8 calibration and the backends' quality gate.
+        self.reference: ReferenceFrames | None = None
+        self.run_generator: GeneratorFn = self._torch_generator
+        self.run_warp: WarpFn = self._torch_warp
+        self.backend = FP32
 
     translation: torch.Tensor
+
+    def _torch_generator(self, x: torch.Tensor, controls: torch.Tensor) -> GeneratorOutput:
+        out: GeneratorOutput = self.generator(x, controls)
+        return out
+
+    def _torch_warp(
+        self,
+        cache: NeuralCache,
+        uv: torch.Tensor,
+        mask: torch.Tensor,
+        controls: torch.Tensor,
+        motion: PixelMotion | None,
+    ) -> WarpOutput:
+        out: WarpOutput = self.warp_net(cache, uv, mask, controls, motion)
+        return out
+
+    def use_backend(self, choice: BackendChoice, generator: GeneratorFn, warp: WarpFn) -> Avatar:
+        """Run the two networks through `generator` and `warp` (engine.render.backends), the rest
+        (texture, rasterising, compositing) as before. Inference only."""
+        if not self.inference_only:
+            raise ValueError("prepare the avatar for inference before giving it a backend")
+        self.backend, self.run_generator, self.run_warp = choice, generator, warp
+        if choice.generator.runtime != "torch":  # the runtimes read NCHW: one copy fewer
+            self.memory_format = torch.contiguous_format
+        return self
 
     def prepare_for_inference(self) -> Avatar:
         """Eval mode, BatchNorms folded into their convs, channels_last: how the live renderer runs
@@ -183,19 +216,18 @@ class Avatar(nn.Module):
         """The expensive path: a full generator pass, and the cache it leaves."""
         features = self.texture(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
         x_in = generator_input(features, x.mask).contiguous(memory_format=self.memory_format)
-        out = self.generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
+        out = self.run_generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
         cache = make_cache(out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
         return self.composite(out.rgb, out.alpha), cache
 
     def warp(self, cache: NeuralCache, x: FrameInputs) -> Rendered:
         """The cheap path: a new frame from a cache and the new frame's inputs."""
+        motion = None
         if self.config.warp_kind == "explicit":
             motion = pixel_motion(
                 x.fragments, cache.screen, self.head.faces, self.resolution, self.resolution
             )
-            out = self.warp_net(cache, x.uv, x.mask, x.controls, motion)
-        else:
-            out = self.warp_net(cache, x.uv, x.mask, x.controls)
+        out = self.run_warp(cache, x.uv, x.mask, x.controls, motion)
         return self.composite(out.rgb, out.alpha)
 
     @torch.inference_mode()
@@ -228,6 +260,8 @@ class Avatar(nn.Module):
             },
             "summary": self.summary,
         }
+        if self.reference is not None:
+            payload["reference"] = self.reference.to_payload()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt.tmp")
         os.close(fd)
@@ -263,6 +297,8 @@ class Avatar(nn.Module):
                 config, head, camera, payload["state"]["translation"], payload.get("summary")
             )
             missing, unexpected = avatar.load_state_dict(payload["state"], strict=False)
+            if "reference" in payload:
+                avatar.reference = ReferenceFrames.from_payload(payload["reference"])
             _ = avatar.rest  # bad names or weights in its rest fail here, not in every session
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{path} is a damaged avatar file: {exc}") from exc

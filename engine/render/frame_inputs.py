@@ -132,6 +132,33 @@ def make_inputs(
     )
 
 
+def capture_inputs(
+    head: HeadModel,
+    expression: torch.Tensor,
+    rotation: torch.Tensor,
+    translation: torch.Tensor,
+    angles_deg: torch.Tensor,
+    camera: Camera,
+    resolution: int,
+    affine: torch.Tensor | None = None,
+) -> FrameInputs:
+    """Captured frames -> what the renderer sees, from their controls alone (as served): expression
+    (B, E), head rotation (B, 3, 3) and translation (B, 3) where the crop shows it, angles (B, 5)."""
+    b = expression.shape[0]
+    dev = head.v_template.device
+    zeros3 = torch.zeros(b, 3, device=dev)
+    controls = HeadControls(
+        expression=expression.to(dev),
+        rotation=rotation.to(dev),
+        translation=translation.to(dev),
+        jaw=zeros3,
+        neck=zeros3.clone(),
+    )
+    eye = torch.eye(3, device=dev).expand(b, 3, 3)
+    moved = None if affine is None else affine.to(dev)
+    return make_inputs(head, controls, eye, angles_deg.to(dev), camera, resolution, moved)
+
+
 def random_affines(
     batch: int, resolution: int, max_shift_px: float, max_scale: float, generator: torch.Generator
 ) -> torch.Tensor:

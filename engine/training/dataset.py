@@ -23,8 +23,8 @@ from engine.head.model import HeadControls, HeadModel
 from engine.render.frame_inputs import (
     FrameInputs,
     angles_from_rotation,
+    capture_inputs,
     inputs_from_mesh,
-    make_inputs,
     warp_image,
 )
 
@@ -76,8 +76,25 @@ class CaptureFrames:
     ) -> FrameInputs:
         """Renderer inputs of the frames at `rows` (B,): from their controls alone (`basis`, as
         served), or on the tracked landmarks' mesh (`landmarks`)."""
-        b = rows.shape[0]
-        dev = self.head.v_template.device
+        if geometry == "basis":
+            return capture_inputs(
+                self.head,
+                self.expression[rows],
+                self.rotation[rows],
+                self.translation[rows],
+                self.angles[rows],
+                self.camera,
+                self.resolution,
+                affine,
+            )
+        if geometry != "landmarks":
+            raise ValueError(f"unknown geometry {geometry!r}: basis or landmarks")
+        if self.head.data.num_vertices != MESH_VERTICES:
+            raise ValueError(
+                f"landmark geometry needs the default head's {MESH_VERTICES} vertices, this head "
+                f"has {self.head.data.num_vertices}"
+            )
+        b, dev = rows.shape[0], self.head.v_template.device
         zeros3 = torch.zeros(b, 3, device=dev)
         controls = HeadControls(
             expression=self.expression[rows].to(dev),
@@ -89,17 +106,6 @@ class CaptureFrames:
         eye = torch.eye(3, device=dev).expand(b, 3, 3)
         moved = None if affine is None else affine.to(dev)
         angles = self.angles[rows].to(dev)
-        if geometry == "basis":
-            return make_inputs(
-                self.head, controls, eye, angles, self.camera, self.resolution, moved
-            )
-        if geometry != "landmarks":
-            raise ValueError(f"unknown geometry {geometry!r}: basis or landmarks")
-        if self.head.data.num_vertices != MESH_VERTICES:
-            raise ValueError(
-                f"landmark geometry needs the default head's {MESH_VERTICES} vertices, this head "
-                f"has {self.head.data.num_vertices}"
-            )
         verts = self.landmark_vertices[rows].to(dev)  # (B, 468, 3)
         centre = self.head.template_centre @ controls.rotation.transpose(1, 2)  # (B, 3)
         centre = centre + controls.translation

@@ -57,6 +57,7 @@ from engine.render.networks.config import WarpKind
 from engine.runtime import tune_allocator
 from engine.training.adversarial import Critic
 from engine.training.dataset import CaptureFrames
+from engine.training.reference_frames import build_reference
 from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
 
 SSIM_WEIGHT = 0.2  # structural term next to L1
@@ -370,6 +371,7 @@ def train(
     if stages:
         avatar.summary["stages"] = [*stages, _stage(settings.to_dict(), step, elapsed)]
     avatar.eval()
+    avatar.reference = build_reference(frames, split)
     avatar.save(out)
     return avatar
 

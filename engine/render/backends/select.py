@@ -1,0 +1,609 @@
+"""Choose how each stage runs on this machine, by measurement: time every candidate backend, judge
+its pictures, take the fastest that passes.
+
+    candidates  torch fp32 (the reference), torch bf16 (native bf16 CPU, or CUDA), torch fp16
+                (CUDA), onnxruntime fp32 / int8, openvino fp32 / bf16 / int8 (CPU)
+    gate        on the avatar's held-out reference frames (engine/render/backends/reference.py):
+                >= MIN_PSNR_FROM_FP32 dB from torch fp32's pictures, and <= MAX_TRUTH_LOSS_DB
+                less PSNR against the true crops than torch fp32 (where the file holds them)
+    timing      median of a stage's call at batch 1 with the worker's thread count
+
+The generator and the warp are chosen separately (lowering one stage is not lowering the other;
+MEASURED.md). The result, and the exported and quantized models it needs, are cached under
+`cache_root/<key>/`, the key a hash of the avatar file, the CPU's model and flags, the library
+versions, the device, the threads and the request: a second start-up reads it in milliseconds,
+another machine, avatar or library version measures again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.controls import Controls, update
+from engine.cpu import cpu_info, has_native_bf16
+from engine.render.avatar import Avatar
+from engine.render.backends.graphs import WARP_INPUTS, export_generator, export_warp
+from engine.render.backends.load import generator_stage, warp_stage
+from engine.render.backends.quantize import quantize_int8
+from engine.render.backends.runtimes import (
+    PRECISIONS_OF,
+    as_array,
+    model_file,
+    runtime_available,
+)
+from engine.render.backends.stages import (
+    PRECISIONS,
+    RUNTIMES,
+    STAGES,
+    TORCH_FP32,
+    BackendChoice,
+    GeneratorFn,
+    StageChoice,
+    WarpFn,
+)
+from engine.render.frame_inputs import FrameInputs
+from engine.render.networks.generator import generator_input, make_cache
+from engine.render.networks.warp import ImplicitWarp
+from engine.render.neural_cache import NeuralCache
+
+MIN_PSNR_FROM_FP32 = 40.0  # dB: the issue's gate; bf16 on the shipped avatar gives ~57-72
+MAX_TRUTH_LOSS_DB = 0.2  # dB of PSNR against the true crops
+PSNR_CAP = 99.0  # identical pictures report this instead of infinity
+TIMING_RUNS = {"generator": 12, "warp": 24}
+WARMUP_RUNS = 3
+CHOICES = ("auto", *PRECISIONS)
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
+SELECTION_FILE = "selection.json"
+DEFAULT_CACHE = Path(__file__).resolve().parents[3] / "data" / "cache" / "backends"
+OFFERED = {"torch": ("fp32", "bf16", "fp16"), **PRECISIONS_OF}  # precisions each runtime has
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageFigures:
+    """One candidate for one stage: its time, its gate figures, and whether it passed.
+
+    ms: median time of the stage at batch 1; psnr_fp32: dB from torch fp32's pictures (PSNR_CAP
+    when identical); truth_loss_db: PSNR against the true crops lost against torch fp32 (None
+    without true crops); passed: both gate figures within bounds; reason: why not measured or why
+    refused (None when it passed)."""
+
+    stage: str
+    runtime: str
+    precision: str
+    ms: float | None
+    psnr_fp32: float | None
+    truth_loss_db: float | None
+    passed: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The backends chosen, every candidate's figures, and how the choice was made."""
+
+    choice: BackendChoice
+    figures: tuple[StageFigures, ...]
+    source: str  # "measured" now, or "cache" (measured by an earlier start on this machine)
+    key: str
+    gate: str  # what the gate judged on: "held-out frames" or "states" (no truth)
+    served_psnr_fp32: float | None  # the chosen pair together (warps from its own caches)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.choice.to_dict(),
+            "source": self.source,
+            "key": self.key,
+            "gate": self.gate,
+            "served_psnr_fp32": self.served_psnr_fp32,
+            "candidates": [asdict(f) for f in self.figures],
+        }
+
+    def stage_ms(self, stage: str) -> float | None:
+        chosen = self.choice.generator if stage == "generator" else self.choice.warp
+        for f in self.figures:
+            if f.stage == stage and (f.runtime, f.precision) == (chosen.runtime, chosen.precision):
+                return f.ms
+        return None
+
+
+# ------------------------------------------------------------------------------ candidates
+
+
+def candidates(
+    stage: str, device: torch.device, warp_kind: str, has_reference: bool
+) -> list[tuple[StageChoice, str | None]]:
+    """Every (runtime, precision) for `stage`, each with None or the reason it cannot run here."""
+    out: list[tuple[StageChoice, str | None]] = []
+    for runtime in RUNTIMES:
+        for precision in OFFERED[runtime]:
+            choice = StageChoice(runtime, precision)
+            out.append((choice, _why_not(choice, stage, device, warp_kind, has_reference)))
+    return out
+
+
+def _why_not(
+    choice: StageChoice, stage: str, device: torch.device, warp_kind: str, has_reference: bool
+) -> str | None:
+    cuda = device.type == "cuda"
+    if choice.runtime == "torch":
+        if choice.precision == "fp16" and not cuda:
+            return "fp16 runs on CUDA only"
+        if choice.precision == "bf16" and not cuda and not has_native_bf16():
+            return "no native bf16 on this CPU (avx512_bf16, amx_bf16): emulated, far slower"
+        return None
+    if cuda:
+        return f"{choice.runtime} runs on the CPU; this renderer is on {device}"
+    if stage == "warp" and warp_kind != "implicit":
+        return f"the {warp_kind} warp runs in torch only"
+    if choice.precision == "bf16" and not has_native_bf16():
+        return "no native bf16 on this CPU (avx512_bf16, amx_bf16)"
+    if choice.precision == "int8" and not has_reference:
+        return "int8 calibrates on the avatar's own frames, and this avatar file has none"
+    return runtime_available(choice.runtime)
+
+
+def requested(choice: StageChoice, precision: str, runtime: str) -> bool:
+    return precision in ("auto", choice.precision) and runtime in ("auto", choice.runtime)
+
+
+# ------------------------------------------------------------------------------ gate frames
+
+
+@dataclass(frozen=True)
+class GateFrames:
+    """What every candidate renders: generator anchors and warp pairs, with fp32's pictures.
+
+    anchors: FrameInputs of the cache frames (B); targets: FrameInputs of the later frames (P)
+    with `pair_anchor` (P,) the anchor each warps from; truth_anchor (B, 3, H, W) and
+    truth_target (P, 3, H, W) true crops or None."""
+
+    anchors: FrameInputs
+    targets: FrameInputs
+    pair_anchor: list[int]
+    truth_anchor: torch.Tensor | None
+    truth_target: torch.Tensor | None
+    kind: str
+
+
+def gate_frames(avatar: Avatar) -> GateFrames:
+    """The reference frames' held-out pairs, or states around the avatar's rest without them."""
+    ref = avatar.reference
+    if ref is not None:
+        pairs = ref.held_out.tolist()
+        anchors = sorted({a for a, _ in pairs})
+        where = {a: i for i, a in enumerate(anchors)}
+        make = lambda rows: ref.inputs(avatar.head, avatar.camera, avatar.resolution, rows)  # noqa: E731
+        return GateFrames(
+            anchors=make(anchors),
+            targets=make([b for _, b in pairs]),
+            pair_anchor=[where[a] for a, _ in pairs],
+            truth_anchor=ref.truth_images(anchors),
+            truth_target=ref.truth_images([b for _, b in pairs]),
+            kind="held-out frames",
+        )
+    states = gate_states(avatar)
+    return GateFrames(
+        anchors=avatar.inputs(states[:-1]),
+        targets=avatar.inputs(states[1:]),
+        pair_anchor=list(range(len(states) - 1)),
+        truth_anchor=None,
+        truth_target=None,
+        kind="states",
+    )
+
+
+def gate_states(avatar: Avatar) -> list[Controls]:
+    """Rest, the mouth open, a smile, closed eyes and the head turned to its offered limits."""
+    names = avatar.expression_names
+    rest = avatar.rest
+    limits = avatar.pose_range_deg or {"yaw": [-15.0, 15.0], "pitch": [-10.0, 10.0]}
+    wanted = [
+        {"jawOpen": 1.0},
+        {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0},
+        {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0},
+    ]
+    states = [rest]
+    for expression in wanted:
+        known = {k: v for k, v in expression.items() if k in names}
+        if known:
+            states.append(update(rest, names, expression=known))
+    for axis in ("yaw", "pitch"):
+        for end in limits[axis]:
+            states.append(update(rest, names, pose={axis: 0.8 * float(end)}))
+    return states
+
+
+def _rows(x: FrameInputs, index: Sequence[int]) -> FrameInputs:
+    i = torch.as_tensor(list(index), dtype=torch.long)
+    return FrameInputs(
+        uv=x.uv[i],
+        mask=x.mask[i],
+        screen=x.screen[i],
+        fragments=x.fragments,  # only the explicit warp reads fragments, through pixel_motion
+        controls=x.controls[i],
+        view_dir=x.view_dir[i],
+    )
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean())
+    return PSNR_CAP if mse <= 0 else min(PSNR_CAP, 10.0 * math.log10(1.0 / mse))
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def _generator_inputs(avatar: Avatar, x: FrameInputs) -> torch.Tensor:
+    features = avatar.texture(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
+    return generator_input(features, x.mask).contiguous(memory_format=avatar.memory_format)
+
+
+def _cache_of(
+    avatar: Avatar, gen: GeneratorFn, x: FrameInputs, gen_in: torch.Tensor, i: int
+) -> tuple[torch.Tensor, NeuralCache]:
+    one = _rows(x, [i])
+    out = gen(gen_in[i : i + 1], one.controls)
+    cache = make_cache(out, avatar.config.cache_layers, one.uv, one.mask, one.controls, one.screen)
+    return avatar.composite(out.rgb.float(), out.alpha.float()).image, cache
+
+
+def _warped(
+    avatar: Avatar, warp: WarpFn, cache: NeuralCache, x: FrameInputs, j: int
+) -> torch.Tensor:
+    one = _rows(x, [j])
+    out = warp(cache, one.uv, one.mask, one.controls, None)
+    return avatar.composite(out.rgb.float(), out.alpha.float()).image
+
+
+def _median_ms(run: Callable[[], object], runs: int) -> float:
+    """Median wall time of `run` in ms (CUDA work waited for: a launch is not a frame)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(WARMUP_RUNS):
+        run()
+    sync()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return round(statistics.median(times), 2)
+
+
+def _judge(
+    stage: str,
+    choice: StageChoice,
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    truth: torch.Tensor | None,
+    ms: float,
+) -> StageFigures:
+    psnr = round(_psnr(images, reference), 2)
+    loss = None
+    if truth is not None:
+        loss = round(_psnr(reference, truth) - _psnr(images, truth), 3)
+    passed = psnr >= MIN_PSNR_FROM_FP32 and (loss is None or loss <= MAX_TRUTH_LOSS_DB)
+    reason = None
+    if not passed:
+        reason = f"{psnr} dB from fp32" + ("" if loss is None else f", {loss} dB lost to truth")
+    return StageFigures(stage, choice.runtime, choice.precision, ms, psnr, loss, passed, reason)
+
+
+# ------------------------------------------------------------------------------ the choice
+
+
+def selection_key(
+    avatar_path: Path, device: str, threads: int, precision: str, runtime: str, num_warps: int
+) -> str:
+    digest = hashlib.sha256(avatar_path.read_bytes()).hexdigest()
+    versions = {"torch": str(torch.__version__)}
+    for name in ("onnxruntime", "openvino"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = "absent"
+    facts = [digest, json.dumps(cpu_info(), sort_keys=True), json.dumps(versions, sort_keys=True)]
+    facts += [device, str(threads), precision, runtime, str(num_warps)]
+    return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+
+
+def choose(
+    avatar_path: Path,
+    precision: str = "auto",
+    runtime: str = "auto",
+    device: str = "cpu",
+    threads: int = 1,
+    cache_root: Path | None = None,
+    num_warps: int = 4,  # the server's default schedule (engine.pipeline.schedule)
+) -> Selection:
+    """The backends `avatar_path` renders with here: of the requested candidates whose pictures
+    pass the gate, the pair with the least work per output frame (one warp and 1/num_warps of a
+    generator pass; the generator alone when num_warps is 0). `precision` in CHOICES, `runtime`
+    in RUNTIME_CHOICES; a request no candidate can meet fails naming each one's reason."""
+    if precision not in CHOICES:
+        raise ValueError(f"unknown precision {precision!r}: expected one of {CHOICES}")
+    if runtime not in RUNTIME_CHOICES:
+        raise ValueError(f"unknown runtime {runtime!r}: expected one of {RUNTIME_CHOICES}")
+    if precision == "fp32" and runtime in ("auto", "torch"):  # nothing to measure or export
+        return Selection(BackendChoice(), (), "requested", "", "none", None)
+    key = selection_key(avatar_path, device, threads, precision, runtime, num_warps)
+    folder = (cache_root or DEFAULT_CACHE) / key
+    cached = _read_cached(folder)
+    if cached is not None:
+        return cached
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            selection = _measure(
+                num_warps,
+                avatar_path,
+                precision,
+                runtime,
+                torch.device(device),
+                threads,
+                folder,
+                key,
+            )
+    finally:
+        torch.set_num_threads(old_threads)
+    _write_cached(folder, selection)
+    return selection
+
+
+def _measure(
+    num_warps: int,
+    avatar_path: Path,
+    precision: str,
+    runtime: str,
+    device: torch.device,
+    threads: int,
+    folder: Path,
+    key: str,
+) -> Selection:
+    avatar = Avatar.load(avatar_path, device).prepare_for_inference()
+    frames = gate_frames(avatar)
+    gen_in = _generator_inputs(avatar, frames.anchors)
+    b = gen_in.shape[0]
+    fp32_gen = generator_stage(avatar, TORCH_FP32, None, threads)
+    fp32_warp = warp_stage(avatar, TORCH_FP32, None, threads)
+    made = [_cache_of(avatar, fp32_gen, frames.anchors, gen_in, i) for i in range(b)]
+    caches = [c for _, c in made]
+    gen_images = torch.cat([img for img, _ in made])
+    pairs = list(enumerate(frames.pair_anchor))
+    warp_images = torch.cat(
+        [_warped(avatar, fp32_warp, caches[a], frames.targets, j) for j, a in pairs]
+    )
+
+    wanted: dict[str, list[tuple[StageChoice, str | None]]] = {}
+    for stage in STAGES:
+        wanted[stage] = [
+            (c, why)
+            for c, why in candidates(
+                stage, device, avatar.config.warp_kind, avatar.reference is not None
+            )
+            if requested(c, precision, runtime) or c == TORCH_FP32
+        ]
+    runnable = {c for stage in STAGES for c, why in wanted[stage] if why is None}
+    if any(c.runtime != "torch" for c in runnable):
+        _export(
+            avatar, frames, gen_in, caches, folder, any(c.precision == "int8" for c in runnable)
+        )
+
+    figures: list[StageFigures] = []
+    gen_fns: dict[StageChoice, GeneratorFn] = {}
+    for choice, why in wanted["generator"]:
+        if why is not None:
+            figures.append(_skipped("generator", choice, why))
+            continue
+        gen = generator_stage(avatar, choice, folder, threads)
+        images = torch.cat([_cache_of(avatar, gen, frames.anchors, gen_in, i)[0] for i in range(b)])
+        x0 = _rows(frames.anchors, [0])
+        ms = _median_ms(lambda: gen(gen_in[:1], x0.controls), TIMING_RUNS["generator"])  # noqa: B023
+        figures.append(_judge("generator", choice, images, gen_images, frames.truth_anchor, ms))
+        gen_fns[choice] = gen
+        LOG.info("backend candidate: %s", _line(figures[-1]))
+    gens = _passing(figures, "generator", precision, runtime)
+    # Warps are judged on fp32's caches (their own error alone) and timed on each passing
+    # generator's cache (its layout and type: a runtime's warp on a torch bf16 cache pays for
+    # converting it): the pair is chosen together.
+    own = {g: _cache_of(avatar, gen_fns[g], frames.anchors, gen_in, 0)[1] for g in gens}
+    t0 = _rows(frames.targets, [0])
+    warp_fns: dict[StageChoice, WarpFn] = {}
+    warp_ms: dict[tuple[StageChoice, StageChoice], float] = {}
+    warp_figures: dict[StageChoice, StageFigures] = {}
+    for choice, why in wanted["warp"]:
+        if why is not None:
+            figures.append(_skipped("warp", choice, why))
+            continue
+        warp = warp_stage(avatar, choice, folder, threads)
+        images = torch.cat([_warped(avatar, warp, caches[a], frames.targets, j) for j, a in pairs])
+        for g, cache in own.items():
+            run = lambda: warp(cache, t0.uv, t0.mask, t0.controls, None)  # noqa: B023, E731
+            warp_ms[(g, choice)] = _median_ms(run, TIMING_RUNS["warp"])
+        warp_figures[choice] = _judge("warp", choice, images, warp_images, frames.truth_target, 0.0)
+        warp_fns[choice] = warp
+    warps = [w for w in warp_figures if warp_figures[w].passed and requested(w, precision, runtime)]
+    if not warps:
+        _fastest([*figures, *warp_figures.values()], "warp", precision, runtime)  # names why
+    per_frame = {
+        (g, w): warp_ms[(g, w)] + (gen_ms(figures, g) / num_warps if num_warps else 0.0)
+        for g in gens
+        for w in warps
+    }
+    if num_warps == 0:  # the generator alone: its own time decides, the warp is never served
+        per_frame = {(g, w): gen_ms(figures, g) + warp_ms[(g, w)] / 1e3 for g, w in per_frame}
+    gen_choice, warp_choice = min(per_frame, key=lambda pair: per_frame[pair])
+    for w, f in warp_figures.items():
+        figures.append(dataclasses.replace(f, ms=warp_ms[(gen_choice, w)]))
+        LOG.info("backend candidate: %s", _line(figures[-1]))
+    exported = gen_choice.runtime != "torch" or warp_choice.runtime != "torch"
+    backend = BackendChoice(gen_choice, warp_choice, folder if exported else None)
+    # The chosen pair together: warps from the chosen generator's own caches.
+    gen, warp = gen_fns[gen_choice], warp_fns[warp_choice]
+    served_caches = [_cache_of(avatar, gen, frames.anchors, gen_in, i)[1] for i in range(b)]
+    served = torch.cat(
+        [_warped(avatar, warp, served_caches[a], frames.targets, j) for j, a in pairs]
+    )
+    return Selection(
+        backend, tuple(figures), "measured", key, frames.kind, round(_psnr(served, warp_images), 2)
+    )
+
+
+def _skipped(stage: str, choice: StageChoice, why: str) -> StageFigures:
+    return StageFigures(stage, choice.runtime, choice.precision, None, None, None, False, why)
+
+
+def _line(f: StageFigures) -> str:
+    return f"{f.stage} {f.runtime} {f.precision} {f.ms} ms, {f.reason or 'passed'}"
+
+
+def gen_ms(figures: list[StageFigures], choice: StageChoice) -> float:
+    for f in figures:
+        if f.stage == "generator" and (f.runtime, f.precision) == (
+            choice.runtime,
+            choice.precision,
+        ):
+            return f.ms or math.inf
+    return math.inf
+
+
+def _passing(
+    figures: list[StageFigures], stage: str, precision: str, runtime: str
+) -> list[StageChoice]:
+    """The requested candidates of `stage` that passed; none: an error naming each one's reason."""
+    _fastest(figures, stage, precision, runtime)
+    return [
+        StageChoice(f.runtime, f.precision)
+        for f in figures
+        if f.stage == stage
+        and f.passed
+        and requested(StageChoice(f.runtime, f.precision), precision, runtime)
+    ]
+
+
+def _fastest(figures: list[StageFigures], stage: str, precision: str, runtime: str) -> StageChoice:
+    """The fastest requested candidate of `stage` that passed; none: an error naming each."""
+    mine = [
+        f for f in figures
+        if f.stage == stage and requested(StageChoice(f.runtime, f.precision), precision, runtime)
+    ]  # fmt: skip
+    passing = [f for f in mine if f.passed and f.ms is not None]
+    if not passing:
+        table = "; ".join(f"{f.runtime} {f.precision}: {f.reason}" for f in mine)
+        raise ValueError(
+            f"no {stage} backend for --precision {precision} --runtime {runtime} passes on this "
+            f"machine: {table or f'no {runtime} candidate runs {precision}'}"
+        )
+    best = min(passing, key=lambda f: f.ms or math.inf)
+    return StageChoice(best.runtime, best.precision)
+
+
+def _export(
+    avatar: Avatar,
+    frames: GateFrames,
+    gen_in: torch.Tensor,
+    caches: list[NeuralCache],
+    folder: Path,
+    int8: bool,
+) -> None:
+    """The fp32 graphs, and their int8 quantization calibrated on the reference's training pairs."""
+    x0 = _rows(frames.anchors, [0])
+    export_generator(avatar.generator, gen_in[:1], x0.controls, folder)
+    if isinstance(avatar.warp_net, ImplicitWarp):
+        t0 = _rows(frames.targets, [0])
+        export_warp(avatar.warp_net, _warp_tensors(caches[frames.pair_anchor[0]], t0), folder)
+    if not int8:
+        return
+    ref = avatar.reference
+    assert ref is not None  # candidates() offers int8 only with reference frames
+    pairs = ref.calibration.tolist()
+    cache_x = ref.inputs(avatar.head, avatar.camera, avatar.resolution, [a for a, _ in pairs])
+    target_x = ref.inputs(avatar.head, avatar.camera, avatar.resolution, [b for _, b in pairs])
+    cal_in = _generator_inputs(avatar, cache_x)
+    fp32_gen = generator_stage(avatar, TORCH_FP32, None, 1)
+    gen_feeds, warp_feeds = [], []
+    for i in range(len(pairs)):
+        gen_feeds.append(
+            {"x": as_array(cal_in[i : i + 1]), "controls": as_array(cache_x.controls[i : i + 1])}
+        )
+        _, cache = _cache_of(avatar, fp32_gen, cache_x, cal_in, i)
+        tensors = _warp_tensors(cache, _rows(target_x, [i]))
+        warp_feeds.append({name: as_array(t) for name, t in zip(WARP_INPUTS, tensors, strict=True)})
+    quantize_int8(
+        model_file(folder, "generator", "fp32"), model_file(folder, "generator", "int8"), gen_feeds
+    )
+    if avatar.config.warp_kind == "implicit":
+        quantize_int8(
+            model_file(folder, "warp", "fp32"), model_file(folder, "warp", "int8"), warp_feeds
+        )
+
+
+def _warp_tensors(cache: NeuralCache, x: FrameInputs) -> tuple[torch.Tensor, ...]:
+    """The warp graph's inputs (WARP_INPUTS order) for warping `cache` to frame `x`."""
+    zeros = cache.c3.new_zeros(1)
+    return (
+        cache.c3.float(),
+        zeros if cache.c4 is None else cache.c4.float(),
+        zeros if cache.c5 is None else cache.c5.float(),
+        cache.uv,
+        cache.mask.float(),
+        cache.controls.float(),
+        x.uv,
+        x.mask.float(),
+        x.controls,
+    )
+
+
+def _read_cached(folder: Path) -> Selection | None:
+    path = folder / SELECTION_FILE
+    try:
+        data = json.loads(path.read_text())
+        choice = BackendChoice(
+            StageChoice(**data["generator"]),
+            StageChoice(**data["warp"]),
+            folder if data["model_dir"] else None,
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    needed = [
+        model_file(folder, stage, c.precision)
+        for stage, c in (("generator", choice.generator), ("warp", choice.warp))
+        if c.runtime != "torch"
+    ]
+    if not all(p.exists() for p in needed):
+        return None
+    figures = tuple(StageFigures(**f) for f in data["candidates"])
+    return Selection(choice, figures, "cache", data["key"], data["gate"], data["served_psnr_fp32"])
+
+
+def _write_cached(folder: Path, selection: Selection) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = selection.to_dict()
+    data["model_dir"] = selection.choice.model_dir is not None
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, folder / SELECTION_FILE)
+
+
+def summary_line(selection: Selection) -> str:
+    """One line for the log: the choice and its times."""
+    gen, warp = selection.stage_ms("generator"), selection.stage_ms("warp")
+    times = "" if gen is None else f" (generator {gen:.1f} ms, warp {warp:.1f} ms)"
+    return f"backend: {selection.choice.label}{times}, {selection.source}, gate on {selection.gate}"

@@ -1,0 +1,87 @@
+"""The stages in PyTorch: fp32 as trained, bf16 where the CPU does it natively (AVX-512 BF16, AMX)
+or on CUDA, fp16 on CUDA.
+
+A lowered stage runs a copy of the network cast to the precision; its inputs are cast on the way in
+and the picture (rgb, alpha) comes back as fp32 so that compositing and the 8-bit conversion are
+unchanged. The generator's cache features stay in the lowered type: the warp reads them as they
+are when it runs in the same type (half the memory), and casts them when it does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import nn
+
+from engine.render.backends.stages import GeneratorFn, StageChoice, WarpFn
+from engine.render.networks.generator import Generator, GeneratorOutput
+from engine.render.networks.warp import WarpOutput
+from engine.render.neural_cache import NeuralCache
+from engine.render.raster import PixelMotion
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def torch_dtype(choice: StageChoice, device: torch.device) -> torch.dtype:
+    """The dtype a torch stage computes in; an impossible choice fails naming why."""
+    if choice.precision not in DTYPES:
+        raise ValueError(
+            f"torch does not run {choice.precision}: int8 runs in onnxruntime or openvino"
+        )
+    if choice.precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 runs on CUDA only: on the CPU use bf16 (where native) or fp32")
+    return DTYPES[choice.precision]
+
+
+def _lowered(net: nn.Module, dtype: torch.dtype) -> nn.Module:
+    if dtype == torch.float32:
+        return net
+    return copy.deepcopy(net).to(dtype)
+
+
+def _cast(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return x if x is None or x.dtype == dtype else x.to(dtype)
+
+
+def torch_generator(net: Generator, choice: StageChoice, device: torch.device) -> GeneratorFn:
+    """The generator stage run by `net` (prepared for inference) at `choice.precision`."""
+    dtype = torch_dtype(choice, device)
+    lowered = _lowered(net, dtype)
+
+    def run(x: torch.Tensor, controls: torch.Tensor) -> GeneratorOutput:
+        out: GeneratorOutput = lowered(x.to(dtype), controls.to(dtype))
+        if dtype == torch.float32:
+            return out
+        return dataclasses.replace(out, rgb=out.rgb.float(), alpha=out.alpha.float())
+
+    return run
+
+
+def torch_warp(net: nn.Module, choice: StageChoice, device: torch.device) -> WarpFn:
+    """The warp stage run by `net` (ImplicitWarp or ExplicitWarp, prepared for inference)."""
+    dtype = torch_dtype(choice, device)
+    lowered = _lowered(net, dtype)
+
+    def run(
+        cache: NeuralCache,
+        uv: torch.Tensor,
+        mask: torch.Tensor,
+        controls: torch.Tensor,
+        motion: PixelMotion | None,
+    ) -> WarpOutput:
+        if cache.c3.dtype != dtype or cache.controls.dtype != dtype:
+            cache = dataclasses.replace(
+                cache,
+                c3=cache.c3.to(dtype),
+                c4=_cast(cache.c4, dtype),
+                c5=_cast(cache.c5, dtype),
+                controls=cache.controls.to(dtype),
+            )
+        out: WarpOutput = lowered(cache, uv, mask, controls.to(dtype), motion)
+        if dtype == torch.float32:
+            return out
+        return WarpOutput(rgb=out.rgb.float(), alpha=out.alpha.float())
+
+    return run
