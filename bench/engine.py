@@ -2,6 +2,7 @@
 
     python -m bench.engine --json OUT [--avatar A] [--presets cpu paper] [--device auto]
                            [--frames 200] [--resolutions 256 512] [--pipeline]
+                           [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|...]
 
 Two kinds of run, all at batch 1 (as the live server renders), over a smoothly moving control
 trajectory, after a warm-up:
@@ -13,7 +14,9 @@ trajectory, after a warm-up:
   `speedup` their ratio; `full_frame_ms` and `warped_frame_ms` are whole frames from controls to
   picture, and `frame_speedup` their ratio (the paper's per-frame figure). The `cpu` preset uses the avatar file (`--avatar`, default the shipped one); a preset
   the file is not gets random weights, which cost the same. MACs come from FlopCounterMode.
-  Networks run as the live renderer runs them: fp32, channels_last, inference mode.
+  Networks run as the live renderer runs them: channels_last, inference mode, and for the avatar
+  file through the backend `--precision` / `--runtime` choose (default auto, as run.py), recorded
+  as `backend` in the run; untrained presets run torch fp32.
 - head + UV runs (`--resolutions`): the mesh stages alone at other sizes with the benchmark's own
   camera, the mesh covering a third of the frame.
 - pipeline modes (`--pipeline`): worker processes run by each schedule, fps and latency
@@ -45,6 +48,16 @@ from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.head.default import build_default_head
 from engine.head.model import HeadModel, orbit_vertices
 from engine.render.avatar import DEFAULT_AVATAR, Avatar
+from engine.render.backends.load import load_backend
+from engine.render.backends.select import (
+    CHOICES,
+    DEFAULT_CACHE,
+    RUNTIME_CHOICES,
+    Selection,
+    choose,
+    summary_line,
+)
+from engine.render.backends.stages import FP32
 from engine.render.frame import to_image
 from engine.render.frame_inputs import FrameInputs, inputs_from_mesh, posed_mesh
 from engine.render.networks import PRESETS, macs
@@ -54,6 +67,7 @@ from engine.render.raster import uv_map
 from engine.runtime import tune_allocator
 
 WARMUP_FRAMES = 20
+TRAINING_OPTIONS = ("cache_layers", "warp_kind", "generator_control_dim")
 PAPER_MAX_FRAMES = 5  # the paper preset's generator takes seconds per frame on a CPU
 PAPER_WARMUP_FRAMES = 2
 STAGES = ("head", "uv", "texture", "generator", "warp", "to_image")
@@ -102,14 +116,8 @@ def preset_avatar(
 ) -> tuple[Avatar, str]:
     """The avatar file when it is of `preset`, else an untrained avatar of that preset (its speed is
     the same); with a note saying which."""
-    if avatar_path is not None and avatar_path.exists():
-        avatar = Avatar.load(avatar_path, device)
-        if avatar.config == replace(
-            PRESETS[preset],
-            cache_layers=avatar.config.cache_layers,
-            warp_kind=avatar.config.warp_kind,
-        ):
-            return avatar, str(avatar_path)
+    if avatar_path is not None and avatar_path.exists() and file_preset(avatar_path) == preset:
+        return Avatar.load(avatar_path, device), str(avatar_path)
     head = build_default_head()
     camera = Camera(fx=FOCAL, fy=FOCAL)
     translation = torch.tensor([0.0, 0.0, -HEAD_DISTANCE_CM])
@@ -117,12 +125,30 @@ def preset_avatar(
     return Avatar(PRESETS[preset], head, camera, translation).to(device), "untrained weights"
 
 
+def file_preset(avatar_path: Path) -> str | None:
+    """The preset an avatar file is of, or None. Training options on top of a preset (cache
+    layers, warp kind, the generator's control conditioning) keep it that preset."""
+    config = Avatar.load(avatar_path).config
+    for name, preset in PRESETS.items():
+        options = {f: getattr(config, f) for f in TRAINING_OPTIONS}
+        if config == replace(preset, **options):
+            return name
+    return None
+
+
 def measure_preset(
-    preset: str, avatar_path: Path | None, device: torch.device, frames: int
+    preset: str,
+    avatar_path: Path | None,
+    device: torch.device,
+    frames: int,
+    backend: Selection | None = None,
 ) -> dict[str, Any]:
-    """Every stage of a frame through an avatar of `preset` (see the module docstring)."""
+    """Every stage of a frame through an avatar of `preset` (see the module docstring); the
+    avatar file's run through `backend` when given (untrained presets run torch fp32)."""
     avatar, weights = preset_avatar(preset, avatar_path, device)
     avatar.prepare_for_inference()
+    if backend is not None and weights != "untrained weights":
+        load_backend(avatar, backend.choice, torch.get_num_threads())
     warmup = WARMUP_FRAMES
     if preset == "paper" and device.type == "cpu":
         frames, warmup = min(frames, PAPER_MAX_FRAMES), PAPER_WARMUP_FRAMES
@@ -146,7 +172,7 @@ def measure_preset(
             net_in = generator_input(features, x.mask).contiguous(
                 memory_format=avatar.memory_format
             )
-            gen = avatar.generator(net_in, x.controls)
+            gen = avatar.run_generator(net_in, x.controls)
             avatar.composite(gen.rgb, gen.alpha)  # the full frame's picture
             cache = make_cache(gen, avatar.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
             now = _timed(times, "generator", device, now)
@@ -184,6 +210,7 @@ def measure_preset(
         "generator_gmac": round(counts["generator"] / 1e9, 3),
         "warp_gmac": round(counts["warp"] / 1e9, 3),
         "mesh_coverage": round(coverage, 3),
+        "backend": avatar.backend.to_dict(),
     }
 
 
@@ -225,7 +252,6 @@ def measure(device: torch.device, resolutions: list[int], frames: int) -> dict[s
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "cpu": cpu_info(),
-        "backend": {"runtime": "torch eager", "precision": "fp32"},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "frames": frames,
@@ -258,6 +284,19 @@ def main(argv: list[str] | None = None) -> int:
         help="avatar file for its preset's run (default: the shipped one)",
     )
     parser.add_argument(
+        "--precision",
+        choices=CHOICES,
+        default="auto",
+        help="the avatar file's run (and the pipeline modes): as run.py chooses (default auto)",
+    )
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto")
+    parser.add_argument(
+        "--backend-cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="where measured backend choices and exported models are kept",
+    )
+    parser.add_argument(
         "--presets",
         nargs="*",
         choices=sorted(PRESETS),
@@ -281,16 +320,30 @@ def main(argv: list[str] | None = None) -> int:
     report = measure(device, args.resolutions, args.frames)
     report["allocator_tuned"] = allocator_tuned
     try:
+        selection = None
+        if args.avatar.exists() and file_preset(args.avatar) in args.presets:
+            selection = choose(
+                args.avatar,
+                args.precision,
+                args.runtime,
+                str(device),
+                torch.get_num_threads(),
+                args.backend_cache,
+            )
+            print(summary_line(selection))
+        report["backend"] = selection.to_dict() if selection else FP32.to_dict()
         report["runs"] = [
-            measure_preset(p, args.avatar, device, args.frames) for p in args.presets
+            measure_preset(p, args.avatar, device, args.frames, selection) for p in args.presets
         ] + report["runs"]
-    except ValueError as exc:  # a damaged or foreign avatar file
+    except ValueError as exc:  # a damaged or foreign avatar file, an impossible backend
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.pipeline:
         names = Avatar.load(args.avatar).expression_names
         controls = trajectory(names, args.pipeline_frames)
-        report["modes"] = pipeline_bench.measure(args.avatar, controls, args.pipeline_frames)
+        report["modes"] = pipeline_bench.measure(
+            args.avatar, controls, args.pipeline_frames, args.precision, args.runtime
+        )
         report["pipeline_avatar"] = str(args.avatar)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 from engine.controls import Controls
 from engine.pipeline.dispatcher import Frame, Pipeline, PipelineSettings
 from engine.pipeline.schedule import Schedule
+from engine.render.backends.select import choose
 
 WARMUP_FRAMES = 30
 PACE_HZ = 30.0
@@ -80,12 +82,23 @@ def _paced(p: Pipeline, controls: list[Controls], frames: int) -> tuple[list[Fra
 
 
 def measure_mode(
-    avatar: Path, schedule: Schedule, controls: list[Controls], frames: int
+    avatar: Path,
+    schedule: Schedule,
+    controls: list[Controls],
+    frames: int,
+    precision: str = "fp32",
+    runtime: str = "torch",
 ) -> dict[str, Any]:
+    """One mode, its workers running the backend chosen for their thread count and schedule."""
     settings = PipelineSettings(avatar, schedule, mode="replay")
+    device = settings.worker_devices()[0]
+    selection = choose(
+        avatar, precision, runtime, device, settings.worker_threads(), None, schedule.num_warps
+    )
+    settings = replace(settings, backend=selection.choice)
     with Pipeline(settings) as p:
         fps, replayed = _throughput(p, controls, frames)
-    with Pipeline(PipelineSettings(avatar, schedule, mode="live")) as p:
+    with Pipeline(replace(settings, mode="live")) as p:
         live, live_fps = _paced(p, controls, frames)
     latency = [f.latency_ms for f in live]
     warped = [f for f in replayed if not f.generated]
@@ -104,21 +117,31 @@ def measure_mode(
         "warp_distance_mean": round(statistics.mean(f.distance for f in warped), 2)
         if warped
         else 0,
+        "backend": selection.choice.label,
     }
 
 
-def measure(avatar: Path, controls: list[Controls], frames: int) -> list[dict[str, Any]]:
-    return [measure_mode(avatar, schedule, controls, frames) for schedule in MODES]
+def measure(
+    avatar: Path,
+    controls: list[Controls],
+    frames: int,
+    precision: str = "fp32",
+    runtime: str = "torch",
+) -> list[dict[str, Any]]:
+    return [
+        measure_mode(avatar, schedule, controls, frames, precision, runtime) for schedule in MODES
+    ]
 
 
 def table(modes: list[dict[str, Any]]) -> str:
     lines = [
-        "| mode | workers | NUM_WARPS | fps (replay) | latency p50 / p95 ms (live, 30 Hz) | live fps |",
-        "|---|---|---|---|---|---|",
+        "| mode | workers | NUM_WARPS | backend | fps (replay) | latency p50 / p95 ms (live, 30 Hz) | live fps |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {m['name']} | {m['workers']} | {m['num_warps']} | {m['fps']:.1f} | "
-        f"{m['latency_ms_p50']:.1f} / {m['latency_ms_p95']:.1f} | {m['live_fps']:.1f} |"
+        f"| {m['name']} | {m['workers']} | {m['num_warps']} | {m.get('backend', '-')} | "
+        f"{m['fps']:.1f} | {m['latency_ms_p50']:.1f} / {m['latency_ms_p95']:.1f} | "
+        f"{m['live_fps']:.1f} |"
         for m in modes
     ]
     return "\n".join(lines)

@@ -215,6 +215,7 @@ async def api_avatar(request: web.Request) -> web.Response:
 def _backend_brief(selection: Selection) -> dict[str, Any]:
     return {
         "label": selection.choice.label,
+        "texture_ms": selection.stage_ms("texture"),
         "generator_ms": selection.stage_ms("generator"),
         "warp_ms": selection.stage_ms("warp"),
         "source": selection.source,

@@ -157,6 +157,11 @@ def test_choice_measures_gates_caches_and_refuses_the_impossible(
     assert (
         selection.served_psnr_fp32 is not None and selection.served_psnr_fp32 >= MIN_PSNR_FROM_FP32
     )
+    # The texture's two forms were both timed; the collapsed one is used only where it passed.
+    forms = {f.form: f for f in selection.figures if f.stage == "texture"}
+    assert set(forms) == {"pyramid", "collapsed"} and forms["pyramid"].passed
+    if selection.choice.texture == "collapsed":
+        assert forms["collapsed"].passed
     again = choose(referenced_avatar, "auto", "auto", "cpu", 1, cache)
     assert again.source == "cache" and again.choice == selection.choice
     written = json.loads(next(cache.glob("*/selection.json")).read_text())
@@ -200,3 +205,26 @@ def test_workers_render_through_a_runtime(referenced_avatar: Path, tmp_path: Pat
             frame = pipeline.get(session, timeout=60)
             assert frame is not None and frame.image.shape == (64, 64, 3)
         assert pipeline.errors(session) == []
+
+
+def test_a_collapsed_texture_samples_like_its_pyramid() -> None:
+    from engine.render.networks.texture import NeuralTexture
+
+    torch.manual_seed(0)
+    texture = NeuralTexture(PRESETS["tiny"])
+    uv = torch.rand(2, 16, 16, 2)
+    mask = torch.rand(2, 16, 16) > 0.3
+    view = torch.nn.functional.normalize(torch.randn(2, 3), dim=-1)
+    flat = texture.collapsed()
+    assert len(flat.levels) == 1 and flat.config.texture_levels == 1
+    exact, approx = texture(uv, mask, view), flat(uv, mask, view)
+    # Between texels the two differ (bilinear of a bilinear upsample): a little, even for
+    # coarse levels of white noise (a trained pyramid's are smoother: 3% on the shipped avatar).
+    assert float((exact - approx).norm() / exact.norm()) < 0.25
+    # Constant coarse levels are reproduced exactly, and collapsing twice changes nothing.
+    with torch.no_grad():
+        for level in texture.levels[1:]:
+            level.fill_(0.25)
+    flat = texture.collapsed()
+    assert torch.allclose(texture(uv, mask, view), flat(uv, mask, view), atol=1e-5)
+    assert torch.equal(flat.collapsed().levels[0], flat.levels[0])

@@ -30,9 +30,14 @@ def test_json_has_the_contract_keys(tmp_path: Path) -> None:
     save_untrained_avatar(avatar_path)
     out = tmp_path / "engine.json"
     argv = ["--json", str(out), "--frames", "3", "--resolutions", "64", "128"]
+    argv += ["--backend-cache", str(tmp_path / "backends")]
     assert bench_engine.main([*argv, "--presets", "tiny", "--avatar", str(avatar_path)]) == 0
     report = json.loads(out.read_text())
     assert {"device", "torch", "threads", "runs", "modes", "cpu", "backend"} <= set(report)
+    # The avatar file's run goes through the backend chosen by measurement, and says which.
+    assert report["backend"]["source"] == "measured" and report["backend"]["candidates"]
+    chosen = {k: report["backend"][k] for k in ("generator", "warp", "label")}
+    assert report["runs"][0]["backend"] == chosen
     assert set(report["cpu"]) == {"model", "flags"} and "avx512_bf16" in report["cpu"]["flags"]
     render, *mesh_only = report["runs"]
     assert set(render) >= RENDER_KEYS

@@ -115,6 +115,8 @@ class Avatar(nn.Module):
         if not self.inference_only:
             raise ValueError("prepare the avatar for inference before giving it a backend")
         self.backend, self.run_generator, self.run_warp = choice, generator, warp
+        if choice.texture == "collapsed":
+            self.texture = self.texture.collapsed()
         if choice.generator.runtime != "torch":  # the runtimes read NCHW: one copy fewer
             self.memory_format = torch.contiguous_format
         return self

@@ -57,6 +57,7 @@ from engine.render.backends.stages import (
 )
 from engine.render.frame_inputs import FrameInputs
 from engine.render.networks.generator import generator_input, make_cache
+from engine.render.networks.texture import NeuralTexture
 from engine.render.networks.warp import ImplicitWarp
 from engine.render.neural_cache import NeuralCache
 
@@ -68,6 +69,7 @@ WARMUP_RUNS = 3
 CHOICES = ("auto", *PRECISIONS)
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 SELECTION_FILE = "selection.json"
+SELECTION_VERSION = 2  # bump when what is measured or how it is chosen changes: old caches go
 DEFAULT_CACHE = Path(__file__).resolve().parents[3] / "data" / "cache" / "backends"
 OFFERED = {"torch": ("fp32", "bf16", "fp16"), **PRECISIONS_OF}  # precisions each runtime has
 LOG = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class StageFigures:
     truth_loss_db: float | None
     passed: bool
     reason: str | None = None
+    form: str | None = None  # the texture stage's form (TEXTURES); None for the networks
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,17 @@ class Selection:
         }
 
     def stage_ms(self, stage: str) -> float | None:
+        """The measured time of the chosen form of `stage` (generator, warp, texture)."""
         chosen = self.choice.generator if stage == "generator" else self.choice.warp
         for f in self.figures:
-            if f.stage == stage and (f.runtime, f.precision) == (chosen.runtime, chosen.precision):
+            if f.stage != stage:
+                continue
+            if stage == "texture" and f.form == self.choice.texture:
+                return f.ms
+            if stage != "texture" and (f.runtime, f.precision) == (
+                chosen.runtime,
+                chosen.precision,
+            ):
                 return f.ms
         return None
 
@@ -248,8 +259,10 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------ measuring
 
 
-def _generator_inputs(avatar: Avatar, x: FrameInputs) -> torch.Tensor:
-    features = avatar.texture(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
+def _generator_inputs(
+    avatar: Avatar, x: FrameInputs, texture: NeuralTexture | None = None
+) -> torch.Tensor:
+    features = (texture or avatar.texture)(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
     return generator_input(features, x.mask).contiguous(memory_format=avatar.memory_format)
 
 
@@ -317,7 +330,8 @@ def selection_key(
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = "absent"
-    facts = [digest, json.dumps(cpu_info(), sort_keys=True), json.dumps(versions, sort_keys=True)]
+    facts = [str(SELECTION_VERSION), digest, json.dumps(cpu_info(), sort_keys=True)]
+    facts.append(json.dumps(versions, sort_keys=True))
     facts += [device, str(threads), precision, runtime, str(num_warps)]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
 
@@ -419,6 +433,7 @@ def _measure(
         gen_fns[choice] = gen
         LOG.info("backend candidate: %s", _line(figures[-1]))
     gens = _passing(figures, "generator", precision, runtime)
+    texture, texture_ms = _texture_form(avatar, frames, gen_images, fp32_gen, figures)
     # Warps are judged on fp32's caches (their own error alone) and timed on each passing
     # generator's cache (its layout and type: a runtime's warp on a torch bf16 cache pays for
     # converting it): the pair is chosen together.
@@ -442,7 +457,7 @@ def _measure(
     if not warps:
         _fastest([*figures, *warp_figures.values()], "warp", precision, runtime)  # names why
     per_frame = {
-        (g, w): warp_ms[(g, w)] + (gen_ms(figures, g) / num_warps if num_warps else 0.0)
+        (g, w): warp_ms[(g, w)] + (texture_ms + gen_ms(figures, g)) / max(num_warps, 1)
         for g in gens
         for w in warps
     }
@@ -453,16 +468,60 @@ def _measure(
         figures.append(dataclasses.replace(f, ms=warp_ms[(gen_choice, w)]))
         LOG.info("backend candidate: %s", _line(figures[-1]))
     exported = gen_choice.runtime != "torch" or warp_choice.runtime != "torch"
-    backend = BackendChoice(gen_choice, warp_choice, folder if exported else None)
-    # The chosen pair together: warps from the chosen generator's own caches.
+    backend = BackendChoice(gen_choice, warp_choice, folder if exported else None, texture)
+    # Everything chosen together: the texture form, the generator and warps from its own caches.
     gen, warp = gen_fns[gen_choice], warp_fns[warp_choice]
-    served_caches = [_cache_of(avatar, gen, frames.anchors, gen_in, i)[1] for i in range(b)]
-    served = torch.cat(
-        [_warped(avatar, warp, served_caches[a], frames.targets, j) for j, a in pairs]
+    served_in = gen_in
+    if texture == "collapsed":
+        served_in = _generator_inputs(avatar, frames.anchors, avatar.texture.collapsed())
+    made = [_cache_of(avatar, gen, frames.anchors, served_in, i) for i in range(b)]
+    served = torch.cat([_warped(avatar, warp, made[a][1], frames.targets, j) for j, a in pairs])
+    served_psnr = round(
+        min(_psnr(served, warp_images), _psnr(torch.cat([m[0] for m in made]), gen_images)), 2
     )
-    return Selection(
-        backend, tuple(figures), "measured", key, frames.kind, round(_psnr(served, warp_images), 2)
+    if served_psnr < MIN_PSNR_FROM_FP32:  # each passed alone, not together: keep what was trained
+        LOG.warning("backend: the choice together is %.1f dB from fp32: torch fp32", served_psnr)
+        backend, served_psnr = BackendChoice(), PSNR_CAP
+    return Selection(backend, tuple(figures), "measured", key, frames.kind, served_psnr)
+
+
+def _texture_form(
+    avatar: Avatar,
+    frames: GateFrames,
+    gen_images: torch.Tensor,
+    fp32_gen: GeneratorFn,
+    figures: list[StageFigures],
+) -> tuple[str, float]:
+    """Time the texture as trained and collapsed to one level, judge the collapsed one's pictures
+    (through the fp32 generator), append both figures; the faster passing form and its time."""
+    flat = avatar.texture.collapsed()
+    x0 = _rows(frames.anchors, [0])
+    times = {}
+    for form, texture in (("pyramid", avatar.texture), ("collapsed", flat)):
+        times[form] = _median_ms(
+            lambda: texture(x0.uv, x0.mask, x0.view_dir),  # noqa: B023
+            TIMING_RUNS["generator"],
+        )
+    inputs = _generator_inputs(avatar, frames.anchors, flat)
+    images = torch.cat(
+        [_cache_of(avatar, fp32_gen, frames.anchors, inputs, i)[0] for i in range(len(inputs))]
     )
+    exact = TORCH_FP32
+    figures.append(
+        dataclasses.replace(
+            _judge("texture", exact, gen_images, gen_images, frames.truth_anchor, times["pyramid"]),
+            form="pyramid",
+        )
+    )
+    flat_figures = dataclasses.replace(
+        _judge("texture", exact, images, gen_images, frames.truth_anchor, times["collapsed"]),
+        form="collapsed",
+    )
+    figures.append(flat_figures)
+    LOG.info("backend candidate: %s", _line(flat_figures))
+    if flat_figures.passed and times["collapsed"] < times["pyramid"]:
+        return "collapsed", times["collapsed"]
+    return "pyramid", times["pyramid"]
 
 
 def _skipped(stage: str, choice: StageChoice, why: str) -> StageFigures:
@@ -470,7 +529,8 @@ def _skipped(stage: str, choice: StageChoice, why: str) -> StageFigures:
 
 
 def _line(f: StageFigures) -> str:
-    return f"{f.stage} {f.runtime} {f.precision} {f.ms} ms, {f.reason or 'passed'}"
+    what = f.form or f"{f.runtime} {f.precision}"
+    return f"{f.stage} {what} {f.ms} ms, {f.reason or 'passed'}"
 
 
 def gen_ms(figures: list[StageFigures], choice: StageChoice) -> float:
@@ -578,6 +638,7 @@ def _read_cached(folder: Path) -> Selection | None:
             StageChoice(**data["generator"]),
             StageChoice(**data["warp"]),
             folder if data["model_dir"] else None,
+            data.get("texture", "pyramid"),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -605,5 +666,6 @@ def _write_cached(folder: Path, selection: Selection) -> None:
 def summary_line(selection: Selection) -> str:
     """One line for the log: the choice and its times."""
     gen, warp = selection.stage_ms("generator"), selection.stage_ms("warp")
-    times = "" if gen is None else f" (generator {gen:.1f} ms, warp {warp:.1f} ms)"
+    texture = selection.stage_ms("texture")
+    times = "" if gen is None else f" (texture {texture} ms, generator {gen} ms, warp {warp} ms)"
     return f"backend: {selection.choice.label}{times}, {selection.source}, gate on {selection.gate}"

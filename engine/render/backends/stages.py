@@ -23,6 +23,7 @@ from engine.render.raster import PixelMotion
 STAGES = ("generator", "warp")
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+TEXTURES = ("pyramid", "collapsed")  # the neural texture as trained, or summed into one level
 
 # x (B, C + 1, H, W) fp32 generator input, controls (B, D) -> GeneratorOutput (rgb, alpha fp32;
 # cache features in whatever float type the stage computes in: the warp stage casts what it reads)
@@ -59,28 +60,35 @@ TORCH_FP32 = StageChoice("torch", "fp32")
 
 @dataclass(frozen=True)
 class BackendChoice:
-    """The renderer's backends: one per stage, and where the exported models of the non-torch ones
-    live (`model_dir`, None when both stages run in torch)."""
+    """The renderer's backends: one per stage, the neural texture's form (TEXTURES), and where the
+    exported models of the non-torch ones live (`model_dir`, None when both stages run in torch)."""
 
     generator: StageChoice = TORCH_FP32
     warp: StageChoice = TORCH_FP32
     model_dir: Path | None = None
+    texture: str = "pyramid"
 
     def __post_init__(self) -> None:
+        if self.texture not in TEXTURES:
+            raise ValueError(f"unknown texture form {self.texture!r}: expected one of {TEXTURES}")
         exported = self.generator.runtime != "torch" or self.warp.runtime != "torch"
         if exported and self.model_dir is None:
             raise ValueError("a runtime other than torch needs the folder of its exported models")
 
     @property
     def label(self) -> str:
-        if self.generator == self.warp:
-            return self.generator.label
-        return f"generator {self.generator.label}, warp {self.warp.label}"
+        stages = (
+            self.generator.label
+            if self.generator == self.warp
+            else f"generator {self.generator.label}, warp {self.warp.label}"
+        )
+        return stages + (", texture collapsed" if self.texture == "collapsed" else "")
 
     def to_dict(self) -> dict[str, object]:
         return {
             "generator": self.generator.to_dict(),
             "warp": self.warp.to_dict(),
+            "texture": self.texture,
             "label": self.label,
         }
 
