@@ -1,13 +1,18 @@
 """Motion-to-photon latency and playback quality measured in a real headless Chromium.
 
-    python -m bench.browser [--url URL] [--seconds S] [--codec vp8|h264] [--camera CLIP] --json OUT
+    python -m bench.browser [--url URL] [--seconds S] [--codec vp8|h264] [--camera CLIP]
+                            [--floor] [--sessions N] [--budget-plot PNG] --json OUT
 
 Without --url it starts a server of its own (`run.py --loopback-only` on a free port, the shipped
 avatar unless --avatar) and stops it afterwards. Chromium is Debian's (`/usr/bin/chromium`, driven by
 Playwright with `executable_path`; no browser is downloaded), with flags that keep all traffic on
 this machine. The page's own latency test runs: the head sweeps at 30 Hz, every displayed frame's
 stamped seq is read in requestVideoFrameCallback, and motion-to-photon = display time - send time.
-JSON keys: DESIGN.md, "Measurement contracts".
+JSON keys: DESIGN.md, "Measurement contracts". The report also names the backend the server chose;
+`--budget` adds `budget_ms`: the p50 of every stage from control sent to picture displayed (server
+stages from server/budget.py, network, jitter buffer, decode, display). `--floor` runs the same test on a
+synthetic pattern through the same path (server/floor.py) in the same run; `--sessions N` drives N
+pages at once; `--budget-plot` draws the stacked budget.
 
 With --camera CLIP the page is driven by a face instead: Chromium's webcam plays CLIP (a Y4M made
 from it, bench/fake_camera.py), the page tracks it and sends the controls, and the report adds
@@ -29,6 +34,7 @@ from typing import Any
 from bench.camera import offline_series, summarise
 from bench.fake_camera import chromium_camera_flags, write_y4m
 from bench.local_server import run_against, server_parser, write_report
+from engine.cpu import cpu_info
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -95,14 +101,116 @@ def _playback(url: str, seconds: float, result: dict[str, Any], stats: Any) -> d
     }
 
 
-def measure(url: str, seconds: float, codec: str) -> dict[str, Any]:
+def _latency_tests(pages: list[Any], seconds: float) -> list[tuple[dict[str, Any], Any]]:
+    """The latency test on every page at once; each page's result and playback stats."""
+    for page in pages:  # started together, not awaited: the pages drive the server at once
+        page.evaluate(f"() => {{ window.benchRun = window.avatarPage.latencyTest({seconds}); }}")
+    out = []
+    for page in pages:
+        result = page.evaluate("() => window.benchRun")
+        page.wait_for_timeout(200)
+        out.append((result, page.evaluate("window.avatarStats")))
+    return out
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "fps": round(result["fps"], 2),
+        "mtp_ms_p50": result["p50"] and round(result["p50"], 2),
+        "mtp_ms_p95": result["p95"] and round(result["p95"], 2),
+        "budget_ms": result.get("budget_ms"),  # for the floor, its own stages
+    }
+
+
+def measure(
+    url: str,
+    seconds: float,
+    codec: str,
+    floor: bool = False,
+    sessions: int = 1,
+    budget: bool = False,
+) -> dict[str, Any]:
+    """The latency test on one page (and with `sessions` > 1 on that many pages at once), then with
+    `floor` the synthetic pattern's, in the same browser against the same server."""
     with browser_page(url, f"/?codec={codec}") as page:
         wait_connected(page)
         page.wait_for_timeout(1500)  # the first stats
-        result = page.evaluate(f"window.avatarPage.latencyTest({seconds})", None)
-        page.wait_for_timeout(1200)
-        stats = page.evaluate("window.avatarStats")
-    return _playback(url, seconds, result, stats)
+        backend = page.evaluate(
+            "() => fetch('/api/avatar').then(r => r.json()).then(a => a.backend)"
+        )
+        [(result, stats)] = _latency_tests([page], seconds)
+        report = _playback(url, seconds, result, stats)
+        if budget:
+            report["budget_ms"] = result.get("budget_ms")
+            report["server_budget_ms"] = (result.get("server") or {}).get("budget_ms")
+        report["backend"] = backend
+        if sessions > 1:
+            others = [page.context.browser.new_page() for _ in range(sessions - 1)]
+            for other in others:
+                other.goto(f"{url}/?codec={codec}")
+                wait_connected(other)
+            page.wait_for_timeout(2000)  # every session's first pictures
+            runs = _latency_tests([page, *others], seconds)
+            report["sessions"] = [_summary(r) for r, _ in runs]
+            for other in others:
+                other.close()
+            page.wait_for_timeout(1000)
+        if floor:
+            page.goto(f"{url}/?codec={codec}&floor=1")
+            wait_connected(page)
+            page.wait_for_timeout(1500)
+            [(floor_result, _)] = _latency_tests([page], seconds)
+            report["floor"] = _summary(floor_result)
+            if report["mtp_ms_p50"] is not None and floor_result["p50"] is not None:
+                report["above_floor_ms_p50"] = round(report["mtp_ms_p50"] - floor_result["p50"], 2)
+    return report
+
+
+def plot_budget(report: dict[str, Any], out: Path) -> None:
+    """Stacked bars of the p50 of every stage, the avatar's beside the floor's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = [("avatar", report.get("budget_ms"))]
+    if report.get("floor"):
+        found.append(("floor (no rendering)", report["floor"].get("budget_ms")))
+    rows: list[tuple[str, dict[str, Any]]] = [(name, b) for name, b in found if b]
+    if not rows:
+        raise ValueError("no latency budget in the report (did the probe see frames?)")
+    stages = list(rows[0][1])
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * len(rows)))
+    colours = [plt.get_cmap("tab20")(i) for i in range(20)]
+    for y, (_, budget) in enumerate(rows):
+        left = 0.0
+        for i, stage in enumerate(stages):
+            value = max(0.0, float(budget.get(stage) or 0.0))
+            ax.barh(
+                y,
+                value,
+                left=left,
+                color=colours[i % len(colours)],
+                label=stage if y == 0 else None,
+            )
+            if value >= 4:
+                ax.text(left + value / 2, y, f"{value:.0f}", ha="center", va="center", fontsize=8)
+            left += value
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("ms, p50 of each stage: control sent -> picture displayed")
+    ax.legend(
+        ncol=6,
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.45 if len(rows) > 1 else -0.8),
+    )
+    cpu = report.get("cpu", {}).get("model", "")
+    ax.set_title(f"latency budget, {report.get('codec')}, {cpu}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 CAMERA_WIDTH = 640  # the fake webcam's width: a laptop camera's, and the sample clip's own
@@ -165,6 +273,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--codec", choices=("vp8", "h264"), default="vp8")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run a synthetic pattern (no rendering) through the same path: the floor",
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=1, help="also drive this many pages at once (> 1)"
+    )
+    parser.add_argument(
+        "--budget",
+        action="store_true",
+        help="add budget_ms: the p50 of every stage from control sent to picture displayed",
+    )
+    parser.add_argument(
+        "--budget-plot", type=Path, default=None, help="with --budget: a PNG of the stacked budget"
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="an argument for the server this starts (run.py), e.g. --server-arg=--workers=1",
+    )
+    parser.add_argument(
         "--camera", type=Path, default=None, help="a face clip the browser's webcam plays"
     )
     parser.add_argument(
@@ -179,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds < 2:
         parser.error("--seconds must be >= 2")
+    if not 1 <= args.sessions <= 8:
+        parser.error("--sessions must be within 1..8")
+    if args.budget_plot is not None and not args.budget:
+        parser.error("--budget-plot draws the budget: give --budget too")
     if chromium_path() is None:
         print(
             "error: Debian's chromium is not installed (apt-get install chromium)", file=sys.stderr
@@ -194,12 +328,20 @@ def main(argv: list[str] | None = None) -> int:
             lambda url, _pid: measure_camera(
                 url, clip, args.seconds, args.codec, args.camera_log, args.camera_clip_seconds
             ),
+            args.server_arg,
         )
     else:
         report = run_against(
-            args.url, args.avatar, lambda url, _pid: measure(url, args.seconds, args.codec)
+            args.url,
+            args.avatar,
+            lambda url, _pid: measure(
+                url, args.seconds, args.codec, args.floor, args.sessions, args.budget
+            ),
+            args.server_arg,
         )
     write_report(args.json, report)
+    if args.budget_plot is not None:
+        plot_budget(report | {"cpu": report.get("cpu") or cpu_info()}, args.budget_plot)
     return 0
 
 

@@ -72,7 +72,9 @@ class Viewer:
         await self.pc.close()
 
 
-async def connect(http: aiohttp.ClientSession | Any, url: str = "", **headers: str) -> Viewer:
+async def connect(
+    http: aiohttp.ClientSession | Any, url: str = "", source: str = "avatar", **headers: str
+) -> Viewer:
     """Offer a receive-only video transceiver and a `control` channel to `url`/offer through
     `http` (an aiohttp ClientSession, or aiohttp's TestClient with url ""); wait until open."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -96,6 +98,8 @@ async def connect(http: aiohttp.ClientSession | Any, url: str = "", **headers: s
     channel.on("message", lambda text: messages.put_nowait(json.loads(text)))
     await pc.setLocalDescription(await pc.createOffer())
     offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+    if source != "avatar":  # "floor": the synthetic pattern (server/floor.py)
+        offer["source"] = source
     response = await http.post(f"{url}/offer", json=offer, headers=headers)
     if response.status != 200:
         await pc.close()

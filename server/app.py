@@ -41,7 +41,7 @@ from engine.render.backends.stages import FP32, BackendChoice
 from engine.runtime import release_free_memory
 from server import protocol
 from server.bridge import Bridge
-from server.codecs import max_bitrate
+from server.codecs import max_bitrate, time_encoders
 from server.ice import use_loopback_only
 from server.metrics import ServerCollector, metrics_handler
 from server.resources import snapshot
@@ -260,7 +260,8 @@ async def api_stats(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------------- signaling
 
 
-async def _read_offer(request: web.Request) -> RTCSessionDescription:
+async def _read_offer(request: web.Request) -> tuple[RTCSessionDescription, bool]:
+    """The offer, and whether it asks for the synthetic floor (`"source": "floor"`)."""
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(
             text=f"the offer must be sent as application/json, not {request.content_type}"
@@ -280,7 +281,10 @@ async def _read_offer(request: web.Request) -> RTCSessionDescription:
     sdp = body.get("sdp")
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise web.HTTPBadRequest(text='"sdp" must be an SDP session description (starting "v=0")')
-    return RTCSessionDescription(sdp=sdp, type="offer")
+    source = body.get("source", "avatar")
+    if source not in ("avatar", "floor"):
+        raise web.HTTPBadRequest(text=f'"source" must be "avatar" or "floor", got {source!r}')
+    return RTCSessionDescription(sdp=sdp, type="offer"), source == "floor"
 
 
 def _check_token(request: web.Request, token: str | None) -> None:
@@ -312,7 +316,7 @@ async def offer(request: web.Request) -> web.Response:
     app = request.app
     config, sessions = app[CONFIG_KEY], app[SESSIONS_KEY]
     _check_token(request, config.token)
-    description = await _read_offer(request)
+    description, floor = await _read_offer(request)
     if len(sessions) >= config.max_sessions:
         raise web.HTTPServiceUnavailable(
             text=f"the server is full ({config.max_sessions} sessions); try again shortly",
@@ -322,7 +326,7 @@ async def offer(request: web.Request) -> web.Response:
     app[PEERS_KEY].add(pc)
     sid = uuid.uuid4().hex[:12]
     avatar = app[RENDERER_KEY].avatar
-    session = Session(sid, pc, app[BRIDGE_KEY], avatar.expression_names, avatar.rest)
+    session = Session(sid, pc, app[BRIDGE_KEY], avatar.expression_names, avatar.rest, floor)
     sessions[sid] = session
 
     @pc.on("datachannel")
@@ -417,6 +421,7 @@ async def close_sessions(app: web.Application) -> None:
 def create_app(config: ServerConfig) -> web.Application:
     if config.loopback_only:
         use_loopback_only()
+    time_encoders()  # every session's encode time goes into its latency budget
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[origin_check])
     app[CONFIG_KEY] = config
     app[SESSIONS_KEY] = {}

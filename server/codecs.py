@@ -8,9 +8,15 @@ needs far less than aiortc's defaults allow; a low cap keeps frames small and la
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import rtcrtpsender
 from aiortc.codecs import h264, vpx
 
 CODECS = ("vp8", "h264")
+EncodedNote = Callable[[float, float], None]  # (start, end) monotonic seconds of one encode
 
 
 def set_max_bitrate(bits_per_second: int) -> None:
@@ -25,3 +31,45 @@ def set_max_bitrate(bits_per_second: int) -> None:
 
 def max_bitrate() -> dict[str, int]:
     return {"vp8": vpx.MAX_BITRATE, "h264": h264.MAX_BITRATE}
+
+
+class TimedEncoder:
+    """An aiortc encoder that reports how long each picture's encode took: a frame whose
+    `opaque` is an EncodedNote (set by the track, server/track.py) gets it called with the
+    encode's start and end. Everything else passes through to the codec's own encoder."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> Any:
+        start = time.monotonic()
+        out = self._inner.encode(frame, force_keyframe)
+        note = getattr(frame, "opaque", None)
+        if callable(note):
+            note(start, time.monotonic())
+        return out
+
+    def pack(self, packet: Any) -> Any:
+        return self._inner.pack(packet)
+
+    @property
+    def target_bitrate(self) -> int:  # aiortc sets it from the receiver's estimate
+        return int(self._inner.target_bitrate)
+
+    @target_bitrate.setter
+    def target_bitrate(self, value: int) -> None:
+        self._inner.target_bitrate = value
+
+
+_codec_encoder = rtcrtpsender.get_encoder
+
+
+def time_encoders() -> None:
+    """Make every RTCRtpSender of this process encode through a TimedEncoder (idempotent).
+    aiortc builds a sender's encoder with the module-level `get_encoder` on its first frame and
+    has no hook for timing it."""
+
+    def timed(codec: Any) -> Any:
+        return TimedEncoder(_codec_encoder(codec))
+
+    rtcrtpsender.get_encoder = timed

@@ -30,6 +30,8 @@ from engine.controls import Controls, as_message
 from engine.pipeline.dispatcher import Frame
 from server import probe, protocol
 from server.bridge import Bridge
+from server.budget import Budget
+from server.floor import floor_picture
 from server.track import AvatarTrack
 
 STATS_PERIOD_S = 1.0
@@ -52,9 +54,11 @@ class Session:
         bridge: Bridge,
         names: Sequence[str],
         rest: Controls,
+        floor: bool = False,
     ) -> None:
         """names: the avatar's expression names; rest: the state before the first control (the
-        avatar's resting expression, `Avatar.rest`)."""
+        avatar's resting expression, `Avatar.rest`); floor: pictures from `server.floor` instead
+        of the renderer (the WebRTC path's own latency)."""
         self.id = sid
         self.pc = pc
         self.bridge = bridge
@@ -63,7 +67,8 @@ class Session:
         self.last_seq = -1
         self.probe = False
         self.channel: RTCDataChannel | None = None
-        self.track = AvatarTrack(bridge.resolution)
+        self.budget = Budget()
+        self.track = AvatarTrack(bridge.resolution, self.budget)
         self.created = time.monotonic()
         self.recent: collections.deque[Frame] = collections.deque(maxlen=RECENT_FRAMES)
         self.errors_sent = 0
@@ -72,14 +77,17 @@ class Session:
         self.sender: RTCRtpSender | None = None  # set once the track is added to the connection
         self._heard = time.monotonic()  # when the peer last showed it is alive
         self._last_report: object = None
+        self._arrived = 0.0  # when the message being handled arrived
         self._allowance = float(MESSAGE_BURST)
         self._allowance_at = time.monotonic()
         self._rate_reported = 0
         self.closed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.pipeline_session = bridge.open_session(self._deliver)
+        self.floor = floor
+        self._floor_frames = 0
+        self.pipeline_session = -1 if floor else bridge.open_session(self._deliver)
         # The first picture: the rest state, before any control arrives.
-        bridge.submit(self.pipeline_session, 0, self.state)
+        self._submit(0, self.state, time.monotonic())
 
     # ------------------------------------------------------------------ frames
 
@@ -87,7 +95,10 @@ class Session:
         if self.closed.is_set():
             return
         self.recent.append(frame)
-        self.track.push(probe.stamp(frame.image, frame.seq) if self.probe else frame.image)
+        now = time.monotonic()
+        self.budget.rendered(frame.seq, frame.submitted, frame.started, frame.finished, now)
+        picture = probe.stamp(frame.image, frame.seq) if self.probe else frame.image
+        self.track.push(picture, frame.seq)
 
     # ------------------------------------------------------------------ the data channel
 
@@ -112,6 +123,7 @@ class Session:
         return True
 
     def on_message(self, text: str | bytes) -> None:
+        self._arrived = time.monotonic()
         if not self._within_rate():
             self.rate_limited += 1  # dropped unread; reported once a second by the stats loop
             return
@@ -131,11 +143,36 @@ class Session:
             return
         if isinstance(message, protocol.ControlMessage):
             self.state, self.last_seq = message.controls, message.seq
-            self.bridge.submit(self.pipeline_session, message.seq, message.controls)
+            self.budget.received(message.seq, self._arrived)
+            self._submit(message.seq, message.controls, self._arrived)
         elif isinstance(message, protocol.Ping):
             self._send(protocol.pong(message.t))
         elif isinstance(message, protocol.Probe):
             self.probe = message.on
+
+    def _submit(self, seq: int, controls: Controls, arrived: float) -> None:
+        if not self.floor:
+            self.bridge.submit(self.pipeline_session, seq, controls)
+            return
+        submitted = time.monotonic()
+        picture = floor_picture(seq, self.bridge.resolution)
+        finished = time.monotonic()
+        self._floor_frames += 1
+        frame = Frame(
+            session=-1,
+            frame=self._floor_frames,
+            seq=seq,
+            image=picture,
+            generated=True,
+            distance=0,
+            worker=-1,
+            submitted=submitted,
+            started=submitted,
+            finished=finished,
+            cache_ready=submitted,
+            stages_ms={"pattern": (finished - submitted) * 1000.0},
+        )
+        self._deliver(frame)
 
     def _send(self, text: str) -> None:
         if self.channel is not None and self.channel.readyState == "open":
@@ -144,8 +181,9 @@ class Session:
     async def _stats_loop(self) -> None:
         while not self.closed.is_set():
             await asyncio.sleep(STATS_PERIOD_S)
-            for error in self.bridge.pipeline.errors(self.pipeline_session):
-                self._send(protocol.error(error))
+            if not self.floor:
+                for error in self.bridge.pipeline.errors(self.pipeline_session):
+                    self._send(protocol.error(error))
             if self.rate_limited > self._rate_reported:
                 dropped = self.rate_limited - self._rate_reported
                 self._rate_reported = self.rate_limited
@@ -168,6 +206,7 @@ class Session:
             "rate_limited": self.rate_limited,
             "internal_errors": self.internal_errors,
             "state": as_message(self.state, self.names),
+            "source": "floor" if self.floor else "avatar",
         }
         if len(frames) >= 2:
             span = frames[-1].finished - frames[0].finished
@@ -179,6 +218,9 @@ class Session:
                 for name, ms in f.stages_ms.items():
                     stages.setdefault(name, []).append(ms)
             out["stages_ms"] = {k: round(statistics.median(v), 2) for k, v in stages.items()}
+        # Control arrival -> encoded, stage by stage (server.budget), and new pictures sent.
+        out["budget_ms"] = self.budget.medians_ms()
+        out["new_pictures"] = self.track.new_pictures
         return out
 
     # ------------------------------------------------------------------ liveness
@@ -219,6 +261,7 @@ class Session:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.bridge.close_session(self.pipeline_session)
+        if not self.floor:
+            self.bridge.close_session(self.pipeline_session)
         self.track.stop()
         await self.pc.close()

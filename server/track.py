@@ -16,6 +16,8 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
+from server.budget import Budget
+
 VIDEO_CLOCK_HZ = 90_000
 TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_HZ)
 FRAME_PERIOD_S = 1 / 30  # 30 fps: the longest wait before the last picture is sent again
@@ -25,18 +27,22 @@ WAITING_GREY = 96  # the picture before the first render arrives
 class AvatarTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, resolution: int) -> None:
+    def __init__(self, resolution: int, budget: Budget | None = None) -> None:
         super().__init__()
         self._picture = np.full((resolution, resolution, 3), WAITING_GREY, dtype=np.uint8)
+        self._seq: int | None = None  # the seq of the picture waiting to be sent, when new
+        self._budget = budget
         self._new = asyncio.Event()
         self._start: float | None = None
         self._last_pts = -1
         self.sent = 0
         self.repeats = 0
+        self.new_pictures = 0
 
-    def push(self, picture: np.ndarray) -> None:
-        """A new (H, W, 3) uint8 picture (called on the event loop)."""
+    def push(self, picture: np.ndarray, seq: int | None = None) -> None:
+        """A new (H, W, 3) uint8 picture of control `seq` (called on the event loop)."""
         self._picture = picture
+        self._seq = seq
         self._new.set()
 
     async def recv(self) -> VideoFrame:
@@ -47,6 +53,7 @@ class AvatarTrack(MediaStreamTrack):
                 await asyncio.wait_for(self._new.wait(), FRAME_PERIOD_S)
             except TimeoutError:
                 self.repeats += 1
+        fresh = self._new.is_set()
         self._new.clear()
         now = time.monotonic()
         if self._start is None:
@@ -56,5 +63,12 @@ class AvatarTrack(MediaStreamTrack):
         frame = VideoFrame.from_ndarray(self._picture, format="rgb24")
         frame.pts = pts
         frame.time_base = TIME_BASE
+        if fresh and self._budget is not None and self._seq is not None:
+            # The encoder (server.codecs.TimedEncoder) reports this picture's encode time.
+            budget, seq = self._budget, self._seq
+            budget.pulled(seq, now)
+            frame.opaque = lambda start, end: budget.encoded(seq, start, end)
         self.sent += 1
+        if fresh:
+            self.new_pictures += 1
         return frame

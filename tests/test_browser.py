@@ -80,3 +80,22 @@ def test_the_page_says_why_the_server_ended_the_session(tmp_path: Path) -> None:
             timeout=30_000,
         )
         assert "time limit (4 s)" in (page.locator("#status").text_content() or "")
+
+
+def test_the_benchmark_stacks_the_budget_beside_the_floor_and_drives_sessions(
+    server_url: str, tmp_path: Path
+) -> None:
+    report = browser.measure(server_url, 4, "vp8", floor=True, sessions=2, budget=True)
+    budget = report["budget_ms"]
+    stages = ["send", "receive", "queue", "render", "copy_out", "wait_encoder", "encode"]
+    assert list(budget)[: len(stages)] == stages
+    assert {"network", "jitter_buffer", "decode", "display"} <= set(budget)
+    # The stages are the motion-to-photon p50, split: they add up to it.
+    assert abs(sum(v or 0 for v in budget.values()) - report["mtp_ms_p50"]) < 0.5
+    assert report["backend"]["label"]
+    floor = report["floor"]
+    assert floor["fps"] > 0 and floor["mtp_ms_p50"] > 0 and floor["budget_ms"]["encode"] > 0
+    assert report["above_floor_ms_p50"] == round(report["mtp_ms_p50"] - floor["mtp_ms_p50"], 2)
+    assert len(report["sessions"]) == 2 and all(s["fps"] > 0 for s in report["sessions"])
+    browser.plot_budget(report, tmp_path / "budget.png")
+    assert Image.open(tmp_path / "budget.png").size[0] > 500

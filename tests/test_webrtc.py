@@ -217,3 +217,33 @@ async def test_token_and_origin_checks(avatar_256: Path) -> None:
         assert (await c.post("/offer", json=body, headers=friend)).status == 400
         for path in ("/web/../server/app.py", "/web/%2e%2e/server/app.py"):
             assert (await c.get(path)).status in (403, 404)  # static files stay in web/
+
+
+async def test_the_latency_budget_and_the_floor(client: TestClient) -> None:
+    """Every server stage of a driven session is timed (server/budget.py); a floor session goes
+    the same way with a synthetic pattern and no renderer."""
+    for source in ("avatar", "floor"):
+        peer = await rtc_client.connect(client, source=source)
+        peer.send({"type": "probe", "on": True})
+        for seq in range(1, 25):
+            peer.send({"type": "control", "seq": seq, "t": seq, "pose": {"yaw": seq - 12}})
+            await asyncio.sleep(1 / 30)
+        received = await peer.frame_with_seq(24)
+        assert received.image.shape == (256, 256, 3)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            stats = await peer.message("stats")
+            if set(stats.get("budget_ms", {})) == {
+                "receive", "queue", "render", "copy_out", "wait_encoder", "encode"
+            } or time.monotonic() > deadline:  # fmt: skip
+                break
+        assert stats["source"] == source
+        assert set(stats["budget_ms"]) == {
+            "receive", "queue", "render", "copy_out", "wait_encoder", "encode"
+        }  # fmt: skip
+        assert all(v >= 0 for v in stats["budget_ms"].values())
+        assert stats["budget_ms"]["encode"] > 0 and stats["new_pictures"] >= 2
+        await peer.pc.close()
+    # A source other than these is refused by name.
+    response = await client.post("/offer", json={"sdp": "v=0\r\n", "type": "offer", "source": "x"})
+    assert response.status == 400 and '"source"' in await response.text()

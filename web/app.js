@@ -29,6 +29,9 @@ const shownSeqs = new Set();
 let frames = 0;
 let lastStats = {};
 let rtt = null;
+const rtts = []; // recent data-channel round trips (ms)
+let newPictures = 0; // displayed frames that show a new picture (a new probe seq)
+let lastShownSeq = null;
 let testRun = null;
 let drive = null; // the camera driving the avatar, while it does
 let cameraStream = null;
@@ -151,6 +154,8 @@ function onVideoFrame(readSeq) {
   const step = (now, metadata) => {
     frames++;
     const seq = readSeq();
+    if (seq !== null && seq !== lastShownSeq) newPictures++;  // repeats of a picture show its seq again
+    if (seq !== null) lastShownSeq = seq;
     if (seq !== null && !shownSeqs.has(seq) && avatar.sent.has(seq)) {
       shownSeqs.add(seq);
       const shown = metadata.expectedDisplayTime ?? now;
@@ -190,8 +195,30 @@ function summarise(samples) {
   };
 }
 
+// The video receiver's cumulative figures (jitter buffer, decode), for per-window averages.
+async function inboundVideo(pc) {
+  let inbound = null;
+  (await pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") inbound = s; });
+  return inbound;
+}
+
+// Where the time from a control's send to its picture's display goes: p50 of every stage. The
+// server's stages come from its stats (server/budget.py); network is half the data channel's
+// round trip each way; jitter buffer and decode from getStats over the window; display is what is
+// left of the motion-to-photon p50 (compositing, waiting for the screen's refresh).
+function latencyBudget(mtpP50, before, after) {
+  if (mtpP50 === null || !lastStats.budget_ms) return null;
+  const half = rtts.length ? percentile(rtts.slice(-30), 50) / 2 : 0;
+  const per = (k, n) => (after && before && after[n] > before[n] ? (1000 * (after[k] - before[k])) / (after[n] - before[n]) : null);
+  const budget = { send: half, ...lastStats.budget_ms, network: half, jitter_buffer: per("jitterBufferDelay", "jitterBufferEmittedCount"), decode: per("totalDecodeTime", "framesDecoded") };
+  const known = Object.values(budget).reduce((a, v) => a + (v ?? 0), 0);
+  budget.display = mtpP50 - known;
+  for (const k of Object.keys(budget)) budget[k] = budget[k] === null ? null : Number(budget[k].toFixed(2));
+  return budget;
+}
+
 async function statsLoop(pc) {
-  let lastBytes = 0, lastTime = performance.now(), lastFrames = 0;
+  let lastBytes = 0, lastTime = performance.now(), lastFrames = 0, lastNew = 0, lastInbound = null;
   for (;;) {
     await new Promise((r) => setTimeout(r, 1000));
     if (!avatar) return;
@@ -203,7 +230,11 @@ async function statsLoop(pc) {
     const seconds = (now - lastTime) / 1000;
     const lines = [];
     const fps = (frames - lastFrames) / seconds;
-    lines.push(`fps ${fps.toFixed(1)}  server ${lastStats.fps ?? "-"}`);
+    const fresh = (newPictures - lastNew) / seconds;
+    lastNew = newPictures;
+    // New pictures need the probe's stamp to be told from the track's repeats of the last one.
+    const probing = $("probe").checked;
+    lines.push(`${probing ? `new pictures ${fresh.toFixed(1)} fps (displayed ${fps.toFixed(1)})` : `displayed ${fps.toFixed(1)} fps (probe off: repeats counted)`}  server ${lastStats.fps ?? "-"}`);
     if (inbound) {
       const kbps = ((inbound.bytesReceived - lastBytes) * 8) / seconds / 1000;
       lastBytes = inbound.bytesReceived;
@@ -214,6 +245,9 @@ async function statsLoop(pc) {
     lines.push(`rtt ${rtt === null ? "-" : rtt.toFixed(1)} ms`);
     const recent = mtp.slice(-300).map((s) => s.ms);
     lines.push(`motion-to-photon p50 ${percentile(recent, 50)?.toFixed(1) ?? "-"} p95 ${percentile(recent, 95)?.toFixed(1) ?? "-"} ms`);
+    const budget = latencyBudget(percentile(recent, 50), lastInbound, inbound);
+    if (budget) lines.push(`budget p50 ms: ${Object.entries(budget).map(([k, v]) => `${k} ${v ?? "-"}`).join("  ")}`);
+    lastInbound = inbound;
     if (drive) {
       const c = drive.counts, seen = c.frames - lastCamera.frames, done = c.tracked - lastCamera.tracked;
       lastCamera = { ...c };
@@ -262,11 +296,16 @@ async function latencyTest(seconds) {
   $("probe").checked = true;
   avatar.probe(true);
   testRun = { samples: [], camera: [], started: performance.now(), driving: Boolean(drive) };
+  const before = await inboundVideo(avatar.pc);
   await new Promise((r) => setTimeout(r, seconds * 1000));
   const run = testRun;
   testRun = null;
+  const after = await inboundVideo(avatar.pc);
   const ms = run.samples.map((s) => s.ms);
+  // fps: new pictures displayed a second (each sample is a new seq seen for the first time).
   const result = { seconds, samples: ms.length, p50: percentile(ms, 50), p95: percentile(ms, 95), fps: ms.length / seconds, latencies_ms: ms };
+  result.budget_ms = latencyBudget(result.p50, before, after);
+  result.server = { fps: lastStats.fps ?? null, budget_ms: lastStats.budget_ms ?? null, source: lastStats.source ?? null };
   if (run.driving) {
     // Driven by the camera: the controls were the face's, and camera-to-avatar is measured too.
     result.camera = { ...summarise(run.camera), latencies_ms: run.camera.map((c) => c.total) };
@@ -370,9 +409,15 @@ async function start() {
   avatar = await connectAvatar({
     codec: $("codec").value,
     token: params.get("token"),
+    // ?floor=1: a synthetic pattern instead of the avatar (server/floor.py), for the WebRTC path's own latency
+    source: params.get("floor") === "1" ? "floor" : "avatar",
     onMessage: (m) => {
       if (m.type === "stats") lastStats = m;
-      else if (m.type === "pong") rtt = performance.now() - m.t;
+      else if (m.type === "pong") {
+        rtt = performance.now() - m.t;
+        rtts.push(rtt);
+        if (rtts.length > 120) rtts.shift();
+      }
       else if (m.type === "error") console.warn("server:", m.message);
     },
     onClose: (reason) => { $("status").textContent = `${reason} (reload to reconnect)`; },

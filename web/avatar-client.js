@@ -7,7 +7,8 @@
 //   const drive = await avatar.driveWithCamera(await navigator.mediaDevices.getUserMedia({ video: true }));
 //   avatar.close();
 // Options: url, codec, iceServers, token (for a server run with --token), onMessage(message) for the
-// server's messages, onClose(reason) once the session has ended (the server's reason when it gave one).
+// server's messages, onClose(reason) once the session has ended (the server's reason when it gave one),
+// source: "avatar", or "floor" for a synthetic pattern through the same path (latency floor).
 // driveWithCamera(stream, options) tracks a face in `stream` in this page and drives the avatar with
 // it (web/camera-drive.js, loaded only when asked for: it brings MediaPipe's 13 MB WASM).
 
@@ -31,7 +32,7 @@ function preferCodec(transceiver, codec) {
   if (wanted.length) transceiver.setCodecPreferences([...wanted, ...all.filter((c) => !wanted.includes(c))]);
 }
 
-export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], token = null, onMessage = null, onClose = null } = {}) {
+export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], token = null, onMessage = null, onClose = null, source = "avatar" } = {}) {
   const pc = new RTCPeerConnection({ iceServers });
   const channel = pc.createDataChannel("control");
   const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
@@ -65,7 +66,7 @@ export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], 
   const response = await fetch(`${url}/offer`, {
     method: "POST",
     headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, ...(source === "avatar" ? {} : { source }) }),
   });
   if (!response.ok) {
     pc.close();
