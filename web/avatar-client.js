@@ -8,7 +8,8 @@
 //   avatar.close();
 // Options: url, codec, iceServers, token (for a server run with --token), onMessage(message) for the
 // server's messages, onClose(reason) once the session has ended (the server's reason when it gave one),
-// source: "avatar", or "floor" for a synthetic pattern through the same path (latency floor).
+// source: "avatar", or "floor" for a synthetic pattern through the same path (latency floor),
+// jitterBufferTarget: ms of video the browser should hold (default 0: the least; null: its own choice).
 // driveWithCamera(stream, options) tracks a face in `stream` in this page and drives the avatar with
 // it (web/camera-drive.js, loaded only when asked for: it brings MediaPipe's 13 MB WASM).
 
@@ -32,13 +33,18 @@ function preferCodec(transceiver, codec) {
   if (wanted.length) transceiver.setCodecPreferences([...wanted, ...all.filter((c) => !wanted.includes(c))]);
 }
 
-export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], token = null, onMessage = null, onClose = null, source = "avatar" } = {}) {
+export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], token = null, onMessage = null, onClose = null, source = "avatar", jitterBufferTarget = 0 } = {}) {
   const pc = new RTCPeerConnection({ iceServers });
   const channel = pc.createDataChannel("control");
   const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
   preferCodec(transceiver, codec);
   const stream = new MediaStream();
-  pc.addEventListener("track", (event) => stream.addTrack(event.track));
+  pc.addEventListener("track", (event) => {
+    // The avatar answers the user's own motion: ask the browser to hold as little video as it can
+    // (a hint; where the browser has no such setting, its own default stays).
+    if (jitterBufferTarget !== null && "jitterBufferTarget" in event.receiver) event.receiver.jitterBufferTarget = jitterBufferTarget;
+    stream.addTrack(event.track);
+  });
   const opened = new Promise((resolve, reject) => {
     channel.addEventListener("open", resolve, { once: true });
     channel.addEventListener("error", reject, { once: true });
