@@ -257,3 +257,74 @@ def test_a_busy_session_does_not_starve_another(tiny_avatar: Path) -> None:
         # The other session's frames came while the busy one still had most of its backlog.
         assert p.stats(busy)["frames"] < 200
     assert [f.seq for f in got] == list(range(5))
+
+
+def test_a_batched_warp_of_several_sessions_equals_their_warps_one_by_one(
+    tiny_avatar: Path,
+) -> None:
+    """worker.render_batch: one batched call for queued render tasks (several sessions) gives
+    each session the picture its own call would have, and a missing cache fails alone."""
+    import torch
+
+    from engine.pipeline.frame_ring import FrameRing
+    from engine.pipeline.worker import (
+        BuildTask,
+        FrameDone,
+        RenderTask,
+        TaskFailed,
+        Worker,
+        WorkerSettings,
+    )
+    from engine.render.avatar import Avatar
+
+    torch.set_num_threads(1)
+    avatar = Avatar.load(tiny_avatar).prepare_for_inference()
+    res = avatar.resolution
+    ring = FrameRing.create(8, res, res)
+    try:
+        worker = Worker(WorkerSettings(0, tiny_avatar, "cpu", 1, ring.spec), avatar, ring)
+        assert worker.batches()
+        for session in (1, 2, 3):
+            state = _controls(session * 7)
+            worker.handle(BuildTask(session, 0, 0, 0, state))
+
+        def task(session: int, slot: int, cache: int = 0) -> RenderTask:
+            moved = update(neutral(NAMES), NAMES, expression={"jawOpen": 0.1 * session})
+            return RenderTask(session, 0, 1, cache, False, 2, 5, moved, slot, time.monotonic())
+
+        singles = []
+        for slot, session in enumerate((1, 2, 3)):
+            worker.handle(task(session, slot))
+            singles.append(ring.slot(slot).copy())
+        tasks = [task(1, 3), task(2, 4), task(9, 5), task(3, 6)]  # session 9 has no cache
+        results = worker.render_batch(tasks)
+        assert [type(r) for r in results] == [FrameDone, FrameDone, TaskFailed, FrameDone]
+        for single, slot in zip(singles, (3, 4, 6), strict=True):
+            assert np.abs(ring.slot(slot).astype(int) - single.astype(int)).max() <= 1
+        done = [r for r in results if isinstance(r, FrameDone)]
+        assert all(r.stages_ms["batch"] == 3 for r in done)
+        del singles, done  # views into the ring go before it closes
+    finally:
+        ring.close()
+
+
+def test_live_sessions_on_one_worker_are_served_together(tiny_avatar: Path) -> None:
+    settings = PipelineSettings(tiny_avatar, Schedule("sequential", 1, 4), mode="live", threads=1)
+    with Pipeline(settings) as p:
+        sessions = [p.open_session() for _ in range(3)]
+        got: dict[int, list[Frame]] = {s: [] for s in sessions}
+        deadline = time.monotonic() + GET_TIMEOUT_S * 2
+        seq = 0
+        while min(len(v) for v in got.values()) < 8 and time.monotonic() < deadline:
+            seq += 1
+            for s in sessions:
+                p.submit(s, seq, _controls(seq))
+            time.sleep(1 / 30)
+            for s in sessions:
+                while (frame := p.get(s, timeout=0)) is not None:
+                    got[s].append(frame)
+    for s, frames in got.items():
+        assert len(frames) >= 8, f"session {s} got {len(frames)} frames"
+        assert {f.session for f in frames} == {s}
+        seqs = [f.seq for f in frames]
+        assert seqs == sorted(seqs)  # in order, the newest state each time

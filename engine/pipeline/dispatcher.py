@@ -473,7 +473,10 @@ class Pipeline:
         builder = self._workers[s.worker_map[build.worker]] if build is not None else worker
         if not (worker.ready and builder.ready):
             return False
-        if len(worker.in_flight) >= self.settings.tasks_in_flight() or not worker.free_slots:
+        # In flight per session, not per worker: a worker serving several sessions gets one task
+        # of each, queued together, and warps them in one batched call (worker.render_batch).
+        mine = sum(1 for sid, _ in worker.in_flight if sid == s.id)
+        if mine >= self.settings.tasks_in_flight() or not worker.free_slots:
             return False
         control = s.pending.popleft()
         if build is not None:

@@ -10,6 +10,7 @@ worker exits on `Stop`, and by itself when its parent is gone (no orphan keeps a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
@@ -31,6 +32,7 @@ from engine.render.neural_cache import NeuralCache
 from engine.runtime import release_free_memory, tune_allocator
 
 POLL_S = 0.5  # how often an idle worker checks that its parent is alive
+MAX_BATCH = 8  # warps of queued render tasks run as one batched call (several sessions)
 CACHES_KEPT = 2  # per session: the cache being used and the one after it
 
 
@@ -208,26 +210,60 @@ class Worker:
             self._device_mb(),
         )
 
+    def batches(self) -> bool:
+        """Whether queued warps run as one batched call: torch warps take any batch; the CPU
+        runtimes' models are compiled for a batch of one (engine/render/backends/runtimes.py)."""
+        return self.avatar.backend.warp.runtime == "torch"
+
     @torch.inference_mode()
-    def render(self, task: RenderTask) -> FrameDone:
+    def render_batch(self, tasks: list[RenderTask]) -> list[FrameDone | TaskFailed]:
+        """Render tasks waiting together (usually several sessions' frames): every warp in one
+        batched call, so a worker serving S sessions pays one network pass per round instead of
+        S. Results in task order; a task whose cache is missing fails alone."""
+        if self.settings.jitter_ms > 0:
+            time.sleep(random.uniform(0.0, self.settings.jitter_ms) / 1000.0)
         started = time.monotonic()
-        kept = self.caches.get(task.session, {}).get((task.epoch, task.cache))
-        if kept is None:
-            raise LookupError(
-                f"worker {self.settings.index} holds no cache {task.cache} (epoch {task.epoch}) "
-                f"of session {task.session}: it was never built here or was dropped"
-            )
-        stages: dict[str, float] = {}
-        if task.generated:
-            image = kept.image
-        else:
-            x = self.avatar.inputs([task.controls])
+        results: dict[int, FrameDone | TaskFailed] = {}
+        warps: list[tuple[int, RenderTask, _Kept]] = []
+        for i, task in enumerate(tasks):
+            kept = self.caches.get(task.session, {}).get((task.epoch, task.cache))
+            if kept is None:
+                results[i] = self.failure(task, self._missing(task))  # type: ignore[assignment]
+            elif task.generated:
+                results[i] = self._done(task, kept, kept.image, started, {})
+            else:
+                warps.append((i, task, kept))
+        if warps:
+            x = self.avatar.inputs([task.controls for _, task, _ in warps])
             self._sync()
             inputs_done = time.monotonic()
-            stages["inputs"] = (inputs_done - started) * 1000.0
-            image = self.avatar.warp(kept.cache, x).image
+            cache = stack_caches([kept.cache for _, _, kept in warps])
+            images = self.avatar.warp(cache, x).image  # (B, 3, H, W)
             self._sync()
-            stages["warp"] = (time.monotonic() - inputs_done) * 1000.0
+            stages = {
+                "inputs": (inputs_done - started) * 1000.0,
+                "warp": (time.monotonic() - inputs_done) * 1000.0,
+                "batch": float(len(warps)),
+            }
+            for b, (i, task, kept) in enumerate(warps):
+                results[i] = self._done(task, kept, images[b : b + 1], started, dict(stages))
+        return [results[i] for i in range(len(tasks))]
+
+    def _missing(self, task: RenderTask) -> LookupError:
+        return LookupError(
+            f"worker {self.settings.index} holds no cache {task.cache} (epoch {task.epoch}) "
+            f"of session {task.session}: it was never built here or was dropped"
+        )
+
+    def _done(
+        self,
+        task: RenderTask,
+        kept: _Kept,
+        image: torch.Tensor,
+        started: float,
+        stages: dict[str, float],
+    ) -> FrameDone:
+        """Write `image` into the task's ring slot; the record that says so."""
         before_copy = time.monotonic()
         self.ring.write(task.slot, to_image(image))
         finished = time.monotonic()
@@ -249,6 +285,25 @@ class Worker:
             stages_ms=stages,
         )
 
+    @torch.inference_mode()
+    def render(self, task: RenderTask) -> FrameDone:
+        started = time.monotonic()
+        kept = self.caches.get(task.session, {}).get((task.epoch, task.cache))
+        if kept is None:
+            raise self._missing(task)
+        stages: dict[str, float] = {}
+        if task.generated:
+            image = kept.image
+        else:
+            x = self.avatar.inputs([task.controls])
+            self._sync()
+            inputs_done = time.monotonic()
+            stages["inputs"] = (inputs_done - started) * 1000.0
+            image = self.avatar.warp(kept.cache, x).image
+            self._sync()
+            stages["warp"] = (time.monotonic() - inputs_done) * 1000.0
+        return self._done(task, kept, image, started, stages)
+
     def _device_mb(self) -> float:
         device = self.avatar.translation.device
         if device.type != "cuda":
@@ -267,6 +322,51 @@ class Worker:
                 self.settings.index, task.session, task.epoch, frame, task.cache, message
             )
         return None
+
+
+def stack_caches(caches: list[NeuralCache]) -> NeuralCache:
+    """One cache of batch B from B caches of batch 1 (the same avatar: the same layers)."""
+    if len(caches) == 1:
+        return caches[0]
+
+    def cat(name: str) -> torch.Tensor | None:
+        parts = [getattr(c, name) for c in caches]
+        return None if parts[0] is None else torch.cat(parts)
+
+    stacked = {f.name: cat(f.name) for f in dataclasses.fields(NeuralCache)}
+    return NeuralCache(**stacked)  # type: ignore[arg-type]
+
+
+def _queued_renders(first: Any, tasks: Connection) -> tuple[list[Any], Any]:
+    """`first` and the render tasks queued right behind it (up to MAX_BATCH), and the task that
+    ended the run (None if the queue ran dry). Tasks keep their order: a build or a drop ends a
+    batch, so nothing is reordered across it."""
+    batch = [first]
+    if not isinstance(first, RenderTask):
+        return batch, None
+    while len(batch) < MAX_BATCH and tasks.poll(0):
+        try:
+            task = tasks.recv()
+        except EOFError:
+            return batch, Stop()
+        if not isinstance(task, RenderTask):
+            return batch, task
+        batch.append(task)
+    return batch, None
+
+
+def _run(worker: Worker, batch: list[Any]) -> list[Any]:
+    """Results of a batch of tasks; a failure is reported to its task's session and the worker
+    goes on."""
+    try:
+        if len(batch) > 1:
+            return worker.render_batch(batch)
+        result = worker.handle(batch[0])
+        return [] if result is None else [result]
+    except Exception as exc:
+        traceback.print_exc()
+        failures = [worker.failure(task, exc) for task in batch]
+        return [f for f in failures if f is not None]
 
 
 def run_worker(settings: WorkerSettings, tasks: Connection, results: Connection) -> None:
@@ -292,14 +392,11 @@ def run_worker(settings: WorkerSettings, tasks: Connection, results: Connection)
                 task = tasks.recv()
             except EOFError:  # the parent closed its end
                 return
-            if isinstance(task, Stop):
-                return
-            try:
-                result = worker.handle(task)
-            except Exception as exc:  # reported to the task's session; the worker goes on
-                traceback.print_exc()
-                result = worker.failure(task, exc)
-            if result is not None:
-                results.send(result)
+            while task is not None:
+                if isinstance(task, Stop):
+                    return
+                batch, task = _queued_renders(task, tasks) if worker.batches() else ([task], None)
+                for result in _run(worker, batch):
+                    results.send(result)
     finally:
         ring.close()
