@@ -180,7 +180,7 @@ def plot_budget(report: dict[str, Any], out: Path) -> None:
     if not rows:
         raise ValueError("no latency budget in the report (did the probe see frames?)")
     stages = list(rows[0][1])
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * len(rows)))
+    fig, ax = plt.subplots(figsize=(11, 1.0 + 0.8 * len(rows)))
     colours = [plt.get_cmap("tab20")(i) for i in range(20)]
     for y, (_, budget) in enumerate(rows):
         left = 0.0
@@ -199,12 +199,7 @@ def plot_budget(report: dict[str, Any], out: Path) -> None:
     ax.set_yticks(range(len(rows)), [name for name, _ in rows])
     ax.invert_yaxis()
     ax.set_xlabel("ms, p50 of each stage: control sent -> picture displayed")
-    ax.legend(
-        ncol=6,
-        fontsize=7,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.45 if len(rows) > 1 else -0.8),
-    )
+    ax.legend(ncol=2, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     cpu = report.get("cpu", {}).get("model", "")
     ax.set_title(f"latency budget, {report.get('codec')}, {cpu}", fontsize=9)
     fig.tight_layout()
