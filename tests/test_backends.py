@@ -19,10 +19,12 @@ from engine.head.model import HeadModel
 from engine.pipeline.dispatcher import Pipeline, PipelineSettings
 from engine.pipeline.schedule import Schedule
 from engine.render.avatar import Avatar
+from engine.render.backends import gate as gate_module
 from engine.render.backends import select as select_module
+from engine.render.backends.gate import MIN_PSNR_FROM_FP32
 from engine.render.backends.load import load_backend
 from engine.render.backends.reference import ReferenceFrames
-from engine.render.backends.select import MIN_PSNR_FROM_FP32, choose
+from engine.render.backends.select import choose
 from engine.render.backends.stages import BackendChoice, StageChoice
 from engine.render.networks import PRESETS
 from engine.training.dataset import CaptureFrames
@@ -106,10 +108,10 @@ def test_each_runtime_renders_what_torch_fp32_renders(
     if choice.runtime != "torch":  # export the graphs the runtime reads
         sel_dir = tmp_path / "models"
         with torch.inference_mode():
-            frames = select_module.gate_frames(other)
-            gen_in = select_module._generator_inputs(other, frames.anchors)
+            frames = gate_module.gate_frames(other)
+            gen_in = gate_module.generator_inputs(other, frames.anchors)
             caches = [
-                select_module._cache_of(other, other.run_generator, frames.anchors, gen_in, 0)[1]
+                gate_module.generated(other, other.run_generator, frames.anchors, gen_in, 0)[1]
             ]
             select_module._export(
                 other, dataclasses.replace(frames, pair_anchor=[0]), gen_in, caches, sel_dir, False
@@ -140,13 +142,12 @@ def test_choice_measures_gates_caches_and_refuses_the_impossible(
             f = table[(stage, runtime, precision)]
             assert (f.ms is not None) or f.reason
         fp32 = table[(stage, "torch", "fp32")]
-        assert fp32.passed and fp32.psnr_fp32 == select_module.PSNR_CAP and fp32.truth_loss_db == 0
+        assert fp32.passed and fp32.psnr_fp32 == gate_module.PSNR_CAP and fp32.truth_loss_db == 0
     # int8 was calibrated on the avatar's own frames and judged like the rest.
     int8 = table[("warp", "onnxruntime", "int8")]
     assert int8.ms is not None and int8.psnr_fp32 is not None and int8.truth_loss_db is not None
     assert int8.passed == (
-        int8.psnr_fp32 >= MIN_PSNR_FROM_FP32
-        and int8.truth_loss_db <= select_module.MAX_TRUTH_LOSS_DB
+        int8.psnr_fp32 >= MIN_PSNR_FROM_FP32 and int8.truth_loss_db <= gate_module.MAX_TRUTH_LOSS_DB
     )
     # What was chosen passed, and is the least work per frame of what passed.
     for stage, chosen in (

@@ -1,5 +1,5 @@
 """Choose how each stage runs on this machine, by measurement: time every candidate backend, judge
-its pictures, take the fastest that passes.
+its pictures (engine/render/backends/gate.py), take the fastest that passes.
 
     candidates  torch fp32 (the reference), torch bf16 (native bf16 CPU, or CUDA), torch fp16
                 (CUDA), onnxruntime fp32 / int8, openvino fp32 / bf16 / int8 (CPU)
@@ -8,8 +8,11 @@ its pictures, take the fastest that passes.
                 less PSNR against the true crops than torch fp32 (where the file holds them)
     timing      median of a stage's call at batch 1 with the worker's thread count
 
-The generator and the warp are chosen separately (lowering one stage is not lowering the other;
-MEASURED.md). The result, and the exported and quantized models it needs, are cached under
+Each stage is judged on its own (lowering one stage is not lowering the other: MEASURED.md); the
+texture's form, the generator and the warp are then chosen together, as the least work per output
+frame (a warp, and a share of a generator frame), the warps timed on each generator's own caches
+(their type and layout decide what a warp pays to read them), and the chosen set is checked
+together against the gate. The result, and the exported and quantized models it needs, are cached under
 `cache_root/<key>/`, the key a hash of the avatar file, the CPU's model and flags, the library
 versions, the device, the threads and the request: a second start-up reads it in milliseconds,
 another machine, avatar or library version measures again.
@@ -26,16 +29,28 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.controls import Controls, update
 from engine.cpu import cpu_info, has_native_bf16
 from engine.render.avatar import Avatar
+from engine.render.backends.gate import (
+    MIN_PSNR_FROM_FP32,
+    PSNR_CAP,
+    GateFrames,
+    StageFigures,
+    frame_rows,
+    gate_frames,
+    generated,
+    generator_inputs,
+    judge,
+    psnr,
+    warped,
+)
 from engine.render.backends.graphs import WARP_INPUTS, export_generator, export_warp
 from engine.render.backends.load import generator_stage, warp_stage
 from engine.render.backends.quantize import quantize_int8
@@ -56,14 +71,9 @@ from engine.render.backends.stages import (
     WarpFn,
 )
 from engine.render.frame_inputs import FrameInputs
-from engine.render.networks.generator import generator_input, make_cache
-from engine.render.networks.texture import NeuralTexture
 from engine.render.networks.warp import ImplicitWarp
 from engine.render.neural_cache import NeuralCache
 
-MIN_PSNR_FROM_FP32 = 40.0  # dB: the issue's gate; bf16 on the shipped avatar gives ~57-72
-MAX_TRUTH_LOSS_DB = 0.2  # dB of PSNR against the true crops
-PSNR_CAP = 99.0  # identical pictures report this instead of infinity
 TIMING_RUNS = {"generator": 12, "warp": 24}
 WARMUP_RUNS = 3
 CHOICES = ("auto", *PRECISIONS)
@@ -73,26 +83,6 @@ SELECTION_VERSION = 2  # bump when what is measured or how it is chosen changes:
 DEFAULT_CACHE = Path(__file__).resolve().parents[3] / "data" / "cache" / "backends"
 OFFERED = {"torch": ("fp32", "bf16", "fp16"), **PRECISIONS_OF}  # precisions each runtime has
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageFigures:
-    """One candidate for one stage: its time, its gate figures, and whether it passed.
-
-    ms: median time of the stage at batch 1; psnr_fp32: dB from torch fp32's pictures (PSNR_CAP
-    when identical); truth_loss_db: PSNR against the true crops lost against torch fp32 (None
-    without true crops); passed: both gate figures within bounds; reason: why not measured or why
-    refused (None when it passed)."""
-
-    stage: str
-    runtime: str
-    precision: str
-    ms: float | None
-    psnr_fp32: float | None
-    truth_loss_db: float | None
-    passed: bool
-    reason: str | None = None
-    form: str | None = None  # the texture stage's form (TEXTURES); None for the networks
 
 
 @dataclass(frozen=True)
@@ -172,115 +162,7 @@ def requested(choice: StageChoice, precision: str, runtime: str) -> bool:
     return precision in ("auto", choice.precision) and runtime in ("auto", choice.runtime)
 
 
-# ------------------------------------------------------------------------------ gate frames
-
-
-@dataclass(frozen=True)
-class GateFrames:
-    """What every candidate renders: generator anchors and warp pairs, with fp32's pictures.
-
-    anchors: FrameInputs of the cache frames (B); targets: FrameInputs of the later frames (P)
-    with `pair_anchor` (P,) the anchor each warps from; truth_anchor (B, 3, H, W) and
-    truth_target (P, 3, H, W) true crops or None."""
-
-    anchors: FrameInputs
-    targets: FrameInputs
-    pair_anchor: list[int]
-    truth_anchor: torch.Tensor | None
-    truth_target: torch.Tensor | None
-    kind: str
-
-
-def gate_frames(avatar: Avatar) -> GateFrames:
-    """The reference frames' held-out pairs, or states around the avatar's rest without them."""
-    ref = avatar.reference
-    if ref is not None:
-        pairs = ref.held_out.tolist()
-        anchors = sorted({a for a, _ in pairs})
-        where = {a: i for i, a in enumerate(anchors)}
-        make = lambda rows: ref.inputs(avatar.head, avatar.camera, avatar.resolution, rows)  # noqa: E731
-        return GateFrames(
-            anchors=make(anchors),
-            targets=make([b for _, b in pairs]),
-            pair_anchor=[where[a] for a, _ in pairs],
-            truth_anchor=ref.truth_images(anchors),
-            truth_target=ref.truth_images([b for _, b in pairs]),
-            kind="held-out frames",
-        )
-    states = gate_states(avatar)
-    return GateFrames(
-        anchors=avatar.inputs(states[:-1]),
-        targets=avatar.inputs(states[1:]),
-        pair_anchor=list(range(len(states) - 1)),
-        truth_anchor=None,
-        truth_target=None,
-        kind="states",
-    )
-
-
-def gate_states(avatar: Avatar) -> list[Controls]:
-    """Rest, the mouth open, a smile, closed eyes and the head turned to its offered limits."""
-    names = avatar.expression_names
-    rest = avatar.rest
-    limits = avatar.pose_range_deg or {"yaw": [-15.0, 15.0], "pitch": [-10.0, 10.0]}
-    wanted = [
-        {"jawOpen": 1.0},
-        {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0},
-        {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0},
-    ]
-    states = [rest]
-    for expression in wanted:
-        known = {k: v for k, v in expression.items() if k in names}
-        if known:
-            states.append(update(rest, names, expression=known))
-    for axis in ("yaw", "pitch"):
-        for end in limits[axis]:
-            states.append(update(rest, names, pose={axis: 0.8 * float(end)}))
-    return states
-
-
-def _rows(x: FrameInputs, index: Sequence[int]) -> FrameInputs:
-    i = torch.as_tensor(list(index), dtype=torch.long)
-    return FrameInputs(
-        uv=x.uv[i],
-        mask=x.mask[i],
-        screen=x.screen[i],
-        fragments=x.fragments,  # only the explicit warp reads fragments, through pixel_motion
-        controls=x.controls[i],
-        view_dir=x.view_dir[i],
-    )
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean())
-    return PSNR_CAP if mse <= 0 else min(PSNR_CAP, 10.0 * math.log10(1.0 / mse))
-
-
 # ------------------------------------------------------------------------------ measuring
-
-
-def _generator_inputs(
-    avatar: Avatar, x: FrameInputs, texture: NeuralTexture | None = None
-) -> torch.Tensor:
-    features = (texture or avatar.texture)(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
-    return generator_input(features, x.mask).contiguous(memory_format=avatar.memory_format)
-
-
-def _cache_of(
-    avatar: Avatar, gen: GeneratorFn, x: FrameInputs, gen_in: torch.Tensor, i: int
-) -> tuple[torch.Tensor, NeuralCache]:
-    one = _rows(x, [i])
-    out = gen(gen_in[i : i + 1], one.controls)
-    cache = make_cache(out, avatar.config.cache_layers, one.uv, one.mask, one.controls, one.screen)
-    return avatar.composite(out.rgb.float(), out.alpha.float()).image, cache
-
-
-def _warped(
-    avatar: Avatar, warp: WarpFn, cache: NeuralCache, x: FrameInputs, j: int
-) -> torch.Tensor:
-    one = _rows(x, [j])
-    out = warp(cache, one.uv, one.mask, one.controls, None)
-    return avatar.composite(out.rgb.float(), out.alpha.float()).image
 
 
 def _median_ms(run: Callable[[], object], runs: int) -> float:
@@ -296,25 +178,6 @@ def _median_ms(run: Callable[[], object], runs: int) -> float:
         sync()
         times.append((time.perf_counter() - start) * 1000.0)
     return round(statistics.median(times), 2)
-
-
-def _judge(
-    stage: str,
-    choice: StageChoice,
-    images: torch.Tensor,
-    reference: torch.Tensor,
-    truth: torch.Tensor | None,
-    ms: float,
-) -> StageFigures:
-    psnr = round(_psnr(images, reference), 2)
-    loss = None
-    if truth is not None:
-        loss = round(_psnr(reference, truth) - _psnr(images, truth), 3)
-    passed = psnr >= MIN_PSNR_FROM_FP32 and (loss is None or loss <= MAX_TRUTH_LOSS_DB)
-    reason = None
-    if not passed:
-        reason = f"{psnr} dB from fp32" + ("" if loss is None else f", {loss} dB lost to truth")
-    return StageFigures(stage, choice.runtime, choice.precision, ms, psnr, loss, passed, reason)
 
 
 # ------------------------------------------------------------------------------ the choice
@@ -392,16 +255,16 @@ def _measure(
 ) -> Selection:
     avatar = Avatar.load(avatar_path, device).prepare_for_inference()
     frames = gate_frames(avatar)
-    gen_in = _generator_inputs(avatar, frames.anchors)
+    gen_in = generator_inputs(avatar, frames.anchors)
     b = gen_in.shape[0]
     fp32_gen = generator_stage(avatar, TORCH_FP32, None, threads)
     fp32_warp = warp_stage(avatar, TORCH_FP32, None, threads)
-    made = [_cache_of(avatar, fp32_gen, frames.anchors, gen_in, i) for i in range(b)]
+    made = [generated(avatar, fp32_gen, frames.anchors, gen_in, i) for i in range(b)]
     caches = [c for _, c in made]
     gen_images = torch.cat([img for img, _ in made])
     pairs = list(enumerate(frames.pair_anchor))
     warp_images = torch.cat(
-        [_warped(avatar, fp32_warp, caches[a], frames.targets, j) for j, a in pairs]
+        [warped(avatar, fp32_warp, caches[a], frames.targets, j) for j, a in pairs]
     )
 
     wanted: dict[str, list[tuple[StageChoice, str | None]]] = {}
@@ -426,10 +289,10 @@ def _measure(
             figures.append(_skipped("generator", choice, why))
             continue
         gen = generator_stage(avatar, choice, folder, threads)
-        images = torch.cat([_cache_of(avatar, gen, frames.anchors, gen_in, i)[0] for i in range(b)])
-        x0 = _rows(frames.anchors, [0])
+        images = torch.cat([generated(avatar, gen, frames.anchors, gen_in, i)[0] for i in range(b)])
+        x0 = frame_rows(frames.anchors, [0])
         ms = _median_ms(lambda: gen(gen_in[:1], x0.controls), TIMING_RUNS["generator"])  # noqa: B023
-        figures.append(_judge("generator", choice, images, gen_images, frames.truth_anchor, ms))
+        figures.append(judge("generator", choice, images, gen_images, frames.truth_anchor, ms))
         gen_fns[choice] = gen
         LOG.info("backend candidate: %s", _line(figures[-1]))
     gens = _passing(figures, "generator", precision, runtime)
@@ -437,8 +300,8 @@ def _measure(
     # Warps are judged on fp32's caches (their own error alone) and timed on each passing
     # generator's cache (its layout and type: a runtime's warp on a torch bf16 cache pays for
     # converting it): the pair is chosen together.
-    own = {g: _cache_of(avatar, gen_fns[g], frames.anchors, gen_in, 0)[1] for g in gens}
-    t0 = _rows(frames.targets, [0])
+    own = {g: generated(avatar, gen_fns[g], frames.anchors, gen_in, 0)[1] for g in gens}
+    t0 = frame_rows(frames.targets, [0])
     warp_fns: dict[StageChoice, WarpFn] = {}
     warp_ms: dict[tuple[StageChoice, StageChoice], float] = {}
     warp_figures: dict[StageChoice, StageFigures] = {}
@@ -447,11 +310,11 @@ def _measure(
             figures.append(_skipped("warp", choice, why))
             continue
         warp = warp_stage(avatar, choice, folder, threads)
-        images = torch.cat([_warped(avatar, warp, caches[a], frames.targets, j) for j, a in pairs])
+        images = torch.cat([warped(avatar, warp, caches[a], frames.targets, j) for j, a in pairs])
         for g, cache in own.items():
             run = lambda: warp(cache, t0.uv, t0.mask, t0.controls, None)  # noqa: B023, E731
             warp_ms[(g, choice)] = _median_ms(run, TIMING_RUNS["warp"])
-        warp_figures[choice] = _judge("warp", choice, images, warp_images, frames.truth_target, 0.0)
+        warp_figures[choice] = judge("warp", choice, images, warp_images, frames.truth_target, 0.0)
         warp_fns[choice] = warp
     warps = [w for w in warp_figures if warp_figures[w].passed and requested(w, precision, runtime)]
     if not warps:
@@ -473,11 +336,11 @@ def _measure(
     gen, warp = gen_fns[gen_choice], warp_fns[warp_choice]
     served_in = gen_in
     if texture == "collapsed":
-        served_in = _generator_inputs(avatar, frames.anchors, avatar.texture.collapsed())
-    made = [_cache_of(avatar, gen, frames.anchors, served_in, i) for i in range(b)]
-    served = torch.cat([_warped(avatar, warp, made[a][1], frames.targets, j) for j, a in pairs])
+        served_in = generator_inputs(avatar, frames.anchors, avatar.texture.collapsed())
+    made = [generated(avatar, gen, frames.anchors, served_in, i) for i in range(b)]
+    served = torch.cat([warped(avatar, warp, made[a][1], frames.targets, j) for j, a in pairs])
     served_psnr = round(
-        min(_psnr(served, warp_images), _psnr(torch.cat([m[0] for m in made]), gen_images)), 2
+        min(psnr(served, warp_images), psnr(torch.cat([m[0] for m in made]), gen_images)), 2
     )
     if served_psnr < MIN_PSNR_FROM_FP32:  # each passed alone, not together: keep what was trained
         LOG.warning("backend: the choice together is %.1f dB from fp32: torch fp32", served_psnr)
@@ -495,26 +358,26 @@ def _texture_form(
     """Time the texture as trained and collapsed to one level, judge the collapsed one's pictures
     (through the fp32 generator), append both figures; the faster passing form and its time."""
     flat = avatar.texture.collapsed()
-    x0 = _rows(frames.anchors, [0])
+    x0 = frame_rows(frames.anchors, [0])
     times = {}
     for form, texture in (("pyramid", avatar.texture), ("collapsed", flat)):
         times[form] = _median_ms(
             lambda: texture(x0.uv, x0.mask, x0.view_dir),  # noqa: B023
             TIMING_RUNS["generator"],
         )
-    inputs = _generator_inputs(avatar, frames.anchors, flat)
+    inputs = generator_inputs(avatar, frames.anchors, flat)
     images = torch.cat(
-        [_cache_of(avatar, fp32_gen, frames.anchors, inputs, i)[0] for i in range(len(inputs))]
+        [generated(avatar, fp32_gen, frames.anchors, inputs, i)[0] for i in range(len(inputs))]
     )
     exact = TORCH_FP32
     figures.append(
         dataclasses.replace(
-            _judge("texture", exact, gen_images, gen_images, frames.truth_anchor, times["pyramid"]),
+            judge("texture", exact, gen_images, gen_images, frames.truth_anchor, times["pyramid"]),
             form="pyramid",
         )
     )
     flat_figures = dataclasses.replace(
-        _judge("texture", exact, images, gen_images, frames.truth_anchor, times["collapsed"]),
+        judge("texture", exact, images, gen_images, frames.truth_anchor, times["collapsed"]),
         form="collapsed",
     )
     figures.append(flat_figures)
@@ -583,10 +446,10 @@ def _export(
     int8: bool,
 ) -> None:
     """The fp32 graphs, and their int8 quantization calibrated on the reference's training pairs."""
-    x0 = _rows(frames.anchors, [0])
+    x0 = frame_rows(frames.anchors, [0])
     export_generator(avatar.generator, gen_in[:1], x0.controls, folder)
     if isinstance(avatar.warp_net, ImplicitWarp):
-        t0 = _rows(frames.targets, [0])
+        t0 = frame_rows(frames.targets, [0])
         export_warp(avatar.warp_net, _warp_tensors(caches[frames.pair_anchor[0]], t0), folder)
     if not int8:
         return
@@ -595,15 +458,15 @@ def _export(
     pairs = ref.calibration.tolist()
     cache_x = ref.inputs(avatar.head, avatar.camera, avatar.resolution, [a for a, _ in pairs])
     target_x = ref.inputs(avatar.head, avatar.camera, avatar.resolution, [b for _, b in pairs])
-    cal_in = _generator_inputs(avatar, cache_x)
+    cal_in = generator_inputs(avatar, cache_x)
     fp32_gen = generator_stage(avatar, TORCH_FP32, None, 1)
     gen_feeds, warp_feeds = [], []
     for i in range(len(pairs)):
         gen_feeds.append(
             {"x": as_array(cal_in[i : i + 1]), "controls": as_array(cache_x.controls[i : i + 1])}
         )
-        _, cache = _cache_of(avatar, fp32_gen, cache_x, cal_in, i)
-        tensors = _warp_tensors(cache, _rows(target_x, [i]))
+        _, cache = generated(avatar, fp32_gen, cache_x, cal_in, i)
+        tensors = _warp_tensors(cache, frame_rows(target_x, [i]))
         warp_feeds.append({name: as_array(t) for name, t in zip(WARP_INPUTS, tensors, strict=True)})
     quantize_int8(
         model_file(folder, "generator", "fp32"), model_file(folder, "generator", "int8"), gen_feeds
