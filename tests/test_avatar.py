@@ -164,6 +164,13 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert readback["reenact"]["frames"] == 60 and readback["source"] == "pexels"
     assert report["warp_distance"][0]["k"] == 1
     assert report["ablation"][0]["cache_layers"] == "C3+C4+C5" and "budget" in report["ablation"][0]
+    # Trained avatars carry reference frames: every backend judged on held-out ones, in the report.
+    backends = report["backends"]
+    assert backends["gate"] == "held-out frames" and backends["label"]
+    assert {(c["stage"], c["runtime"], c["precision"]) for c in backends["candidates"]} >= {
+        ("generator", "torch", "fp32"), ("warp", "onnxruntime", "int8")
+    }  # fmt: skip
+    assert "## Backends" in (report_dir / "report.md").read_text()
     for name in (
         "strip.png",
         "warp_distance.png",

@@ -121,8 +121,9 @@ function animate(now) {
     set("expression", "eyeBlinkLeft", blink ? 1 : rest("eyeBlinkLeft"));
     set("expression", "eyeBlinkRight", blink ? 1 : rest("eyeBlinkRight"));
   }
-  if (testRun) {
+  if (testRun && (!testRun.hz || now - testRun.lastSend >= 1000 / testRun.hz - 1)) {
     set("pose", "yaw", 30 * Math.sin(t * 2));
+    testRun.lastSend = now;
   }
   flush();
   requestAnimationFrame(animate);
@@ -291,11 +292,12 @@ function download(id, name, type, text) {
   a.hidden = false;
 }
 
-// The latency test: sweep the head at 30 Hz for N seconds, then summarise what the probe saw.
-async function latencyTest(seconds) {
+// The latency test: sweep the head for N seconds, a new control every animation frame (the display's
+// rate) or at `hz` a second, then summarise what the probe saw.
+async function latencyTest(seconds, hz = null) {
   $("probe").checked = true;
   avatar.probe(true);
-  testRun = { samples: [], camera: [], started: performance.now(), driving: Boolean(drive) };
+  testRun = { samples: [], camera: [], started: performance.now(), driving: Boolean(drive), hz, lastSend: -Infinity };
   const before = await inboundVideo(avatar.pc);
   await new Promise((r) => setTimeout(r, seconds * 1000));
   const run = testRun;
@@ -303,7 +305,7 @@ async function latencyTest(seconds) {
   const after = await inboundVideo(avatar.pc);
   const ms = run.samples.map((s) => s.ms);
   // fps: new pictures displayed a second (each sample is a new seq seen for the first time).
-  const result = { seconds, samples: ms.length, p50: percentile(ms, 50), p95: percentile(ms, 95), fps: ms.length / seconds, latencies_ms: ms };
+  const result = { seconds, hz, samples: ms.length, p50: percentile(ms, 50), p95: percentile(ms, 95), fps: ms.length / seconds, latencies_ms: ms };
   result.budget_ms = latencyBudget(result.p50, before, after);
   result.server = { fps: lastStats.fps ?? null, budget_ms: lastStats.budget_ms ?? null, source: lastStats.source ?? null };
   if (run.driving) {

@@ -17,6 +17,8 @@ by controls alone (all-zero expression, then from its rest: jaw, smile, blink, h
   baseline);
 - ablation: warp k=1 quality of avatars trained with cached layers C3, C3+C4, C3+C4+C5 on an
   equal budget (supplemental Table 1), when `--ablation` names them;
+- backends: every backend's time and quality-gate figures (dB from fp32, dB lost against the
+  truth) on the avatar's held-out reference frames, and the choice (`--backends none`: left out);
 - readback: the avatar's stills read back by MediaPipe (engine/training/readback.py), reenacted
   from `--source` (another person's clip, default the Pexels sample) with the sharpness of its
   face against the capture's own clip when that is a sample (`--reference` names another).
@@ -46,6 +48,7 @@ from engine.controls import POSE_LIMITS_DEG, neutral, update
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.pipeline.schedule import DEFAULT_SCHEDULE
 from engine.render.avatar import Avatar
+from engine.render.backends.select import choose
 from engine.render.frame_inputs import FrameInputs
 from engine.runtime import tune_allocator
 from engine.training.dataset import CaptureFrames
@@ -305,6 +308,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"{r['ssim']:.4f} |"
         for r in report["warp_distance"]
     ]
+    if report.get("backends"):
+        b = report["backends"]
+        lines += [
+            "",
+            f"## Backends (quality gate on {b['gate']}, {b['threads']} threads; chosen: "
+            f"{b['label']}, together {b['served_psnr_fp32']} dB from fp32)",
+            "",
+            "| stage | backend | ms | dB from fp32 | dB lost to truth | passes |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['stage']} | {c['form'] or c['runtime'] + ' ' + c['precision']} | "
+            f"{c['ms'] if c['ms'] is not None else '-'} | "
+            f"{c['psnr_fp32'] if c['psnr_fp32'] is not None else '-'} | "
+            f"{c['truth_loss_db'] if c['truth_loss_db'] is not None else '-'} | "
+            f"{'yes' if c['passed'] else 'no: ' + str(c['reason'])} |"
+            for c in b["candidates"]
+        ]
     if report["ablation"]:
         lines += [
             "",
@@ -318,6 +339,14 @@ def markdown(report: dict[str, Any]) -> str:
             for r in report["ablation"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def backend_figures(avatar_path: Path, device: torch.device) -> dict[str, Any]:
+    """Every backend's gate figures (ms, dB from fp32, dB lost to truth) on the avatar's held-out
+    reference frames, and what the server would choose on this machine with all its cores."""
+    threads = torch.get_num_threads()
+    selection = choose(avatar_path, "auto", "auto", str(device), threads)
+    return selection.to_dict() | {"threads": threads}
 
 
 def clip(value: str) -> Path:
@@ -405,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", default=None, help="the avatar's own clip for the sharpness ratio"
     )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
+    parser.add_argument(
+        "--backends",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto: every backend's quality gate figures in the report (as the server measures "
+        "them at start-up, engine/render/backends); none: leave them out",
+    )
     args = parser.parse_args(argv)
     tune_allocator()
     try:
@@ -441,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                 "avatar": str(path),
             }
         )
+    if args.backends == "auto":
+        report["backends"] = backend_figures(args.avatar, device)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_warp_distance(report, args.out / "warp_distance.png")
