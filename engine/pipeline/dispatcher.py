@@ -43,6 +43,7 @@ from engine.controls import Controls
 from engine.pipeline.frame_ring import FrameRing
 from engine.pipeline.schedule import Schedule
 from engine.pipeline.worker import (
+    JUMP_LIMIT,
     BuildDone,
     BuildTask,
     DropSession,
@@ -73,7 +74,9 @@ class PipelineSettings:
     threads: torch threads per worker (default: the CPU cores split between the workers);
     in_flight: render tasks a worker may hold at once (1 in live mode keeps frames fresh);
     jitter_ms: random delay before every worker task, for ordering tests only;
-    backend: how the workers run the generator and warp (engine.render.backends.select)."""
+    backend: how the workers run the generator and warp (engine.render.backends.select);
+    jump_limit: controls this far from a warp's cache are generated instead (worker.JUMP_LIMIT;
+    None: always warp, as the schedule says)."""
 
     avatar_path: Path
     schedule: Schedule
@@ -83,6 +86,7 @@ class PipelineSettings:
     in_flight: int | None = None
     jitter_ms: float = 0.0
     backend: BackendChoice = FP32
+    jump_limit: float | None = JUMP_LIMIT
 
     def __post_init__(self) -> None:
         if self.mode not in ("live", "replay"):
@@ -227,6 +231,7 @@ class Pipeline:
                     ring.spec,
                     self.settings.jitter_ms,
                     self.settings.backend,
+                    self.settings.jump_limit,
                 )
                 self._workers.append(_Worker(i, ws, ring, free_slots=list(range(RING_SLOTS))))
             for w in self._workers:
