@@ -342,17 +342,17 @@ def test_a_warp_too_far_from_its_cache_is_generated_and_becomes_the_cache(
     torch.set_num_threads(1)
     avatar = Avatar.load(tiny_avatar).prepare_for_inference()
     ring = FrameRing.create(8, avatar.resolution, avatar.resolution)
+    rest = neutral(NAMES)
+
+    def warp_to(jaw: float, frame: int) -> RenderTask:
+        controls = update(rest, NAMES, expression={"jawOpen": jaw})
+        return RenderTask(1, 0, frame, 0, False, 4, frame, controls, 0, time.monotonic())
+
     try:
         for limit in (JUMP_LIMIT, None):
             settings = WorkerSettings(0, tiny_avatar, "cpu", 1, ring.spec, jump_limit=limit)
             worker = Worker(settings, avatar, ring)
-            rest = neutral(NAMES)
             worker.handle(BuildTask(1, 0, 0, 0, rest))
-
-            def warp_to(jaw: float, frame: int) -> RenderTask:
-                controls = update(rest, NAMES, expression={"jawOpen": jaw})
-                return RenderTask(1, 0, frame, 0, False, 4, frame, controls, 0, time.monotonic())
-
             near = worker.handle(warp_to(0.2, 1))  # within the limit: a warp
             far = worker.handle(warp_to(1.0, 2))  # the mouth wide open at once
             after = worker.handle(warp_to(0.95, 3))  # near the new state
