@@ -213,7 +213,10 @@ async def api_avatar(request: web.Request) -> web.Response:
 
 
 def _backend_brief(selection: Selection) -> dict[str, Any]:
+    whole = selection.choice.to_dict()
     return {
+        "runtime": whole["runtime"],
+        "precision": whole["precision"],
         "label": selection.choice.label,
         "texture_ms": selection.stage_ms("texture"),
         "generator_ms": selection.stage_ms("generator"),

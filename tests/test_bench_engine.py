@@ -36,7 +36,8 @@ def test_json_has_the_contract_keys(tmp_path: Path) -> None:
     assert {"device", "torch", "threads", "runs", "modes", "cpu", "backend"} <= set(report)
     # The avatar file's run goes through the backend chosen by measurement, and says which.
     assert report["backend"]["source"] == "measured" and report["backend"]["candidates"]
-    chosen = {k: report["backend"][k] for k in ("generator", "warp", "texture", "label")}
+    keys = ("runtime", "precision", "generator", "warp", "texture", "label")
+    chosen = {k: report["backend"][k] for k in keys}
     assert report["runs"][0]["backend"] == chosen
     assert set(report["cpu"]) == {"model", "flags"} and "avx512_bf16" in report["cpu"]["flags"]
     render, *mesh_only = report["runs"]

@@ -137,6 +137,10 @@ async def test_api_avatar(client: TestClient) -> None:
     assert info["pose_limits_deg"]["yaw"] == [-45.0, 45.0]
     assert info["rest_expression"] == {}  # an avatar that does not know its rest starts neutral
     assert info["source"] is None  # nor where its face came from
+    # How the workers run the networks: as trained here (the tests' ServerConfig asks for it).
+    assert info["backend"]["runtime"] == "torch" and info["backend"]["precision"] == "fp32"
+    stats = await (await client.get("/api/stats")).json()
+    assert stats["backend"]["label"] == "torch fp32" and stats["backend"]["source"] == "requested"
     assert (
         info["view_limits_deg"]
         == info["accepted_view_deg"]

@@ -85,9 +85,16 @@ class BackendChoice:
         return stages + (", texture collapsed" if self.texture == "collapsed" else "")
 
     def to_dict(self) -> dict[str, object]:
+        """Per stage, and DESIGN's `{"runtime", "precision"}` of the whole ("generator+warp" where
+        the two stages differ)."""
+        g, w = self.generator, self.warp
         return {
-            "generator": self.generator.to_dict(),
-            "warp": self.warp.to_dict(),
+            "runtime": g.runtime if g.runtime == w.runtime else f"{g.runtime}+{w.runtime}",
+            "precision": g.precision
+            if g.precision == w.precision
+            else f"{g.precision}+{w.precision}",
+            "generator": g.to_dict(),
+            "warp": w.to_dict(),
             "texture": self.texture,
             "label": self.label,
         }
