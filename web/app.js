@@ -258,7 +258,10 @@ async function statsLoop(pc) {
       if (s) lines.push(`camera-to-avatar p50 ${s.p50.toFixed(0)} p95 ${s.p95.toFixed(0)} ms: tracking ${s.parts.tracking.toFixed(0)}, server ${s.parts.server.toFixed(0)}, transport ${s.parts.rest.toFixed(0)}`);
     }
     const b = info?.backend;
-    if (b) lines.push(`backend ${b.label}${b.generator_ms ? ` (texture ${b.texture_ms} ms, generator ${b.generator_ms} ms, warp ${b.warp_ms} ms, ${b.source})` : ""}`);
+    if (b) {
+      lines.push(`backend ${b.label}`);
+      if (b.generator_ms) lines.push(`  texture ${b.texture_ms} ms, generator ${b.generator_ms} ms, warp ${b.warp_ms} ms (${b.source})`);
+    }
     if (lastStats.stages_ms) lines.push(`server ${Object.entries(lastStats.stages_ms).map(([k, v]) => `${k} ${v}`).join("  ")} ms`);
     if (lastStats.warped !== undefined) lines.push(`warped ${(100 * lastStats.warped).toFixed(0)}%  latency ${lastStats.latency_ms} ms`);
     $("overlay").textContent = lines.join("\n");
