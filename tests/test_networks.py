@@ -166,6 +166,33 @@ def test_warps_run_with_every_cache_setting(kind: str, layers: tuple[str, ...]) 
     assert torch.isfinite(out.rgb).all() and torch.isfinite(out.alpha).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_implicit_warps_two_forms_of_the_mesh_change_agree(dtype: torch.dtype) -> None:
+    """Pooling each map then differencing (torch) and pooling the difference (the exported form)
+    are the same block means; only rounding differs."""
+    torch.manual_seed(0)
+    warp = make_warp(TINY).eval().to(dtype)
+    assert isinstance(warp, ImplicitWarp) and warp.pool_each
+    cache = _cache(TINY)
+    cache = NeuralCache(
+        c3=cache.c3.to(dtype),
+        c4=None if cache.c4 is None else cache.c4.to(dtype),
+        c5=None if cache.c5 is None else cache.c5.to(dtype),
+        uv=cache.uv,
+        mask=cache.mask,
+        controls=cache.controls.to(dtype),
+        screen=cache.screen,
+    )
+    uv, mask, controls = _frame(seed=3)
+    with torch.no_grad():
+        each = warp(cache, uv, mask, controls.to(dtype))
+        warp.pool_each = False
+        whole = warp(cache, uv, mask, controls.to(dtype))
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(each.rgb.float(), whole.rgb.float(), atol=tolerance)
+    assert torch.allclose(each.alpha.float(), whole.alpha.float(), atol=tolerance)
+
+
 def test_warp_rejects_a_cache_without_its_layers() -> None:
     cache = _cache(replace(TINY, cache_layers=("c3",)))
     uv, mask, controls = _frame()

@@ -125,5 +125,9 @@ def export_warp(warp: ImplicitWarp, example: tuple[torch.Tensor, ...], folder: P
     """Export the implicit warp traced on `example` (the WARP_INPUTS in order)."""
     path = folder / WARP_FILE
     args = tuple(t.float().contiguous() for t in example)
-    _export(WarpGraph(warp).eval(), args, path, WARP_INPUTS, WARP_OUTPUTS)
+    pool_each, warp.pool_each = warp.pool_each, False  # the form the runtimes compile
+    try:
+        _export(WarpGraph(warp).eval(), args, path, WARP_INPUTS, WARP_OUTPUTS)
+    finally:
+        warp.pool_each = pool_each
     return path
