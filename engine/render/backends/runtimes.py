@@ -85,18 +85,18 @@ class Session:
     """One compiled graph: `run(feeds)` -> outputs by name (fresh arrays: callers may keep them)."""
 
     inputs: tuple[str, ...]
+    outputs: tuple[str, ...]  # in the compiled graph's order (looked up once, not every frame)
     runner: Any
     kind: str
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         used = {name: feeds[name] for name in self.inputs}
         if self.kind == "onnxruntime":
-            names = [o.name for o in self.runner.get_outputs()]
-            return dict(zip(names, self.runner.run(None, used), strict=True))
+            return dict(zip(self.outputs, self.runner.run(None, used), strict=True))
         # Inputs are read in place (nothing changes them meanwhile); outputs are copied, since
         # callers keep them (a cache) past the next call.
         result = self.runner.infer(used, share_inputs=True, share_outputs=False)
-        return {_graph_name(port): np.asarray(value) for port, value in result.items()}
+        return dict(zip(self.outputs, map(np.asarray, result.to_tuple()), strict=True))
 
 
 def open_session(folder: Path, stage: str, choice: StageChoice, threads: int) -> Session:
@@ -113,7 +113,9 @@ def open_session(folder: Path, stage: str, choice: StageChoice, threads: int) ->
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return Session(tuple(i.name for i in session.get_inputs()), session, "onnxruntime")
+        inputs = tuple(i.name for i in session.get_inputs())
+        outputs = tuple(o.name for o in session.get_outputs())
+        return Session(inputs, outputs, session, "onnxruntime")
     import openvino as ov
 
     config = {
@@ -129,8 +131,9 @@ def open_session(folder: Path, stage: str, choice: StageChoice, threads: int) ->
     # 10.0 ms with the exported free batch dimension (bf16, 2 threads).
     model.reshape({port.get_any_name(): _batch_one(port) for port in model.inputs})
     compiled = core.compile_model(model, "CPU", config)
-    names = tuple(_graph_name(port) for port in compiled.inputs)
-    return Session(names, compiled.create_infer_request(), "openvino")
+    inputs = tuple(_graph_name(port) for port in compiled.inputs)
+    outputs = tuple(_graph_name(port) for port in compiled.outputs)
+    return Session(inputs, outputs, compiled.create_infer_request(), "openvino")
 
 
 def _batch_one(port: Any) -> list[int]:

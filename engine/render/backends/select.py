@@ -316,9 +316,7 @@ def _measure(
             warp_ms[(g, choice)] = _median_ms(run, TIMING_RUNS["warp"])
         warp_figures[choice] = judge("warp", choice, images, warp_images, frames.truth_target, 0.0)
         warp_fns[choice] = warp
-    warps = [w for w in warp_figures if warp_figures[w].passed and requested(w, precision, runtime)]
-    if not warps:
-        _fastest([*figures, *warp_figures.values()], "warp", precision, runtime)  # names why
+    warps = _passing([*figures, *warp_figures.values()], "warp", precision, runtime)
     per_frame = {
         (g, w): warp_ms[(g, w)] + (texture_ms + gen_ms(figures, g)) / max(num_warps, 1)
         for g in gens
@@ -410,31 +408,18 @@ def _passing(
     figures: list[StageFigures], stage: str, precision: str, runtime: str
 ) -> list[StageChoice]:
     """The requested candidates of `stage` that passed; none: an error naming each one's reason."""
-    _fastest(figures, stage, precision, runtime)
-    return [
-        StageChoice(f.runtime, f.precision)
-        for f in figures
-        if f.stage == stage
-        and f.passed
-        and requested(StageChoice(f.runtime, f.precision), precision, runtime)
-    ]
-
-
-def _fastest(figures: list[StageFigures], stage: str, precision: str, runtime: str) -> StageChoice:
-    """The fastest requested candidate of `stage` that passed; none: an error naming each."""
     mine = [
         f for f in figures
         if f.stage == stage and requested(StageChoice(f.runtime, f.precision), precision, runtime)
     ]  # fmt: skip
-    passing = [f for f in mine if f.passed and f.ms is not None]
+    passing = [StageChoice(f.runtime, f.precision) for f in mine if f.passed and f.ms is not None]
     if not passing:
         table = "; ".join(f"{f.runtime} {f.precision}: {f.reason}" for f in mine)
         raise ValueError(
             f"no {stage} backend for --precision {precision} --runtime {runtime} passes on this "
             f"machine: {table or f'no {runtime} candidate runs {precision}'}"
         )
-    best = min(passing, key=lambda f: f.ms or math.inf)
-    return StageChoice(best.runtime, best.precision)
+    return passing
 
 
 def _export(
