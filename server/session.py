@@ -77,7 +77,6 @@ class Session:
         self.sender: RTCRtpSender | None = None  # set once the track is added to the connection
         self._heard = time.monotonic()  # when the peer last showed it is alive
         self._last_report: object = None
-        self._arrived = 0.0  # when the message being handled arrived
         self._allowance = float(MESSAGE_BURST)
         self._allowance_at = time.monotonic()
         self._rate_reported = 0
@@ -87,7 +86,7 @@ class Session:
         self._floor_frames = 0
         self.pipeline_session = -1 if floor else bridge.open_session(self._deliver)
         # The first picture: the rest state, before any control arrives.
-        self._submit(0, self.state, time.monotonic())
+        self._submit(0, self.state)
 
     # ------------------------------------------------------------------ frames
 
@@ -123,18 +122,19 @@ class Session:
         return True
 
     def on_message(self, text: str | bytes) -> None:
-        self._arrived = time.monotonic()
+        arrived = time.monotonic()
         if not self._within_rate():
             self.rate_limited += 1  # dropped unread; reported once a second by the stats loop
             return
         try:
-            self._handle(text)
+            self._handle(text, arrived)
         except Exception:  # a bug must cost this message, never the connection's SCTP loop
             self.internal_errors += 1
             LOG.exception("session %s: handling a message failed", self.id)
             self._send(protocol.error("the server failed to handle this message (logged)"))
 
-    def _handle(self, text: str | bytes) -> None:
+    def _handle(self, text: str | bytes, arrived: float) -> None:
+        """One message, which came in at `arrived` (time.monotonic())."""
         try:
             message = protocol.parse(text, self.state, self.names, self.last_seq)
         except protocol.ProtocolError as exc:
@@ -143,14 +143,14 @@ class Session:
             return
         if isinstance(message, protocol.ControlMessage):
             self.state, self.last_seq = message.controls, message.seq
-            self.budget.received(message.seq, self._arrived)
-            self._submit(message.seq, message.controls, self._arrived)
+            self.budget.received(message.seq, arrived)
+            self._submit(message.seq, message.controls)
         elif isinstance(message, protocol.Ping):
             self._send(protocol.pong(message.t))
         elif isinstance(message, protocol.Probe):
             self.probe = message.on
 
-    def _submit(self, seq: int, controls: Controls, arrived: float) -> None:
+    def _submit(self, seq: int, controls: Controls) -> None:
         if not self.floor:
             self.bridge.submit(self.pipeline_session, seq, controls)
             return
