@@ -17,8 +17,9 @@ import pytest
 
 from engine.controls import Controls, neutral, update
 from engine.head.default import build_default_head
-from engine.pipeline.dispatcher import Frame, Pipeline, PipelineSettings, wait_for_exit
+from engine.pipeline.dispatcher import Frame, Pipeline, PipelineSettings
 from engine.pipeline.schedule import Schedule
+from engine.pipeline.workers import wait_for_exit
 from tests.conftest import save_untrained_avatar
 
 NAMES = build_default_head().expression_names

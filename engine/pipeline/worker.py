@@ -1,11 +1,12 @@
 """One render worker process: one avatar copy on one device, caches per session, pictures out
 through shared memory.
 
-The parent (`engine.pipeline.dispatcher`) sends small task records on a queue; the worker answers each with a
-small result record. Pictures go into the worker's `FrameRing` slot named by the task. A worker
-only ever warps from caches it built itself, after building them (tasks run in the order sent); a
-render that names a cache the worker does not hold fails loudly instead of using another. The
-worker exits on `Stop`, and by itself when its parent is gone (no orphan keeps a device busy).
+The parent (`engine.pipeline.workers` starts it, `engine.pipeline.dispatcher` gives it work) sends
+small task records on a queue; the worker answers each with a small result record. Pictures go
+into the worker's `FrameRing` slot named by the task. A worker only ever warps from caches it built
+itself, after building them (tasks run in the order sent); a render that names a cache the worker
+does not hold fails loudly instead of using another. The worker exits on `Stop`, and by itself
+when its parent is gone (no orphan keeps a device busy).
 """
 
 from __future__ import annotations

@@ -1,0 +1,88 @@
+"""Each session's frames in order, whatever order the workers finish them in.
+
+Workers run a session's frames side by side, so they finish out of order, and some never finish
+(a failed task, a worker that died). A session's record keeps the finished ones until every
+earlier one has come or been written off, then releases them in order; a lost frame leaves a gap
+in the output indices rather than holding the frames after it back. When the caches a session's
+schedule relies on are gone, it starts a new epoch: the schedule again from its next frame, on the
+workers that are up, with results of the old epoch still taken if they come.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.controls import Controls
+from engine.pipeline.frames import Frame
+from engine.pipeline.schedule import Schedule
+
+READY_FRAMES_KEPT = 64  # a session that never reads keeps only its newest frames
+
+
+@dataclass
+class Control:
+    seq: int
+    controls: Controls
+    submitted: float
+
+
+@dataclass
+class SessionState:
+    id: int
+    epoch: int = 0
+    base: int = 0  # output index where this epoch's schedule position 0 lies
+    next_frame: int = 0  # the next output index to dispatch
+    next_out: int = 0  # the next output index to hand out, in order
+    pending: collections.deque[Control] = field(default_factory=collections.deque)
+    done: dict[int, Frame | None] = field(default_factory=dict)  # finished, waiting for order
+    ready: collections.deque[Frame] = field(default_factory=collections.deque)
+    errors: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=32))
+    lost: int = 0
+    dropped: int = 0  # live-mode controls replaced before they were rendered
+    closed: bool = False
+    on_frame: Callable[[Frame], None] | None = None  # called instead of queueing for get()
+    plan: Schedule | None = None  # this epoch's schedule (fewer workers while one restarts)
+    worker_map: tuple[int, ...] = ()  # the plan's worker i is worker_map[i]
+
+    def awaits(self, frame: int) -> bool:
+        """True while `frame` is neither handed out nor finished: news of it still counts."""
+        return frame >= self.next_out and frame not in self.done
+
+    def write_off(self, frame: int) -> None:
+        """`frame` will never come: count it lost, so the frames after it need not wait."""
+        if self.awaits(frame):
+            self.done[frame] = None
+            self.lost += 1
+
+    def release(self) -> None:
+        """Move finished frames to the ready list in order, skipping lost ones."""
+        while self.next_out in self.done:
+            frame = self.done.pop(self.next_out)
+            self.next_out += 1
+            if frame is not None and self.on_frame is not None:
+                self.on_frame(frame)
+            elif frame is not None:
+                self.ready.append(frame)
+                while len(self.ready) > READY_FRAMES_KEPT:
+                    self.ready.popleft()
+
+    def new_epoch(self, lost: set[int], full: Schedule, up: tuple[int, ...]) -> None:
+        """Start the schedule again from the next frame, with new caches, on the workers `up`.
+        `lost`: frames that will never come (they were on a dead worker); frames still in flight
+        elsewhere finish and are kept."""
+        self.epoch += 1
+        for frame in lost:
+            self.write_off(frame)
+        self.base = self.next_frame
+        self.replan(full, up)
+
+    def replan(self, full: Schedule, up: tuple[int, ...]) -> None:
+        """The schedule for this epoch: `full` when every worker is up, else the same kind over
+        the workers `up` (a parallel schedule with one worker fewer keeps frames coming while the
+        dead one restarts)."""
+        if len(up) == full.workers or not up or full.name == "sequential":
+            self.plan, self.worker_map = full, tuple(range(full.workers))
+        else:
+            self.plan, self.worker_map = Schedule(full.name, len(up), full.num_warps), up
