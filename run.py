@@ -3,7 +3,12 @@
 python run.py [--host H] [--port P] [--avatar A] [--device D] [--workers N] [--num-warps W]
               [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|onnxruntime|openvino]
               [--codec vp8|h264] [--max-bitrate BPS] [--ice-server URL ...]
-              [--max-sessions S] [--session-ttl SECONDS]
+              [--max-sessions S] [--session-ttl SECONDS] [--token T] [--metrics-token M]
+              [--stills-queue Q] [--cluster ADDRESS]
+
+With --cluster, this process is a front: no renderer here; each offer goes to a render node of the
+Ray cluster at ADDRESS (every machine started with `ray start --resources '{"avatar_node": 1}'`),
+each node rendering with the options given here (server.cluster.front).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from engine.render.backends.select import CHOICES, RUNTIME_CHOICES
 from engine.runtime import limit_arenas, tune_allocator
 from server.app import ServerConfig, create_app
 from server.codecs import CODECS, set_max_bitrate
+from server.host import Host
 
 
 def ice_server(text: str) -> RTCIceServer:
@@ -76,7 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-sessions", type=int, default=4)
     parser.add_argument("--session-ttl", type=float, default=3600.0, help="seconds")
-    parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on POST /offer")
+    parser.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on every route but the page's own files",
+    )
+    parser.add_argument(
+        "--metrics-token", help="the token GET /metrics takes instead (a Prometheus scraper's)"
+    )
+    parser.add_argument(
+        "--stills-queue",
+        type=int,
+        default=4,
+        help="stills rendering or waiting at once (per node); one more is answered 429",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run as the front of the Ray cluster at ADDRESS (host:port, or 'auto')",
+    )
     parser.add_argument(
         "--allowed-origin",
         action="append",
@@ -96,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             schedule = Schedule("sequential", 1, args.num_warps)
         else:
             schedule = Schedule("parallel", args.workers, args.num_warps)
-        if args.max_sessions < 1 or args.session_ttl <= 0:
-            raise ValueError("--max-sessions and --session-ttl must be positive")
+        if args.max_sessions < 1 or args.session_ttl <= 0 or args.stills_queue < 1:
+            raise ValueError("--max-sessions, --session-ttl and --stills-queue must be positive")
         set_max_bitrate(args.max_bitrate)
         Avatar.load(args.avatar)  # fail here, with the reason, not inside the server's start-up
     except (FileNotFoundError, ValueError) as exc:
@@ -118,10 +141,23 @@ def main(argv: list[str] | None = None) -> int:
         codec=args.codec,
         loopback_only=args.loopback_only,
         token=args.token,
+        metrics_token=args.metrics_token,
+        stills_queue=args.stills_queue,
         allowed_origins=tuple(args.allowed_origin),
         precision=args.precision,
         runtime=args.runtime,
     )
+    if args.cluster:  # each node chooses its own backends, for its own machine
+        from server.cluster.front import ClusterHost
+
+        def front(c: ServerConfig) -> Host:
+            return ClusterHost(c, args.cluster)
+
+        logging.info(
+            "front of the Ray cluster at %s on http://%s:%d", args.cluster, args.host, args.port
+        )
+        web.run_app(create_app(config, front), host=config.host, port=config.port, print=None)
+        return 0
     try:  # measured here, before serving, so that an impossible request fails with its reason
         selection = config.choose_backend()  # cached: the server's start-up reads it back
     except ValueError as exc:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,9 @@ class Viewer:
     session: str
     sent: dict[int, float] = field(default_factory=dict)  # seq -> time.monotonic() when sent
     seq: int = 0
+    events: str | None = None  # where the server tells why the session ended (server-sent events)
+    node: str | None = None  # the render node a cluster's front placed it on
+    offer_ms: float = 0.0  # the offer's round trip (sent -> answer read)
 
     def send(self, message: dict[str, Any]) -> None:
         self.channel.send(json.dumps(message))
@@ -72,11 +76,28 @@ class Viewer:
         await self.pc.close()
 
 
+Exchange = Callable[[dict[str, str]], Awaitable[dict[str, Any]]]  # offer -> answer
+
+
 async def connect(
     http: aiohttp.ClientSession | Any, url: str = "", source: str = "avatar", **headers: str
 ) -> Viewer:
     """Offer a receive-only video transceiver and a `control` channel to `url`/offer through
     `http` (an aiohttp ClientSession, or aiohttp's TestClient with url ""); wait until open."""
+
+    async def post(offer: dict[str, str]) -> dict[str, Any]:
+        response = await http.post(f"{url}/offer", json=offer, headers=headers)
+        if response.status != 200:
+            raise RuntimeError(f"offer refused: {response.status} {await response.text()}")
+        answer: dict[str, Any] = await response.json()
+        return answer
+
+    return await connect_with(post, source)
+
+
+async def connect_with(exchange: Exchange, source: str = "avatar") -> Viewer:
+    """As `connect`, with the offer answered by `exchange` (an HTTP POST, or a call straight to a
+    cluster's render node); `Viewer.offer_ms` is how long the exchange took."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     channel = pc.createDataChannel("control")
     pc.addTransceiver("video", direction="recvonly")
@@ -100,14 +121,46 @@ async def connect(
     offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
     if source != "avatar":  # "floor": the synthetic pattern (server/floor.py)
         offer["source"] = source
-    response = await http.post(f"{url}/offer", json=offer, headers=headers)
-    if response.status != 200:
+    asked = time.perf_counter()
+    try:
+        answer = await exchange(offer)
+    except BaseException:
         await pc.close()
-        raise RuntimeError(f"offer refused: {response.status} {await response.text()}")
-    answer = await response.json()
+        raise
+    offer_ms = (time.perf_counter() - asked) * 1000.0
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
     await asyncio.wait_for(opened.wait(), WAIT_S)
-    return Viewer(pc, channel, frames, messages, answer["session"])
+    return Viewer(
+        pc,
+        channel,
+        frames,
+        messages,
+        answer["session"],
+        events=answer.get("events"),
+        node=answer.get("node"),
+        offer_ms=offer_ms,
+    )
+
+
+async def ended_reason(
+    http: aiohttp.ClientSession | Any, path: str, url: str = "", **headers: str
+) -> str:
+    """Wait on the session's event stream (`Viewer.events`) for why it ended."""
+    response = await http.get(f"{url}{path}", headers=headers)
+    if response.status != 200:
+        raise RuntimeError(f"events refused: {response.status} {await response.text()}")
+    text = ""
+    async for chunk in response.content.iter_any():
+        text += chunk.decode()
+        head, sep, _ = text.partition("\n\n")
+        if sep and "event: ended" in head:
+            data = head.split("data: ", 1)[1]
+            reason: str = json.loads(data)["reason"]
+            response.release()
+            return reason
+        if sep:
+            text = text[len(head) + 2 :]  # a keep-alive comment
+    raise RuntimeError("the event stream closed without saying why the session ended")
 
 
 async def _stream_until_killed(url: str) -> None:

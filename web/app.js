@@ -403,8 +403,12 @@ function cameraControls() {
 }
 
 async function start() {
-  info = await (await fetch("/api/avatar")).json();
   const params = new URLSearchParams(location.search);
+  // A server run with --token wants it on every route but its page files (?token=... here).
+  const auth = params.get("token") ? { Authorization: `Bearer ${params.get("token")}` } : {};
+  const answer = await fetch("/api/avatar", { headers: auth });
+  if (!answer.ok) throw new Error(`${answer.status}: ${await answer.text()}`);
+  info = await answer.json();
   $("codec").value = params.get("codec") || info.codec;
   buildControls();
   if (info.source) {

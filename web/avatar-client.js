@@ -26,6 +26,27 @@ function waitForIceGathering(pc) {
   });
 }
 
+// Why the session ended, from the server that placed it (GET answer.events, server-sent events over
+// fetch so that the token goes in a header): a render node that dies cannot say so on the data
+// channel, and the browser's own check would take ~30 s to notice.
+async function watchEnd(url, path, auth, onEnded) {
+  const controller = new AbortController();
+  (async () => {
+    const response = await fetch(`${url}${path}`, { headers: auth, signal: controller.signal });
+    if (!response.ok || !response.body) return;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      text += value;
+      const match = text.match(/event: ended\ndata: (.*)\n\n/);
+      if (match) return onEnded(JSON.parse(match[1]).reason);
+    }
+  })().catch(() => {}); // aborted on close, or the server went away: the channel tells then
+  return () => controller.abort();
+}
+
 function preferCodec(transceiver, codec) {
   if (!transceiver.setCodecPreferences || !window.RTCRtpReceiver?.getCapabilities) return;
   const all = RTCRtpReceiver.getCapabilities("video").codecs;
@@ -69,9 +90,10 @@ export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], 
   });
   await pc.setLocalDescription(await pc.createOffer());
   await waitForIceGathering(pc);
+  const auth = token ? { Authorization: `Bearer ${token}` } : {};
   const response = await fetch(`${url}/offer`, {
     method: "POST",
-    headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+    headers: { "Content-Type": "application/json", ...auth },
     body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, ...(source === "avatar" ? {} : { source }) }),
   });
   if (!response.ok) {
@@ -81,6 +103,13 @@ export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], 
   }
   const answer = await response.json();
   await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+  const stopWatching = answer.events
+    ? await watchEnd(url, answer.events, auth, (reason) => {
+      farewell = farewell || `session ended: ${reason}`;
+      end(farewell);
+      pc.close();
+    })
+    : () => {};
   await opened;
   let seq = 0;
   const sent = new Map(); // seq -> send time (performance.now), for the latency probe
@@ -107,6 +136,7 @@ export async function connectAvatar({ url = "", codec = "vp8", iceServers = [], 
       const { driveWithCamera } = await import(new URL("./camera-drive.js", import.meta.url));
       return driveWithCamera(this, camera, { url, ...options });
     },
-    close() { channel.close(); pc.close(); },
+    auth,
+    close() { stopWatching(); channel.close(); pc.close(); },
   };
 }

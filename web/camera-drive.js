@@ -26,7 +26,7 @@ export async function driveWithCamera(avatar, stream, {
   url = "", info = null, mirror = false, gains = {}, delegate = "auto", thread = "auto", selfView = null,
   calibrateMs = CALIBRATE_MS, autoCalibrate = false, onFrame = null, onStatus = null,
 } = {}) {
-  info = info ?? (await (await fetch(`${url}/api/avatar`)).json());
+  info = info ?? (await (await fetch(`${url}/api/avatar`, { headers: avatar.auth ?? {} })).json());
   const video = Object.assign(document.createElement("video"), { muted: true, playsInline: true, autoplay: true });
   video.srcObject = stream;
   await video.play();
