@@ -19,9 +19,11 @@ class NodeLoad:
 
 
 def ranked(nodes: Sequence[NodeLoad]) -> list[str]:
-    """The nodes that can take a session, best first (an offer refused by the first goes to the
-    next): most free slots, then lowest latency (a node with no frames yet counts as 0 ms:
-    it is idle), then name so that the order is stable."""
-    usable = [n for n in nodes if n.up and n.free > 0]
-    usable.sort(key=lambda n: (-n.free, n.latency_p50_ms or 0.0, n.name))
+    """The nodes to offer a session to, best first (an offer refused by one goes to the next):
+    most free slots, then lowest latency (a node with no frames yet counts as 0 ms: it is idle),
+    then name so that the order is stable. Nodes the front counts as full come last, not never:
+    its count is as old as the last heartbeat, and sessions may have closed since; the node
+    itself is the one that knows, and says so when it is full."""
+    usable = [n for n in nodes if n.up]
+    usable.sort(key=lambda n: (n.free <= 0, -n.free, n.latency_p50_ms or 0.0, n.name))
     return [n.name for n in usable]
