@@ -1,7 +1,7 @@
 """Motion-to-photon latency and playback quality measured in a real headless Chromium.
 
     python -m bench.browser [--url URL] [--seconds S] [--codec vp8|h264] [--camera CLIP]
-                            [--floor] [--sessions N] [--budget-plot PNG] --json OUT
+                            [--floor] [--sessions N] [--stills N] [--budget-plot PNG] --json OUT
 
 Without --url it starts a server of its own (`run.py --loopback-only` on a free port, the shipped
 avatar unless --avatar) and stops it afterwards. Chromium is Debian's (`/usr/bin/chromium`, driven by
@@ -12,7 +12,8 @@ JSON keys: DESIGN.md, "Measurement contracts". The report also names the backend
 `--budget` adds `budget_ms`: the p50 of every stage from control sent to picture displayed (server
 stages from server/budget.py, network, jitter buffer, decode, display). `--floor` runs the same test on a
 synthetic pattern through the same path (server/floor.py) in the same run; `--sessions N` drives N
-pages at once; `--budget-plot` draws the stacked budget.
+pages at once; `--budget-plot` draws the stacked budget; `--stills N` runs the test again while N
+clients ask for stills at once (bench/stills_flood.py), with the server's memory before and after.
 
 With --camera CLIP the page is driven by a face instead: Chromium's webcam plays CLIP (a Y4M made
 from it, bench/fake_camera.py), the page tracks it and sends the controls, and the report adds
@@ -34,6 +35,7 @@ from typing import Any
 from bench.camera import offline_series, summarise
 from bench.fake_camera import chromium_camera_flags, write_y4m
 from bench.local_server import run_against, server_parser, write_report
+from bench.stills_flood import StillsFlood, server_memory_mb
 from engine.cpu import cpu_info
 
 CHROMIUM = "/usr/bin/chromium"
@@ -136,6 +138,7 @@ def measure(
     floor: bool = False,
     sessions: int = 1,
     budget: bool = False,
+    stills: int = 0,
 ) -> dict[str, Any]:
     """The latency test on one page (and with `sessions` > 1 on that many pages at once), then with
     `floor` the synthetic pattern's, in the same browser against the same server."""
@@ -163,6 +166,8 @@ def measure(
             for other in others:
                 other.close()
             page.wait_for_timeout(1000)
+        if stills:
+            report["stills_flood"] = _with_stills(page, url, seconds, stills, report)
         if floor:
             page.goto(f"{url}/?codec={codec}&floor=1")
             wait_connected(page)
@@ -271,6 +276,29 @@ def measure_camera(
     return _playback(url, seconds, result, stats) | {"camera": camera}
 
 
+def _with_stills(
+    page: Any, url: str, seconds: float, concurrent: int, alone: dict[str, Any]
+) -> dict[str, Any]:
+    """The latency test again while `concurrent` clients flood GET /still.png; the server's
+    memory before, right after and once settled."""
+    stats = "() => fetch('/api/stats').then(r => r.json())"
+    # A few stills first: the still renderer's first renders allocate what it keeps (not growth).
+    page.evaluate("async () => { for (let i = 0; i < 4; i++) await fetch('/still.png'); }")
+    before = server_memory_mb(page.evaluate(stats))
+    with StillsFlood(url, concurrent) as flood:
+        page.wait_for_timeout(2000)  # the flood at full strength before the test
+        [(result, _)] = _latency_tests([page], seconds)
+        during = server_memory_mb(page.evaluate(stats))
+    page.wait_for_timeout(3000)
+    after = server_memory_mb(page.evaluate(stats))
+    out = flood.report() | _summary(result)
+    base = alone["mtp_ms_p95"]
+    out["mtp_ms_p95_alone"] = base
+    out["p95_rise"] = round(result["p95"] / base - 1.0, 3) if base and result["p95"] else None
+    out["server_mb"] = {"before": before, "during": during, "after": after}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = server_parser("bench.browser", __doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -282,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sessions", type=int, default=1, help="also drive this many pages at once (> 1)"
+    )
+    parser.add_argument(
+        "--stills",
+        type=int,
+        default=0,
+        help="also run the test while this many clients ask for stills at once",
     )
     parser.add_argument(
         "--budget",
@@ -338,7 +372,13 @@ def main(argv: list[str] | None = None) -> int:
             args.url,
             args.avatar,
             lambda url, _pid: measure(
-                url, args.seconds, args.codec, args.floor, args.sessions, args.budget
+                url,
+                args.seconds,
+                args.codec,
+                args.floor,
+                args.sessions,
+                args.budget,
+                args.stills,
             ),
             args.server_arg,
         )
