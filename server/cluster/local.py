@@ -31,7 +31,10 @@ FAST_HEALTH_CHECKS = {
 def local_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[Any]:
     """A head (the driver: this process) and `nodes` render nodes; shut down on exit, with
     every actor the front made (they are detached: nothing else would stop them)."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by the nodes' processes
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # ... and by this one, which imported ray already
     path = os.environ.get("PYTHONPATH", "")
     if str(ROOT) not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), path) if p)
