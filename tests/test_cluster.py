@@ -19,7 +19,7 @@ from bench import rtc_client
 from bench.rtc_client import Viewer
 from engine.pipeline.schedule import Schedule
 from server.app import ServerConfig, create_app
-from server.cluster.front import ClusterHost
+from server.cluster.front import NODE_RESOURCE, ClusterHost
 from server.cluster.local import kill_process_tree, local_cluster
 from tests.conftest import save_untrained_avatar
 
@@ -176,3 +176,22 @@ async def test_a_restarted_front_loses_no_session(cluster: Any, config: ServerCo
         await asyncio.sleep(0.5)
         await viewer.close()
         assert await asyncio.wait_for(told, WAIT_S) == "the connection closed"
+
+
+async def test_a_node_that_joins_takes_offers_and_one_that_leaves_is_dropped(
+    cluster: Any, config: ServerConfig
+) -> None:
+    async with front(config) as c:
+        await _until(c, lambda h: h["nodes_up"] == NODES, "the nodes did not come up")
+        joined = cluster.add_node(num_cpus=1, resources={NODE_RESOURCE: 1})  # `ray start` elsewhere
+        health = await _until(c, lambda h: h["nodes_up"] == NODES + 1, "the new node stayed out")
+        names = {n["name"] for n in health["nodes"]}
+        viewers = [await rtc_client.connect(c, **AUTH) for _ in range(NODES + 1)]
+        assert {v.node for v in viewers} == names  # one each: the new node takes its share
+        for v in viewers:
+            await _streaming(v)
+            await v.close()
+        await _until(c, lambda h: h["sessions"] == 0, "the sessions did not close")
+        cluster.remove_node(joined, allow_graceful=False)
+        health = await _until(c, lambda h: h["nodes_total"] == NODES, "the node that left was kept")
+        assert health["nodes_up"] == NODES and health["status"] == "ok"
