@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import signal
 import statistics
 import time
 from pathlib import Path
@@ -233,6 +234,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any] | None:
         max_sessions=args.capacity,
         precision=args.precision,
         runtime="torch",
+        token=args.token,
     )
     use_loopback_only()
     runner = web.AppRunner(create_app(config, ClusterHost))
@@ -243,7 +245,11 @@ async def serve(args: argparse.Namespace) -> dict[str, Any] | None:
     try:
         if args.hold:
             print(f"front of a {args.nodes}-node local cluster at {url} (Ctrl-C stops)", flush=True)
-            await asyncio.Event().wait()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
             return None
         return await measure(args, url)
     finally:
@@ -261,17 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill", action="store_true", help="kill a node mid-stream")
     parser.add_argument("--hold", action="store_true", help="serve the front until Ctrl-C")
     parser.add_argument("--port", type=int, default=0, help="the front's port (default: free)")
+    parser.add_argument("--token", help="with --hold: the front's --token")
     parser.add_argument("--json", type=Path, help="where the report goes")
     args = parser.parse_args(argv)
     if args.nodes < 2 or args.capacity < 1 or args.offers < 1:
         parser.error("--nodes must be at least 2, --capacity and --offers at least 1")
     if not args.hold and args.json is None:
         parser.error("--json is required unless --hold")
+    if args.token and not args.hold:
+        parser.error("--token is for --hold (the measurements run without one)")
     with local_cluster(args.nodes):
-        try:
-            report = asyncio.run(serve(args))
-        except KeyboardInterrupt:
-            return 0
+        report = asyncio.run(serve(args))
     if report is not None and args.json is not None:
         write_report(args.json, report)
     return 0

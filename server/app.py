@@ -122,7 +122,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def api_avatar(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[HOST_KEY].avatar_info())
+    try:
+        return web.json_response(await request.app[HOST_KEY].avatar_info())
+    except NodeFull as exc:  # a front with no render node up yet
+        raise web.HTTPServiceUnavailable(
+            text=str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        ) from exc
 
 
 async def api_stats(request: web.Request) -> web.Response:

@@ -6,16 +6,25 @@ avatar through a second peer connection. Skipped, with the reason, where chromiu
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from bench import browser
-from bench.local_server import local_server
+from bench.local_server import free_port, local_server
 from engine.render.avatar import DEFAULT_AVATAR
+from server.cluster.local import kill_process_tree
 from tests.conftest import save_untrained_avatar
 
 pytestmark = pytest.mark.skipif(
@@ -102,3 +111,58 @@ def test_the_benchmark_stacks_the_budget_beside_the_floor_and_drives_sessions(
     assert len(report["sessions"]) == 2 and all(s["fps"] > 0 for s in report["sessions"])
     browser.plot_budget(report, tmp_path / "budget.png")
     assert Image.open(tmp_path / "budget.png").size[0] > 500
+
+
+def test_the_page_through_a_cluster_front_says_when_its_node_dies(tmp_path: Path) -> None:
+    """The page (with its token) at a front of a real 2-node Ray cluster (`bench.cluster --hold`,
+    its own processes): the avatar plays from a render node; that node's processes SIGKILLed, the
+    page says why its video stopped; reloaded, it plays from the other node."""
+    path = save_untrained_avatar(tmp_path / "avatar.pt", resolution=256)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": "Bearer s3cret"}
+    command = [sys.executable, "-m", "bench.cluster", "--hold", "--nodes", "2", "--port", str(port)]
+    command += ["--avatar", str(path), "--num-warps", "2", "--token", "s3cret"]
+    front = subprocess.Popen(command, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if _get_json(f"{url}/health", auth)["nodes_up"] == 2:
+                    break
+            except OSError:
+                pass
+            assert front.poll() is None and time.monotonic() < deadline, "the front did not start"
+            time.sleep(1)
+        with browser.browser_page(url, "/?token=s3cret") as page:
+            browser.wait_connected(page)
+            session = page.evaluate("window.avatarPage.avatar.session")
+            node = _get_json(f"{url}/api/stats", auth)["sessions"][session]["node"]
+            pid = next(n["load"]["pid"] for n in _get_json(f"{url}/health", auth)["nodes"]
+                       if n["name"] == node)  # fmt: skip
+            kill_process_tree(pid)
+            page.wait_for_function(
+                "() => document.getElementById('status').textContent.includes('render node')",
+                timeout=30_000,
+            )
+            status = page.locator("#status").text_content() or ""
+            assert f"session ended: its render node {node} stopped" in status
+            page.reload()
+            browser.wait_connected(page)
+            again = page.evaluate("window.avatarPage.avatar.session")
+            placed = _get_json(f"{url}/api/stats", auth)["sessions"][again]["node"]
+            assert placed != node  # the other node, while the killed one restarts
+    finally:
+        front.send_signal(signal.SIGINT)
+        try:
+            front.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(front.pid, signal.SIGKILL)
+            front.wait()
+    assert front.returncode == 0
+
+
+def _get_json(url: str, headers: dict[str, str]) -> Any:
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

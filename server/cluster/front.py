@@ -44,6 +44,7 @@ HEARTBEAT_S = 0.5
 LOAD_TIMEOUT_S = 2.0  # a load call slower than this marks the node unresponsive (no new offers)
 UNRESPONSIVE_LIMIT = 5  # ... and this many in a row: its sessions are given up
 DISCOVER_S = 2.0
+WATCH_S = 30.0  # how long one `watch` call stays open before the next replaces it
 STATS_EVERY = 4  # heartbeats between refreshes of the figures /metrics shows
 CALL_TIMEOUT_S = 30.0  # an offer (ICE gathering) or a still
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,15 +215,18 @@ class ClusterHost:
                     )
 
     async def _watch(self, state: _NodeState, pid: int | None) -> None:
-        """Wait on the node's never-answering `watch` call: it fails when the process dies."""
-        try:
-            await _awaited(state.handle.watch.remote())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if state.pid == pid:  # not already handled by a heartbeat
-                state.last_error = f"{type(exc).__name__}: {exc}"
-                self._lost(state, f"its render node {state.name} stopped")
+        """Keep a `watch` call open on the node's process while it is the same one: the call
+        fails the moment the process dies."""
+        while state.pid == pid:
+            try:
+                await _awaited(state.handle.watch.remote(WATCH_S))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if state.pid == pid:  # not already handled by a heartbeat
+                    state.last_error = f"{type(exc).__name__}: {exc}"
+                    self._lost(state, f"its render node {state.name} stopped")
+                return
 
     def _lost(self, state: _NodeState, reason: str) -> None:
         """The node's process is gone (or going): its sessions went with it."""
@@ -254,7 +258,7 @@ class ClusterHost:
         return [
             NodeLoad(
                 s.name,
-                s.up,
+                s.up and s.misses == 0,  # a node late with its load takes no new session
                 int(s.load.get("free", 0)) - s.pending,
                 s.load.get("latency_p50_ms"),
             )

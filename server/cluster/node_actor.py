@@ -44,10 +44,11 @@ class RenderNode:
         await self._start()
         return True
 
-    async def watch(self) -> None:
-        """Never answers: the front keeps one call open, and Ray fails it the moment this
-        process dies (sooner than the next heartbeat would notice)."""
-        await asyncio.Event().wait()
+    async def watch(self, seconds: float) -> None:
+        """Answers after `seconds`: the front keeps one such call open, and Ray fails it the
+        moment this process dies (sooner than the next heartbeat would notice). Bounded, so that
+        the calls of a front that went away do not pile up here."""
+        await asyncio.sleep(seconds)
 
     async def load(self) -> dict[str, Any]:
         """server.node.Node.load, or {"ready": False} while starting ("error": why it failed)."""
@@ -89,11 +90,6 @@ class RenderNode:
     async def health(self) -> dict[str, Any]:
         await self._start()
         return self._node.health()
-
-    async def end_session(self, sid: str, farewell: str) -> bool:
-        existed = sid in self._node.sessions
-        await self._node.end_session(sid, "front", farewell)
-        return existed
 
     async def shutdown(self) -> None:
         """End the sessions (told why) and stop the workers; the actor may then be killed."""
