@@ -17,15 +17,19 @@ import psutil
 
 from server.resources import rss_mb
 
+MEMORY_EVERY_S = 5.0
+
 
 class StillsFlood:
-    """`concurrent` clients on a thread of their own (the page's test runs meanwhile)."""
+    """`concurrent` clients on a thread of their own (the page's test runs meanwhile), and the
+    server's memory read every MEMORY_EVERY_S meanwhile (growth would show as a rising series)."""
 
     def __init__(self, url: str, concurrent: int, headers: dict[str, str] | None = None) -> None:
         self.url = url
         self.concurrent = concurrent
         self.headers = headers or {}
         self.statuses: collections.Counter[int] = collections.Counter()
+        self.memory_mb: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -54,15 +58,24 @@ class StillsFlood:
             if wait:
                 await asyncio.sleep(wait)
 
+    async def _memory(self) -> None:
+        async with aiohttp.ClientSession() as http:
+            while not self._stop.is_set():
+                await asyncio.sleep(MEMORY_EVERY_S)
+                async with http.get(f"{self.url}/api/stats", headers=self.headers) as r:
+                    self.memory_mb.append(server_memory_mb(await r.json()))
+
     async def _run(self) -> None:
         limits = aiohttp.TCPConnector(limit=self.concurrent)
         async with aiohttp.ClientSession(connector=limits) as http:
-            await asyncio.gather(*(self._client(http, i) for i in range(self.concurrent)))
+            clients = [self._client(http, i) for i in range(self.concurrent)]
+            await asyncio.gather(self._memory(), *clients)
 
     def report(self) -> dict[str, Any]:
         return {
             "concurrent": self.concurrent,
             "answers": {str(k): v for k, v in sorted(self.statuses.items())},
+            f"server_mb_every_{MEMORY_EVERY_S:g}_s": self.memory_mb,
         }
 
 

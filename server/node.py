@@ -107,7 +107,9 @@ class Node:
         self._selection = selection
         LOG.info(summary_line(selection))
         self._bridge = await Bridge.start(config.pipeline_settings(selection.choice))
-        self._stills = await StillRenderer.start(config.avatar_path, config.stills_queue)
+        self._stills = await StillRenderer.start(
+            config.avatar_path, config.stills_queue, live=lambda: bool(self.sessions)
+        )
         LOG.info(
             "node %s: avatar %s, %d^2, %s, %d torch threads here",
             self.name,

@@ -166,3 +166,17 @@ def _get_json(url: str, headers: dict[str, str]) -> Any:
     request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+def test_the_benchmark_measures_a_session_under_a_flood_of_stills(server_url: str) -> None:
+    report = browser.measure(server_url, 3, "vp8", stills=20)
+    flood = report["stills_flood"]
+    assert flood["concurrent"] == 20 and flood["rounds"] == 2
+    assert len(flood["alone"]) == len(flood["flooded"]) == 2
+    assert all(r["fps"] > 0 and r["mtp_ms_p95"] > 0 for r in flood["alone"] + flood["flooded"])
+    answers = [f["answers"] for f in flood["floods"]]
+    assert all(set(a) <= {"200", "429"} and a.get("200", 0) >= 1 for a in answers)
+    assert flood["p95_rise"] == round(
+        flood["mtp_ms_p95_flooded"] / flood["mtp_ms_p95_alone"] - 1, 3
+    )
+    assert flood["server_mb"]["before"] > 0 and flood["server_mb"]["after"] > 0

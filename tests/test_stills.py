@@ -74,7 +74,7 @@ def _picture(png: bytes) -> np.ndarray:
 
 def _pid(renderer: StillRenderer) -> int:
     pid = renderer.stats()["pid"]
-    assert pid is not None
+    assert isinstance(pid, int)
     return pid
 
 
@@ -138,6 +138,9 @@ async def test_still_is_the_in_process_picture_from_a_niced_child(
         assert pid != os.getpid()
         assert psutil.Process(pid).nice() == NICENESS == 19
         assert set(_thread_niceness(pid)) == {NICENESS}  # torch's threads too, not only the main
+        if hasattr(os, "SCHED_IDLE"):  # Linux: the idle class, every thread
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_IDLE}
         stats = renderer.stats()
         assert stats["rendered"] == 2
         assert stats["queued"] == stats["rendering"] == stats["refused"] == 0
@@ -293,3 +296,27 @@ async def test_the_child_leaves_when_its_parent_dies(tiny_avatar: Path) -> None:
             return True
 
     await _until(ended, "the orphaned child to leave")
+
+
+async def test_beside_live_sessions_stills_keep_to_their_share_of_a_core(
+    tiny_avatar: Path,
+) -> None:
+    """While `live()` says a session is open, a still waits until its predecessor's CPU time is
+    LIVE_SHARE of the time since that one began; with none open, stills do not wait."""
+    live = False
+    renderer = await StillRenderer.start(tiny_avatar, queue_limit=4, live=lambda: live)
+    try:
+        avatar = Avatar.load(tiny_avatar)
+        for _ in range(3):
+            await renderer.render_png(avatar.rest)
+        assert renderer.stats()["paced_s"] == 0.0
+        live = True
+        started = time.monotonic()
+        for _ in range(4):
+            await renderer.render_png(avatar.rest)
+        stats = renderer.stats()
+        paced = stats["paced_s"]
+        assert isinstance(paced, float) and paced > 0.0
+        assert time.monotonic() - started >= paced
+    finally:
+        await renderer.close()
