@@ -24,9 +24,8 @@ def _shm_mappings(process: psutil.Process) -> int:
 
     Read from /proc/PID/maps (0.5 ms), not psutil's memory_maps, which parses smaps (12 ms here):
     this runs on the event loop, which every live session's frames pass through."""
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{process.pid}/maps") as maps:
-            return len({line.split(None, 5)[-1].strip() for line in maps if "/dev/shm/" in line})
+    with contextlib.suppress(OSError), open(f"/proc/{process.pid}/maps") as maps:
+        return len({line.split(None, 5)[-1].strip() for line in maps if "/dev/shm/" in line})
     with contextlib.suppress(psutil.Error, NotImplementedError, AttributeError):
         return len({m.path for m in process.memory_maps() if m.path.startswith("/dev/shm/")})
     return 0
