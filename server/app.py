@@ -99,6 +99,10 @@ async def still(request: web.Request) -> web.Response:
             text=f"too many stills at once: {exc}; try again shortly",
             headers={"Retry-After": str(exc.retry_after_s)},
         ) from exc
+    except NodeFull as exc:  # a front whose render node failed the still
+        raise web.HTTPServiceUnavailable(
+            text=str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        ) from exc
     return web.Response(body=body, content_type="image/png", headers={"Cache-Control": "no-store"})
 
 

@@ -33,7 +33,8 @@ class Host(Protocol):
         """{"sdp", "type", "session"}; server.node.NodeFull / BadOffer."""
 
     async def still_png(self, state: str) -> bytes:
-        """protocol.ProtocolError for a bad state; server.stills.StillsBusy when full."""
+        """protocol.ProtocolError for a bad state; server.stills.StillsBusy when full;
+        server.node.NodeFull when no render node could (a front)."""
 
     async def avatar_info(self) -> dict[str, Any]: ...
 

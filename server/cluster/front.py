@@ -311,6 +311,8 @@ class ClusterHost:
             reply = await asyncio.wait_for(
                 _awaited(node.handle.still_png.remote(state_json)), CALL_TIMEOUT_S
             )
+        except Exception as exc:  # the node died or timed out: not the client's fault
+            raise NodeFull(f"render node {node.name} failed the still: {exc!r}", 1) from exc
         finally:
             self._stills_in_flight -= 1
         if "bad" in reply:
@@ -327,7 +329,10 @@ class ClusterHost:
             up = [s for s in self.nodes.values() if s.up]
             if not up:
                 raise NodeFull("no render node is up yet; try again shortly", RETRY_AFTER_S)
-            info = await asyncio.wait_for(_awaited(up[0].handle.avatar_info.remote()), 10.0)
+            try:
+                info = await asyncio.wait_for(_awaited(up[0].handle.avatar_info.remote()), 10.0)
+            except Exception as exc:
+                raise NodeFull(f"render node {up[0].name} did not answer: {exc!r}") from exc
             self._avatar_info = info
         return {**self._avatar_info, "cluster": True}
 
