@@ -216,7 +216,11 @@ async def offer(request: web.Request) -> web.Response:
 def host_ctx(make_host: Callable[[ServerConfig], Host]) -> Callable[[web.Application], Any]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         host = make_host(app[CONFIG_KEY])
-        await host.start()
+        try:
+            await host.start()
+        except BaseException:  # what did start (workers, the still renderer) must not outlive it
+            await host.close()
+            raise
         app[HOST_KEY] = host
         yield
         await host.close()

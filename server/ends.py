@@ -44,8 +44,9 @@ class SessionEnds:
     def reason(self, sid: str) -> str | None:
         return self._ended.get(sid)
 
-    def recent(self) -> dict[str, str]:
-        return dict(self._ended)
+    def recent(self, limit: int = KEPT) -> dict[str, str]:
+        """The reasons of the `limit` sessions that ended last."""
+        return dict(list(self._ended.items())[-limit:])
 
     async def wait(self, sid: str) -> str:
         """The reason `sid` ended, waiting until it does (KeyError: no such session here)."""

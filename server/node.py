@@ -19,7 +19,7 @@ import statistics
 import time
 import uuid
 import weakref
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -39,6 +39,7 @@ from server.stills import StillRenderer
 
 RETRY_AFTER_S = 10  # what a client told "too many sessions" should wait
 TTL_CHECK_S = 1.0
+ENDED_TOLD = 64  # the latest ended sessions' reasons in each load (read every heartbeat)
 # What the page is told when a session ends for a reason the node itself did not announce.
 REASONS = {
     "client": "the connection closed",
@@ -47,6 +48,7 @@ REASONS = {
     "shutdown": "the server is shutting down",
 }
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NodeFull(Exception):
@@ -64,6 +66,13 @@ class BadOffer(ValueError):
 def _inert(avatar: Avatar) -> list[str]:
     flags = zip(avatar.expression_names, avatar.head.data.expression_inert, strict=True)
     return [name for name, inert in flags if inert]
+
+
+def _started(value: T | None) -> T:
+    """What start() made (RuntimeError before it has run)."""
+    if value is None:
+        raise RuntimeError("the node has not started")
+    return value
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -140,21 +149,15 @@ class Node:
 
     @property
     def avatar(self) -> Avatar:
-        if self._avatar is None:
-            raise RuntimeError("the node has not started")
-        return self._avatar
+        return _started(self._avatar)
 
     @property
     def selection(self) -> Selection:
-        if self._selection is None:
-            raise RuntimeError("the node has not started")
-        return self._selection
+        return _started(self._selection)
 
     @property
     def bridge(self) -> Bridge:
-        if self._bridge is None:
-            raise RuntimeError("the node has not started")
-        return self._bridge
+        return _started(self._bridge)
 
     @property
     def ready(self) -> bool:
@@ -235,9 +238,7 @@ class Node:
         process. protocol.ProtocolError for a bad state; server.stills.StillsBusy when full."""
         avatar = self.avatar
         controls = protocol.parse_state(state, avatar.expression_names, avatar.rest)
-        if self._stills is None:
-            raise RuntimeError("the node has not started")
-        return await self._stills.render_png(controls)
+        return await _started(self._stills).render_png(controls)
 
     # ------------------------------------------------------------------ what it tells
 
@@ -347,7 +348,7 @@ class Node:
             "sessions": len(self.sessions),
             "free": max(0, self.config.max_sessions - len(self.sessions)),
             "session_ids": list(self.sessions),
-            "ended": self.ends.recent(),
+            "ended": self.ends.recent(ENDED_TOLD),
             "fps": round(statistics.median(fps), 2) if fps else None,
             "latency_p50_ms": _percentile(latencies, 0.5),
             "latency_p95_ms": _percentile(latencies, 0.95),
