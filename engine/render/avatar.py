@@ -94,8 +94,10 @@ class Avatar(nn.Module):
 
     translation: torch.Tensor
 
-    def _torch_generator(self, x: torch.Tensor, controls: torch.Tensor) -> GeneratorOutput:
-        out: GeneratorOutput = self.generator(x, controls)
+    def _torch_generator(
+        self, x: torch.Tensor, controls: torch.Tensor, framing: torch.Tensor | None = None
+    ) -> GeneratorOutput:
+        out: GeneratorOutput = self.generator(x, controls, framing)
         return out
 
     def _torch_warp(
@@ -218,7 +220,12 @@ class Avatar(nn.Module):
         """The expensive path: a full generator pass, and the cache it leaves."""
         features = self.texture(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
         x_in = generator_input(features, x.mask).contiguous(memory_format=self.memory_format)
-        out = self.run_generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
+        if x.framing is not None and self.config.generator_framing:
+            # A captured frame's framing (training, evaluation): torch reads it; the served
+            # path, whatever its backend, renders at the training median.
+            out = self._torch_generator(x_in, x.controls, x.framing)
+        else:
+            out = self.run_generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
         cache = make_cache(out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
         return self.composite(out.rgb, out.alpha), cache
 

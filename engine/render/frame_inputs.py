@@ -35,7 +35,9 @@ class FrameInputs:
     screen (B, V, 3) mesh screen points (pixels, depth), for the explicit warp's pixel motion;
     fragments the rasteriser's output for those screen points;
     controls (B, D) expression weights then angles / ANGLE_SCALE_DEG (D = E + 5);
-    view_dir (B, 3) unit vector from the head centre to the camera, in head coordinates.
+    view_dir (B, 3) unit vector from the head centre to the camera, in head coordinates;
+    framing (B, P) where a captured frame's crop sat in its source frame, normalised
+    (engine/training/framing.py), or None: served frames sit at the training median.
     """
 
     uv: torch.Tensor
@@ -44,6 +46,7 @@ class FrameInputs:
     fragments: Fragments
     controls: torch.Tensor
     view_dir: torch.Tensor
+    framing: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -28,9 +28,9 @@ from scipy.ndimage import laplace
 
 from engine.capture.store import CaptureData, load_capture
 from engine.render.avatar import Avatar
-from engine.training.dataset import CaptureFrames
 from engine.training.evaluate import (
     batches,
+    capture_frames,
     check_split,
     generator_renderer,
     score,
@@ -41,7 +41,7 @@ from engine.training.split import held_out_pairs
 
 SETTING_KEYS = (
     "face_weight", "gradient_weight", "generator_controls", "geometry", "basis", "max_k",
-    "batch", "seed", "precision", "adversarial", "lr_final",
+    "batch", "seed", "precision", "adversarial", "lr_final", "framing",
 )  # fmt: skip
 WARP_K = 4
 DEFAULT_FRAMES = 64
@@ -76,7 +76,7 @@ def strip(paths: list[Path], capture: CaptureData, out: Path, frames: int = STRI
     t = None
     for path in paths:
         avatar = Avatar.load(path).prepare_for_inference()
-        data = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
+        data = capture_frames(avatar, capture)
         if t is None:
             t = strip_rows(capture, avatar, frames)
             rows.append(_row_image(data.targets(t)))
@@ -98,7 +98,7 @@ def row(path: Path, capture: CaptureData, frames: int) -> dict[str, Any]:
     avatar = Avatar.load(path).prepare_for_inference()
     split = split_of(avatar, capture.time_s)
     check_split(avatar, split, capture.directory)
-    data = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
+    data = capture_frames(avatar, capture)
     starts = held_out_pairs(split.validation, WARP_K)
     rows = starts[np.linspace(0, len(starts) - 1, min(frames, len(starts))).round().astype(int)]
     generator = score(data, rows + WARP_K, 0, generator_renderer(avatar, data))
@@ -111,6 +111,11 @@ def row(path: Path, capture: CaptureData, frames: int) -> dict[str, Any]:
         real += detail(data.targets(t), x.mask)
     summary = avatar.summary
     settings = summary.get("settings", {})
+    served: dict[str, Any] = {}
+    if data.framing is not None:  # as served: every frame at the training median
+        plain = data.at_median()
+        at_median = score(plain, rows + WARP_K, 0, generator_renderer(avatar, plain))
+        served = {"generator_psnr_median_framing": at_median["psnr"]}
     return {
         "avatar": path.name,
         **{k: settings.get(k) for k in SETTING_KEYS},
@@ -120,6 +125,7 @@ def row(path: Path, capture: CaptureData, frames: int) -> dict[str, Any]:
         "generator_psnr": generator["psnr"],
         "generator_face_psnr": generator.get("face_psnr"),
         "generator_ssim": generator["ssim"],
+        **served,
         f"warp_k{WARP_K}_psnr": warp["psnr"],
         "detail_ratio": round(float(np.median(ours) / np.median(real)), 3),
     }

@@ -8,7 +8,9 @@ takes memory independent of its length. The split is engine/training/split.py's.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from engine.render.frame_inputs import (
     inputs_from_mesh,
     warp_image,
 )
+from engine.training.framing import Framing
 
 
 def read_crops(paths: Sequence[object], resolution: int) -> torch.Tensor:
@@ -63,6 +66,18 @@ class CaptureFrames:
         self.landmark_vertices = torch.from_numpy(world.astype(np.float32))
         self.time_s = data.time_s
         self.head = head
+        self.crop_boxes = data.crop_boxes  # (N, 3) x0, y0, side in source pixels
+        self.framing: torch.Tensor | None = None  # (N, P) once `use_framing` is called
+
+    def at_median(self) -> CaptureFrames:
+        """The same frames with no framing: every one at the training median, as served."""
+        plain = copy.copy(self)
+        plain.framing = None
+        return plain
+
+    def use_framing(self, framing: Framing) -> None:
+        """From now on each frame's inputs say where its crop sat (engine/training/framing.py)."""
+        self.framing = torch.from_numpy(framing.normalise(self.crop_boxes))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -75,7 +90,16 @@ class CaptureFrames:
         self, rows: torch.Tensor, affine: torch.Tensor | None = None, geometry: str = "basis"
     ) -> FrameInputs:
         """Renderer inputs of the frames at `rows` (B,): from their controls alone (`basis`, as
-        served), or on the tracked landmarks' mesh (`landmarks`)."""
+        served), or on the tracked landmarks' mesh (`landmarks`); with their framing once
+        `use_framing` was called."""
+        x = self._inputs(rows, affine, geometry)
+        if self.framing is None:
+            return x
+        return replace(x, framing=self.framing[rows].to(x.controls.device))
+
+    def _inputs(
+        self, rows: torch.Tensor, affine: torch.Tensor | None, geometry: str
+    ) -> FrameInputs:
         if geometry == "basis":
             return capture_inputs(
                 self.head,

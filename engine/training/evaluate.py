@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,8 @@ from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from engine.capture.decode import decode
-from engine.capture.sample import SAMPLES, fetch_sample_video
-from engine.capture.store import load_capture
+from engine.capture.sample import sample_or_path
+from engine.capture.store import CaptureData, load_capture
 from engine.controls import POSE_LIMITS_DEG, neutral, update
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.pipeline.schedule import DEFAULT_SCHEDULE
@@ -52,14 +52,26 @@ from engine.render.backends.select import choose
 from engine.render.frame_inputs import FrameInputs
 from engine.runtime import tune_allocator
 from engine.training.dataset import CaptureFrames
-from engine.training.readback import Render, State, measure, source_state, track_clip
+from engine.training.framing import Framing
+from engine.training.readback import (
+    Render,
+    SourceClip,
+    State,
+    measure,
+    source_state,
+    track_clip,
+)
 from engine.training.split import Split, held_out_pairs, interleaved_split
 
 MAX_K = 8
 BATCH = 8  # frames rendered at once
 STRIP_FRAMES = 4
 REENACT_STRIP = 6  # source frames shown above the avatar's pictures of them
+# Other people the read-back reenacts: the Pexels clip (a woman crying, then laughing; her mouth
+# hardly opens) and two webcam clips of a man who talks (engine/capture/sample.py).
+REENACT_SOURCES = ("pexels", "cap12", "cap13")
 MEDIAN_FRAMES = 64  # training crops the median baseline is taken over
+BELOW_FROM = 3  # the region "below" the head: the frame's rows from 3/4 of its height down
 # What the controls strip shows: (label, expression weights, pose in degrees).
 # Changes from the avatar's rest (`Avatar.rest`), after one picture of the all-zero expression.
 CONTROL_POSES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
@@ -87,7 +99,10 @@ class Scores:
     ssim_sum: float = 0.0
     face_sq_sum: float = 0.0
     face_values: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Off the face: squared error and values in the frame's bottom quarter (the body below the
+    # head) and above it (hair, ears, background).
+    region_sq: dict[str, float] = field(default_factory=lambda: {"below": 0.0, "around": 0.0})
+    region_values: dict[str, int] = field(default_factory=lambda: {"below": 0, "around": 0})
 
     def add(self, pred: torch.Tensor, target: torch.Tensor, face: torch.Tensor | None) -> None:
         """pred, target (B, 3, H, W) in [0, 1]; face (B, H, W) bool or None."""
@@ -103,8 +118,29 @@ class Scores:
         self.ssim_sum += float(ssim.sum())
         if face is not None:
             m = face[:, None].cpu().expand_as(diff)
-            self.face_sq_sum += float(diff.square()[m].sum())
+            sq = diff.square()
+            self.face_sq_sum += float(sq[m].sum())
             self.face_values += int(m.sum())
+            below = torch.zeros_like(m)
+            below[..., BELOW_FROM * m.shape[-2] // 4 :, :] = True
+            for name, where in (("below", below & ~m), ("around", ~below & ~m)):
+                self.region_sq[name] += float(sq[where].sum())
+                self.region_values[name] += int(where.sum())
+
+    def regions(self) -> dict[str, dict[str, float]]:
+        """Per region (face, around it, below it): its share of the pixels, its share of the
+        squared error, and its PSNR."""
+        sq = {"face": self.face_sq_sum, **self.region_sq}
+        values = {"face": self.face_values, **self.region_values}
+        total_sq, total = max(sum(sq.values()), 1e-12), max(sum(values.values()), 1)
+        return {
+            name: {
+                "pixels": round(values[name] / total, 4),
+                "error": round(sq[name] / total_sq, 4),
+                "psnr": round(psnr(sq[name] / max(values[name], 1)), 3),
+            }
+            for name in sq
+        }
 
     def result(self) -> dict[str, float]:
         out = {
@@ -130,13 +166,17 @@ Renderer = Callable[[torch.Tensor], tuple[torch.Tensor, FrameInputs]]
 
 
 @torch.inference_mode()
-def score(frames: CaptureFrames, rows: np.ndarray, k: int, render: Renderer) -> dict[str, float]:
-    """Scores of `render(t)` (an image of frame t + k and that frame's inputs) over `rows`."""
+def score(
+    frames: CaptureFrames, rows: np.ndarray, k: int, render: Renderer, regions: bool = False
+) -> dict[str, Any]:
+    """Scores of `render(t)` (an image of frame t + k and that frame's inputs) over `rows`;
+    `regions`: with where the error lies (Scores.regions)."""
     scores = Scores()
     for t in batches(rows):
         image, x = render(t)
         scores.add(image, frames.targets(t + k), x.mask)
-    return scores.result()
+    out: dict[str, Any] = scores.result()
+    return out | {"regions": scores.regions()} if regions else out
 
 
 def generator_renderer(avatar: Avatar, frames: CaptureFrames) -> Renderer:
@@ -159,6 +199,16 @@ def warp_renderer(avatar: Avatar, frames: CaptureFrames, k: int) -> Renderer:
 
 
 @torch.inference_mode()
+def capture_frames(avatar: Avatar, capture: CaptureData) -> CaptureFrames:
+    """The capture's frames as `avatar` was trained on them: streamed (not preloaded), with each
+    frame's framing when its generator reads one (engine/training/framing.py)."""
+    frames = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
+    if avatar.config.generator_framing:
+        frames.use_framing(Framing.from_dict(avatar.summary.get("framing")))
+    return frames
+
+
+@torch.inference_mode()
 def median_image(frames: CaptureFrames, train_rows: np.ndarray) -> torch.Tensor:
     """(1, 3, R, R) per-pixel median of up to MEDIAN_FRAMES training crops."""
     picks = train_rows[np.linspace(0, len(train_rows) - 1, MEDIAN_FRAMES).round().astype(int)]
@@ -168,7 +218,7 @@ def median_image(frames: CaptureFrames, train_rows: np.ndarray) -> torch.Tensor:
 def evaluate(avatar: Avatar, frames: CaptureFrames, split: Split) -> dict[str, Any]:
     test = split.test
     report: dict[str, Any] = {
-        "generator": score(frames, test, 0, generator_renderer(avatar, frames)),
+        "generator": score(frames, test, 0, generator_renderer(avatar, frames), regions=True),
         "served_distances": list(DEFAULT_SCHEDULE.distances()),
     }
     warp_distance = []
@@ -185,6 +235,12 @@ def evaluate(avatar: Avatar, frames: CaptureFrames, split: Split) -> dict[str, A
         return median.expand(len(t), -1, -1, -1), x
 
     report["median_baseline"] = score(frames, test, 0, constant)
+    if frames.framing is not None:
+        # As served: no source frame, every picture at the training median's framing.
+        plain = frames.at_median()
+        report["generator_median_framing"] = score(
+            plain, test, 0, generator_renderer(avatar, plain)
+        )
     return report
 
 
@@ -308,6 +364,27 @@ def markdown(report: dict[str, Any]) -> str:
         f"{r['ssim']:.4f} |"
         for r in report["warp_distance"]
     ]
+    regions = g.get("regions")
+    if regions:
+        lines += [
+            "",
+            "Where the generator's squared error lies (off the face: below = the "
+            "frame's bottom quarter, around = the rest):",
+            "",
+            "| region | share of pixels | share of squared error | PSNR (dB) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {r['pixels']:.3f} | {r['error']:.3f} | {r['psnr']:.2f} |"
+            for name, r in regions.items()
+        ]
+    served = report.get("generator_median_framing")
+    if served:
+        lines += [
+            "",
+            f"Generator with every frame at the training median's framing (as served): "
+            f"{served['psnr']:.2f} dB, face {served['face_psnr']:.2f} dB, SSIM {served['ssim']:.4f}.",
+        ]
     if report.get("backends"):
         b = report["backends"]
         lines += [
@@ -349,11 +426,6 @@ def backend_figures(avatar_path: Path, device: torch.device) -> dict[str, Any]:
     return selection.to_dict() | {"threads": threads}
 
 
-def clip(value: str) -> Path:
-    """A sample clip's name (fetched and cached) or a video path."""
-    return fetch_sample_video(value) if value in SAMPLES else Path(value)
-
-
 def square(rgb: np.ndarray, side: int) -> np.ndarray:
     """(H, W, 3) -> its centre square, resized to side x side."""
     h, w = rgb.shape[:2]
@@ -374,34 +446,47 @@ def still_renderer(avatar: Avatar) -> Render:
 
 
 def readback(
-    avatar: Avatar, source: str, reference: object, strip: Path | None = None
+    avatar: Avatar, sources: Sequence[str], reference: object, strip: Path | None = None
 ) -> dict[str, Any]:
-    """The read-back of the avatar's own stills; `strip`: where to save REENACT_STRIP frames of
-    the source clip above the avatar's pictures of them."""
+    """The read-back of the avatar's own stills, reenacted from each of `sources` (sample names
+    or video paths); `strip`: where to save, for each source, REENACT_STRIP of its frames above
+    the avatar's pictures of them."""
     limits = avatar.pose_range_deg or {k: list(v) for k, v in POSE_LIMITS_DEG.items()}
     accepted = {k: list(v) for k, v in POSE_LIMITS_DEG.items()}
-    ref = clip(reference) if isinstance(reference, str) else None
-    video = clip(source)
-    tracked = track_clip(video)
+    ref = sample_or_path(reference) if isinstance(reference, str) else None
+    videos = {name: sample_or_path(name) for name in sources}
+    tracked = [track_clip(path, name=name) for name, path in videos.items()]
     render = still_renderer(avatar)
     report = measure(render, avatar.expression_names, limits, accepted, tracked, ref)
-    if strip is not None:
-        picks = np.linspace(0, len(tracked.frames) - 1, REENACT_STRIP).round().astype(int)
-        wanted = {tracked.frames[i]: i for i in picks}
-        top, bottom = [], []
-        for frame in decode(video):
-            i = wanted.get(frame.index)
-            if i is None:
-                continue
-            state = source_state(
-                tracked.scores[i], tracked.angles[i], avatar.expression_names, accepted
-            )
-            picture = render(state)
-            top.append(square(frame.rgb, picture.shape[0]))
-            bottom.append(picture)
-        grid = np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
-        Image.fromarray(grid).save(strip)
-    return report | {"source": source, "reference": reference}
+    if strip is not None and tracked:
+        rows = [
+            row
+            for clip, video in zip(tracked, videos.values(), strict=True)
+            for row in reenact_rows(clip, video, render, avatar.expression_names, accepted)
+        ]
+        Image.fromarray(np.concatenate(rows, 0)).save(strip)
+    return report | {"sources": list(sources), "reference": reference}
+
+
+def reenact_rows(
+    clip: SourceClip,
+    video: Path,
+    render: Render,
+    names: Sequence[str],
+    accepted: dict[str, list[float]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """REENACT_STRIP frames of `clip` side by side, and the avatar's pictures of them below."""
+    picks = np.linspace(0, len(clip.frames) - 1, REENACT_STRIP).round().astype(int)
+    wanted = {clip.frames[i]: i for i in picks}
+    top, bottom = [], []
+    for frame in decode(video):
+        i = wanted.get(frame.index)
+        if i is None:
+            continue
+        picture = render(source_state(clip.scores[i], clip.angles[i], names, accepted))
+        top.append(square(frame.rgb, picture.shape[0]))
+        bottom.append(picture)
+    return np.concatenate(top, 1), np.concatenate(bottom, 1)
 
 
 def split_of(avatar: Avatar, time_s: np.ndarray) -> Split:
@@ -426,9 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--source",
-        default="pexels",
-        help="another person's clip for the read-back's reenactment (a sample name or a video "
-        "path; 'none': no read-back)",
+        nargs="+",
+        default=list(REENACT_SOURCES),
+        help="other people's clips for the read-back's reenactment (sample names or video "
+        "paths; 'none': no read-back)",
     )
     parser.add_argument(
         "--reference", default=None, help="the avatar's own clip for the sharpness ratio"
@@ -455,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    frames = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
+    frames = capture_frames(avatar, capture)
     report: dict[str, Any] = {
         "avatar": str(args.avatar),
         "test_frames": len(split.test),
@@ -485,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     strip = image_strip(avatar, frames, split, args.out / "strip.png")
     plot_validation(avatar.summary.get("history") or [], args.out / "validation.png")
     labels = control_strip(avatar, args.out / "controls.png")
-    if args.source != "none":
+    if args.source != ["none"]:
         reference = args.reference or capture.source.get("sample")
         strip_path = args.out / "reenact.png"
         report["readback"] = readback(avatar, args.source, reference, strip_path)

@@ -8,8 +8,11 @@ them:
   weight 1 minus at the avatar's rest;
 - sweep_corr: the correlation of read-back yaw and pitch with commanded sweeps over the offered
   range;
-- reenact: the controls tracked from a clip of another person, sent as states as a webcam page
-  would; correlation of read-back and source for jawOpen, smile, blink and yaw;
+- reenact: for each clip of another person, the controls tracked from it, sent as states as a
+  webcam page would; correlation of read-back and source for jawOpen, smile, blink and yaw, beside
+  the spread (standard deviation) of what was sent: a correlation over a channel the source
+  hardly moves (the Pexels clip's jawOpen: 0 to 0.13) measures the tracker's noise, not the
+  avatar;
 - sharpness_ratio: the variance of the Laplacian over the face box of the stills against the same
   over real frames of a reference clip (grey, face box resized to SHARPNESS_PX).
 
@@ -37,7 +40,8 @@ from engine.head.canonical_mesh import NUM_VERTICES
 from engine.render.frame_inputs import angles_from_rotation
 
 SWEEP_STEPS = 9  # commanded angles per sweep
-REENACT_FRAMES = 60  # source frames sent as states, spread over the clip
+REENACT_FRAMES = 120  # source frames sent as states, spread over the clip (60 missed every
+# blink of a 53 s webcam clip: one frame in 22, a blink lasting 5)
 REFERENCE_FRAMES = 40  # real frames of the reference clip for the sharpness figure
 SHARPNESS_PX = 128  # face boxes are resized to this before the Laplacian
 PAIRS = {  # read-back channel -> the expression names it averages
@@ -131,18 +135,19 @@ class SourceClip:
     scores: list[dict[str, float]]
     angles: list[tuple[float, float, float]]
     frames: list[int]
+    name: str = "source"
 
 
-def track_clip(video: Path, frames: int = REENACT_FRAMES) -> SourceClip:
+def track_clip(video: Path, frames: int = REENACT_FRAMES, name: str | None = None) -> SourceClip:
     """Face Landmarker over the whole clip (VIDEO mode, as a page tracks a webcam), then `frames`
-    of its tracked frames spread evenly."""
+    of its tracked frames spread evenly; `name` labels it in the report (default: the file's)."""
     det = detect(video, None, [], progress=False)
     if not det.kept:
         raise ValueError(f"no face found in any frame of {video}")
     picks = np.linspace(0, len(det.kept) - 1, min(frames, len(det.kept))).round().astype(int)
     angles = pose_angles(det.matrices[picks].astype(np.float64))
     scores = [dict(zip(det.names, map(float, det.blendshapes[i]), strict=True)) for i in picks]
-    return SourceClip(scores, angles, [det.kept[i] for i in picks])
+    return SourceClip(scores, angles, [det.kept[i] for i in picks], name or video.stem)
 
 
 def reference_frames(video: Path, count: int = REFERENCE_FRAMES) -> Iterator[np.ndarray]:
@@ -171,17 +176,52 @@ def source_state(
     return {"expression": expression, "pose": pose}
 
 
+def reenact(
+    read: Callable[[State], Reading],
+    source: SourceClip,
+    names: Sequence[str],
+    accepted_pose: dict[str, list[float]],
+) -> dict[str, Any]:
+    """Send `source`'s tracked frames as states, read each picture back: per channel the
+    correlation of read-back with sent, and the spread of what was sent."""
+    sent: dict[str, list[float]] = {c: [] for c in (*PAIRS, "yaw")}
+    back: dict[str, list[float]] = {c: [] for c in (*PAIRS, "yaw")}
+    found = 0
+    for scores, angles in zip(source.scores, source.angles, strict=True):
+        got = read(source_state(scores, angles, names, accepted_pose))
+        if not got.found:
+            continue
+        found += 1
+        for c in PAIRS:
+            sent[c].append(float(np.mean([scores.get(n, 0.0) for n in PAIRS[c]])))
+            back[c].append(got.channel(c))
+        sent["yaw"].append(angles[0])
+        back["yaw"].append(got.channel("yaw"))
+    return {
+        "source": source.name,
+        "frames": len(source.scores),
+        "detected": found,
+        "corr": {c: correlation(sent[c], back[c]) for c in sent},
+        "sent_sd": {c: round(float(np.std(v)), 4) if v else None for c, v in sent.items()},
+        "sent_range": {
+            c: [round(float(min(v)), 3), round(float(max(v)), 3)] if v else None
+            for c, v in sent.items()
+        },
+    }
+
+
 def measure(
     render: Render,
     names: Sequence[str],
     pose_limits: dict[str, list[float]],
     accepted_pose: dict[str, list[float]],
-    source: SourceClip | None = None,
+    sources: Sequence[SourceClip] = (),
     reference: Path | None = None,
 ) -> dict[str, Any]:
     """The read-back report (module docstring) of the avatar behind `render`. names: its
     expression names; pose_limits: the poses it offers (sweeps span them); accepted_pose: what
-    the protocol accepts (reenacted poses are clamped into it)."""
+    the protocol accepts (reenacted poses are clamped into it); sources: clips of other people
+    to reenact, each reported under its name."""
     readings: list[Reading] = []
     stills: list[tuple[np.ndarray, Reading]] = []
 
@@ -221,25 +261,10 @@ def measure(
             ]
         report["sweep_corr"] = sweeps
         report["sweeps"] = sweep_points
-        if source is not None:
-            sent: dict[str, list[float]] = {c: [] for c in (*PAIRS, "yaw")}
-            back: dict[str, list[float]] = {c: [] for c in (*PAIRS, "yaw")}
-            found = 0
-            for scores, angles in zip(source.scores, source.angles, strict=True):
-                got = read(reader, source_state(scores, angles, names, accepted_pose))
-                if not got.found:
-                    continue
-                found += 1
-                for c in PAIRS:
-                    sent[c].append(float(np.mean([scores.get(n, 0.0) for n in PAIRS[c]])))
-                    back[c].append(got.channel(c))
-                sent["yaw"].append(angles[0])
-                back["yaw"].append(got.channel("yaw"))
-            report["reenact"] = {
-                "frames": len(source.scores),
-                "detected": found,
-                "corr": {c: correlation(sent[c], back[c]) for c in sent},
-            }
+        if sources:
+            report["reenact"] = [
+                reenact(lambda state: read(reader, state), s, names, accepted_pose) for s in sources
+            ]
         if reference is not None:
             real = []
             for rgb in reference_frames(reference):

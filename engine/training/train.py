@@ -57,6 +57,7 @@ from engine.render.networks.config import WarpKind
 from engine.runtime import tune_allocator
 from engine.training.adversarial import Critic
 from engine.training.dataset import CaptureFrames
+from engine.training.framing import FRAMING_DIM, Framing
 from engine.training.reference_frames import build_reference
 from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
 
@@ -95,6 +96,7 @@ class TrainSettings:
     basis: str | None = None  # expression basis file for the default head (None: the shipped one)
     adversarial: float = 0.0  # weight of the patch critic's loss (0: no critic)
     lr_final: float = 1.0  # learning rate at the end of the budget, as a share of lr (cosine)
+    framing: bool = False  # the generator reads where each crop sat (engine/training/framing)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__ | {"cache_layers": list(self.cache_layers)}
@@ -104,8 +106,11 @@ class TrainSettings:
 # What the weights mean: an avatar continued with --init must agree on these.
 MODEL_KEYS = (
     "preset", "cache_layers", "warp_kind", "batch", "max_k", "seed", "generator_controls",
-    "geometry", "basis",
+    "geometry", "basis", "framing",
 )  # fmt: skip
+# Model settings an --init run may turn on over a finished avatar: the parts they add start at
+# zero, so the avatar continues from exactly the pictures it made.
+EXTENSIONS = {"framing": (False, True)}
 # The loss weights may change on --init (fine-tuning a trained avatar with a new loss is a recipe
 # of its own, recorded in the summary's `stages`); --resume continues one run, so they may not.
 LOSS_KEYS = ("face_weight", "gradient_weight", "adversarial", "lr", "lr_final")
@@ -272,8 +277,13 @@ def train(
     )
     if settings.generator_controls is not None:
         config = replace(config, generator_control_dim=settings.generator_controls)
+    if settings.framing:
+        config = replace(config, generator_framing=FRAMING_DIM)
     frames = CaptureFrames(capture, HeadModel(head_data), config.resolution)
     split = interleaved_split(capture.time_s, gap=settings.max_k)
+    framing = Framing.fit(capture.crop_boxes, split.train) if settings.framing else None
+    if framing is not None:
+        frames.use_framing(framing)
     starts = pair_starts(split.train, settings.max_k)
     avatar = Avatar(config, head_data, capture.camera, frames.median_translation(split.train))
     with torch.no_grad():
@@ -361,6 +371,7 @@ def train(
             frames.expression[split.train].numpy(), avatar.expression_names
         ),
         "settings": settings.to_dict(),
+        **({"framing": framing.to_dict()} if framing is not None else {}),
         "steps": step,
         "minutes": round(elapsed / 60.0, 2),
         "device": str(device),
@@ -423,12 +434,21 @@ def _load_avatar(
     summary = done.summary
     saved = summary.get("settings", {})
     mine = settings.to_dict()
-    differs = sorted(k for k in MODEL_KEYS if saved.get(k) != mine[k])
+    defaults = TrainSettings.__dataclass_fields__
+    differs = sorted(
+        k
+        for k in MODEL_KEYS
+        if saved.get(k, getattr(defaults[k], "default", None)) != mine[k]
+        and EXTENSIONS.get(k) != (saved.get(k, False), mine[k])
+    )
     if differs:
         raise ValueError(f"--init: {path} was trained with other settings: {differs}")
     if (summary.get("split") or {}).get("digest") != split.digest():
         raise ValueError(f"--init: {path} was trained on another capture or split")
-    avatar.load_state_dict(done.state_dict())
+    missing, unexpected = avatar.load_state_dict(done.state_dict(), strict=False)
+    added = [k for k in missing if not k.startswith("generator.framing_embedding.")]
+    if added or unexpected:
+        raise ValueError(f"--init: {path} does not fit: missing {added}, unexpected {unexpected}")
     steps, elapsed = int(summary["steps"]), float(summary["minutes"]) * 60.0
     stages = summary.get("stages") or [_stage(saved, steps, elapsed)]
     return steps, elapsed, list(summary["history"]), list(stages)
@@ -546,6 +566,13 @@ def main(argv: list[str] | None = None) -> int:
         help="condition the generator on the controls with this many channels (0: off; "
         "default: the preset's)",
     )
+    parser.add_argument(
+        "--framing",
+        action="store_true",
+        help="the generator also reads where each crop sat in its source frame (the body below "
+        "the head follows it; served at the training median); with --init it may be turned on "
+        "over an avatar trained without it",
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     parser.add_argument(
@@ -591,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         geometry=args.geometry,
         basis=args.basis,
         adversarial=args.adversarial,
+        framing=args.framing,
         precision=choose_precision(args.precision, args.device),
     )
     try:

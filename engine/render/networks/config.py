@@ -65,6 +65,10 @@ class RendererConfig:
                         this many channels and joined to the generator's deepest features, so
                         appearance the mesh cannot show (squints, tears, a frown) can follow the
                         scores; 0: the generator sees the UV map alone (DNR, the paper)
+      generator_framing  when > 0, this many numbers saying where a training frame's crop sat
+                        in its source frame (engine/training/framing.py) join the control
+                        embedding: the body below the head (shoulders that rise into the crop when
+                        the head drops) follows them. Zero when served (the training median)
     """
 
     resolution: int = 256
@@ -86,6 +90,7 @@ class RendererConfig:
     control_hidden: int = 64
     control_embed_dim: int = 32
     generator_control_dim: int = 0
+    generator_framing: int = 0
 
     def __post_init__(self) -> None:
         positive = {
@@ -109,6 +114,14 @@ class RendererConfig:
             raise ValueError(
                 f"generator_control_dim must be a non-negative integer, got "
                 f"{self.generator_control_dim!r}"
+            )
+        if not isinstance(self.generator_framing, int) or self.generator_framing < 0:
+            raise ValueError(
+                f"generator_framing must be a non-negative integer, got {self.generator_framing!r}"
+            )
+        if self.generator_framing and not self.generator_control_dim:
+            raise ValueError(
+                "generator_framing joins the control embedding: it needs generator_control_dim > 0"
             )
         if len(self.generator_widths) < MIN_DOWNSAMPLES + 1:
             raise ValueError(

@@ -137,11 +137,38 @@ class Generator(nn.Module):
                 nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
                 nn.Linear(config.control_hidden, config.generator_control_dim),
             )
+        # Where the crop sat in its source frame joins the embedding's first layer. No bias and
+        # zero weights at first: framing 0 (the training median, as served) changes nothing,
+        # and an avatar trained without it continues exactly as it was.
+        self.framing_embedding: nn.Linear | None = None
+        if config.generator_framing:
+            self.framing_embedding = nn.Linear(
+                config.generator_framing, config.control_hidden, bias=False
+            )
+            nn.init.zeros_(self.framing_embedding.weight)
         self.head = nn.Conv2d(config.c5_channels, RGBA_CHANNELS, 1)
 
-    def forward(self, x: torch.Tensor, controls: torch.Tensor | None = None) -> GeneratorOutput:
+    def embed(self, controls: torch.Tensor, framing: torch.Tensor | None) -> torch.Tensor:
+        """(B, D) controls and (B, P) framing or None -> (B, G) embedding."""
+        assert self.control_embedding is not None
+        if framing is None or self.framing_embedding is None:
+            out: torch.Tensor = self.control_embedding(controls)
+            return out
+        first, *rest = self.control_embedding.children()
+        h = first(controls) + self.framing_embedding(framing.to(controls.dtype))
+        for layer in rest:
+            h = layer(h)
+        return h
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        controls: torch.Tensor | None = None,
+        framing: torch.Tensor | None = None,
+    ) -> GeneratorOutput:
         """x (B, texture_channels + 1, H, W); controls (B, D), used when the config conditions
-        the generator on them."""
+        the generator on them; framing (B, P) where each training frame's crop sat (None when
+        served: the training median)."""
         skips = []
         for stage in self.encoder:
             x = stage(x)  # (B, widths[k], H/2^k, W/2^k)
@@ -149,7 +176,7 @@ class Generator(nn.Module):
         if self.control_embedding is not None:
             if controls is None:
                 raise ValueError("this generator is conditioned on the controls: pass them")
-            emb = self.control_embedding(controls.to(x.dtype))  # (B, G)
+            emb = self.embed(controls.to(x.dtype), framing)  # (B, G)
             emb = emb[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])  # (B, G, h, w)
             x = torch.cat((x, emb.contiguous(memory_format=_format_of(x))), dim=1)
         taps: dict[int, torch.Tensor] = {}
