@@ -26,6 +26,9 @@ from tests.conftest import save_untrained_avatar
 NODES = 3
 CAPACITY = 2
 WAIT_S = 60.0  # generous: nine processes share two cores
+# Three nodes, each starting an avatar and its workers, on a machine busy with other work: the
+# first start of a cluster (a full test run beside a training run took over a minute).
+START_S = 240.0
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,8 @@ async def _get(c: TestClient, path: str) -> Any:
     return await response.json()
 
 
-async def _until(c: TestClient, ok: Any, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_S
+async def _until(c: TestClient, ok: Any, what: str, wait_s: float = WAIT_S) -> dict[str, Any]:
+    deadline = time.monotonic() + wait_s
     while True:
         health = await _get(c, "/health")
         if ok(health):
@@ -72,7 +75,7 @@ async def _until(c: TestClient, ok: Any, what: str) -> dict[str, Any]:
 @pytest.fixture
 async def client(cluster: Any, config: ServerConfig) -> AsyncIterator[TestClient]:
     async with front(config) as c:
-        await _until(c, lambda h: h["nodes_up"] == NODES, "the nodes did not come up")
+        await _until(c, lambda h: h["nodes_up"] == NODES, "the nodes did not come up", START_S)
         yield c
 
 
@@ -149,20 +152,25 @@ async def test_a_killed_node_tells_its_sessions_and_comes_back(client: TestClien
         await _streaming(v)
     for v in [*others, *back, victim]:
         await v.close()
-    # Nothing left behind on any node: sessions, peer connections, worker-side state.
+    # Nothing left behind on any node: sessions, peer connections, worker-side state (workers
+    # hear of a closed session by message and report it a moment later).
     health = await _until(client, lambda h: h["sessions"] == 0, "sessions stayed open")
-    stats = await _get(client, "/api/stats")
-    for n in stats["nodes"]:
-        resources = n["stats"]["resources"]
-        assert resources["peer_connections"] == 0, n["name"]
-        assert resources["pipeline_sessions"] == 0 and resources["worker_sessions"] == 0
+    held = ("peer_connections", "pipeline_sessions", "worker_sessions")
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        stats = await _get(client, "/api/stats")
+        left = {n["name"]: {k: n["stats"]["resources"][k] for k in held} for n in stats["nodes"]}
+        if all(v == 0 for counts in left.values() for v in counts.values()):
+            break
+        assert time.monotonic() < deadline, f"left behind: {left}"
+        await asyncio.sleep(0.5)
     downs = {n["name"]: n["downs"] for n in health["nodes"]}
     assert downs[victim.node] == 1 and sum(downs.values()) == 1
 
 
 async def test_a_restarted_front_loses_no_session(cluster: Any, config: ServerConfig) -> None:
     async with front(config) as first:
-        await _until(first, lambda h: h["nodes_up"] == NODES, "the nodes did not come up")
+        await _until(first, lambda h: h["nodes_up"] == NODES, "the nodes did not come up", START_S)
         viewer = await rtc_client.connect(first, **AUTH)
     # The first front is gone; its session streams on, straight from its node.
     await _streaming(viewer)
@@ -182,7 +190,7 @@ async def test_a_node_that_joins_takes_offers_and_one_that_leaves_is_dropped(
     cluster: Any, config: ServerConfig
 ) -> None:
     async with front(config) as c:
-        await _until(c, lambda h: h["nodes_up"] == NODES, "the nodes did not come up")
+        await _until(c, lambda h: h["nodes_up"] == NODES, "the nodes did not come up", START_S)
         joined = cluster.add_node(num_cpus=1, resources={NODE_RESOURCE: 1})  # `ray start` elsewhere
         health = await _until(c, lambda h: h["nodes_up"] == NODES + 1, "the new node stayed out")
         names = {n["name"] for n in health["nodes"]}

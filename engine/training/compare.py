@@ -132,7 +132,7 @@ def row(path: Path, capture: CaptureData, frames: int) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every row's, in first-seen order
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
