@@ -10,7 +10,10 @@ contracts"), report.md, a plot of quality against warp distance, an image strip 
 generator, warps at the distances the server's schedule serves) and a strip of the avatar driven
 by controls alone (all-zero expression, then from its rest: jaw, smile, blink, head turns).
 - generator: the generator on every test frame (the baseline), with PSNR over the face alone
-  (the pixels the mesh covers) beside the whole frame's;
+  (the pixels the mesh covers) beside the whole frame's, and `regions`: how the squared error
+  splits between the face, the frame's bottom quarter off the face (the body below the head)
+  and the rest; an avatar that reads each frame's framing (engine/training/framing.py) is also
+  scored with every frame at the training median's (`generator_median_framing`: as served);
 - warp_distance: for k = 1..8, frame t + k warped from the cache of frame t, both in one test
   block (supplemental Fig. 2); the server's default schedule serves k = 4..7;
 - median_baseline: the per-pixel median of training crops, scored like a renderer (the trivial
@@ -198,7 +201,6 @@ def warp_renderer(avatar: Avatar, frames: CaptureFrames, k: int) -> Renderer:
     return render
 
 
-@torch.inference_mode()
 def capture_frames(avatar: Avatar, capture: CaptureData) -> CaptureFrames:
     """The capture's frames as `avatar` was trained on them: streamed (not preloaded), with each
     frame's framing when its generator reads one (engine/training/framing.py)."""
