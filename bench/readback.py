@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from bench.local_server import run_against, server_parser, write_report
-from engine.capture.sample import sample_or_path
+from engine.capture.sample import SampleUnavailableError, sample_or_path
 from engine.cpu import cpu_info
 from engine.training.readback import State, measure, track_clip
 
@@ -78,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reference", help="the avatar's own clip: a video path or a sample name")
     args = parser.parse_args(argv)
-    sources = {name: sample_or_path(name) for name in args.source}
-    reference = sample_or_path(args.reference) if args.reference else None
+    try:
+        sources = {name: sample_or_path(name) for name in args.source}
+        reference = sample_or_path(args.reference) if args.reference else None
+    except (FileNotFoundError, SampleUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     report = run_against(args.url, args.avatar, lambda url, _pid: run(url, sources, reference))
     write_report(args.json, report)
     return 0

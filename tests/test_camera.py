@@ -125,7 +125,8 @@ def test_a_refused_camera_says_so(server_url: str) -> None:
     flags = ["--use-fake-device-for-media-stream", "--deny-permission-prompts"]
     with browser.browser_page(server_url, "/", flags) as page:
         browser.wait_connected(page)
-        page.locator("#camera").check()
+        # click, not check(): the refusal may untick the box before Playwright reads it back.
+        page.locator("#camera").click()
         page.wait_for_function(
             "() => document.getElementById('camera-status').textContent.includes('refused')",
             timeout=20_000,

@@ -197,5 +197,11 @@ def fetch_sample_video(name: str = "pexels", cache_dir: Path = CACHE_DIR) -> Pat
 
 
 def sample_or_path(value: str) -> Path:
-    """A sample clip's name (fetched and cached, see SAMPLES) or a path to a video."""
-    return fetch_sample_video(value) if value in SAMPLES else Path(value)
+    """A sample clip's name (fetched and cached, see SAMPLES) or a path to a video. Raises
+    FileNotFoundError for neither, SampleUnavailableError for a sample that cannot be had."""
+    if value in SAMPLES:
+        return fetch_sample_video(value)
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"{value!r} is neither a sample ({', '.join(SAMPLES)}) nor a video")
+    return path

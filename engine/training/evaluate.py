@@ -45,7 +45,7 @@ from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from engine.capture.decode import decode
-from engine.capture.sample import sample_or_path
+from engine.capture.sample import SampleUnavailableError, sample_or_path
 from engine.capture.store import CaptureData, load_capture
 from engine.controls import POSE_LIMITS_DEG, neutral, update
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
@@ -540,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
         others = [Avatar.load(p, device).prepare_for_inference() for p in args.ablation]
         for other in others:
             check_split(other, split_of(other, capture.time_s), args.data)
-    except (ValueError, FileNotFoundError) as exc:
+        if args.source != ["none"]:  # fetched (and checked) before the hour of evaluation
+            for name in [*args.source, *([args.reference] if args.reference else [])]:
+                sample_or_path(name)
+    except (ValueError, FileNotFoundError, SampleUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     frames = capture_frames(avatar, capture)
