@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.capture.sample import SampleUnavailableError, fetch_sample_video
 from engine.capture.store import load_capture
 from engine.controls import neutral, update
 from engine.head.default import build_default_head
@@ -112,6 +113,10 @@ def test_save_load_round_trip_and_bad_files(short_capture: Path, tmp_path: Path)
 
 
 def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
+    try:
+        fetch_sample_video("cap13")
+    except SampleUnavailableError as exc:
+        pytest.skip(f"the webcam clip for the read-back cannot be fetched here: {exc}")
     out = tmp_path / "tiny.pt"
     settings = TrainSettings(
         preset="tiny", steps=4, max_minutes=5.0, batch=2, max_k=2, lr=1e-3, seed=1,
@@ -191,6 +196,11 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
         assert (report_dir / name).stat().st_size > 0, name
     split = interleaved_split(load_capture(short_capture).time_s, gap=2)
     assert report["test_frames"] == len(split.test) and report["split"] == split.digest()
+    # A read-back clip that is not there is refused before anything is evaluated or written.
+    refused = tmp_path / "refused"
+    argv = ["--avatar", str(out), "--data", str(short_capture), "--out", str(refused)]
+    assert evaluate_module.main([*argv, "--source", str(tmp_path / "no.mp4")]) == 2
+    assert not refused.exists()
     # The candidates' table and strip score validation frames alike.
     table, picture = tmp_path / "compare.json", tmp_path / "compare.png"
     argv = [str(out), str(out), "--data", str(short_capture), "--json", str(table)]
@@ -230,9 +240,13 @@ def test_evaluation_streams_in_batches_and_pools_like_torchmetrics(short_capture
     asked: list[int] = []
     read = frames.targets
 
-    def counted(rows: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
+    def counted(
+        rows: torch.Tensor,
+        affine: torch.Tensor | None = None,
+        mirrored: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         asked.append(len(rows))
-        return read(rows, affine)
+        return read(rows, affine, mirrored)
 
     frames.targets = counted  # type: ignore[method-assign]
     rows = np.arange(30)

@@ -212,8 +212,15 @@ class Avatar(nn.Module):
         )
         return make_inputs(self.head, head_controls, view, angles, self.camera, self.resolution)
 
-    def composite(self, rgb: torch.Tensor, alpha: torch.Tensor) -> Rendered:
-        image = alpha * rgb + (1.0 - alpha) * self.background  # (B, 3, H, W)
+    def composite(
+        self, rgb: torch.Tensor, alpha: torch.Tensor, mirrored: torch.Tensor | None = None
+    ) -> Rendered:
+        """Over the background; flipped left to right for the frames `mirrored` (B,) (training)."""
+        background: torch.Tensor = self.background
+        if mirrored is not None:
+            flipped = mirrored[:, None, None, None]
+            background = torch.where(flipped, background.flip(-1), background)  # (B, 3, H, W)
+        image = alpha * rgb + (1.0 - alpha) * background  # (B, 3, H, W)
         return Rendered(image=image, alpha=alpha)
 
     def generate(self, x: FrameInputs) -> tuple[Rendered, NeuralCache]:
@@ -227,7 +234,7 @@ class Avatar(nn.Module):
         else:
             out = self.run_generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
         cache = make_cache(out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
-        return self.composite(out.rgb, out.alpha), cache
+        return self.composite(out.rgb, out.alpha, x.mirrored), cache
 
     def warp(self, cache: NeuralCache, x: FrameInputs) -> Rendered:
         """The cheap path: a new frame from a cache and the new frame's inputs."""
@@ -237,7 +244,7 @@ class Avatar(nn.Module):
                 x.fragments, cache.screen, self.head.faces, self.resolution, self.resolution
             )
         out = self.run_warp(cache, x.uv, x.mask, x.controls, motion)
-        return self.composite(out.rgb, out.alpha)
+        return self.composite(out.rgb, out.alpha, x.mirrored)
 
     @torch.inference_mode()
     def render(self, controls: Controls) -> np.ndarray:

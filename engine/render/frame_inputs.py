@@ -37,7 +37,9 @@ class FrameInputs:
     controls (B, D) expression weights then angles / ANGLE_SCALE_DEG (D = E + 5);
     view_dir (B, 3) unit vector from the head centre to the camera, in head coordinates;
     framing (B, P) where a captured frame's crop sat in its source frame, normalised
-    (engine/training/framing.py), or None: served frames sit at the training median.
+    (engine/training/framing.py), or None: served frames sit at the training median;
+    mirrored (B,) bool the training frames seen in a mirror (engine/training/mirror.py), whose
+    background is flipped too, or None: none are.
     """
 
     uv: torch.Tensor
@@ -47,6 +49,7 @@ class FrameInputs:
     controls: torch.Tensor
     view_dir: torch.Tensor
     framing: torch.Tensor | None = None
+    mirrored: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -21,15 +21,26 @@ from engine.camera import Camera
 from engine.capture.store import CaptureData
 from engine.controls import expressions_from_scores
 from engine.head.canonical_mesh import NUM_VERTICES as MESH_VERTICES
+from engine.head.canonical_mesh import load_canonical_mesh
 from engine.head.model import HeadControls, HeadModel
 from engine.render.frame_inputs import (
     FrameInputs,
     angles_from_rotation,
-    capture_inputs,
     inputs_from_mesh,
     warp_image,
 )
 from engine.training.framing import Framing
+from engine.training.mirror import (
+    IDENTITY_AFFINE,
+    flip_affine,
+    flip_images,
+    mirror_framing,
+    mirror_points,
+    mirror_rotation,
+    name_partners,
+    then,
+    vertex_partners,
+)
 
 
 def read_crops(paths: Sequence[object], resolution: int) -> torch.Tensor:
@@ -68,6 +79,7 @@ class CaptureFrames:
         self.head = head
         self.crop_boxes = data.crop_boxes  # (N, 3) x0, y0, side in source pixels
         self.framing: torch.Tensor | None = None  # (N, P) once `use_framing` is called
+        self._partners: np.ndarray | None = None  # the head's mirror vertex pairs, when needed
 
     def at_median(self) -> CaptureFrames:
         """The same frames with no framing: every one at the training median, as served."""
@@ -87,38 +99,25 @@ class CaptureFrames:
         return self.translation[torch.as_tensor(rows)].median(dim=0).values
 
     def inputs(
-        self, rows: torch.Tensor, affine: torch.Tensor | None = None, geometry: str = "basis"
+        self,
+        rows: torch.Tensor,
+        affine: torch.Tensor | None = None,
+        geometry: str = "basis",
+        mirrored: torch.Tensor | None = None,
     ) -> FrameInputs:
-        """Renderer inputs of the frames at `rows` (B,): from their controls alone (`basis`, as
-        served), or on the tracked landmarks' mesh (`landmarks`); with their framing once
-        `use_framing` was called."""
-        x = self._inputs(rows, affine, geometry)
-        if self.framing is None:
-            return x
-        return replace(x, framing=self.framing[rows].to(x.controls.device))
-
-    def _inputs(
-        self, rows: torch.Tensor, affine: torch.Tensor | None, geometry: str
-    ) -> FrameInputs:
-        if geometry == "basis":
-            return capture_inputs(
-                self.head,
-                self.expression[rows],
-                self.rotation[rows],
-                self.translation[rows],
-                self.angles[rows],
-                self.camera,
-                self.resolution,
-                affine,
-            )
-        if geometry != "landmarks":
+        """Renderer inputs of the frames at `rows` (B,): on the mesh rebuilt from their controls
+        (`basis`, as served) or on the tracked landmarks' mesh (`landmarks`); with their framing
+        once `use_framing` was called; those where `mirrored` (B,) bool is set seen in a mirror
+        (engine/training/mirror.py: the same mesh mirrored, so it still fits the flipped picture)."""
+        if geometry not in ("basis", "landmarks"):
             raise ValueError(f"unknown geometry {geometry!r}: basis or landmarks")
-        if self.head.data.num_vertices != MESH_VERTICES:
+        if geometry == "landmarks" and self.head.data.num_vertices != MESH_VERTICES:
             raise ValueError(
                 f"landmark geometry needs the default head's {MESH_VERTICES} vertices, this head "
                 f"has {self.head.data.num_vertices}"
             )
-        b, dev = rows.shape[0], self.head.v_template.device
+        dev = self.head.v_template.device
+        b = rows.shape[0]
         zeros3 = torch.zeros(b, 3, device=dev)
         controls = HeadControls(
             expression=self.expression[rows].to(dev),
@@ -127,15 +126,54 @@ class CaptureFrames:
             jaw=zeros3,
             neck=zeros3.clone(),
         )
-        eye = torch.eye(3, device=dev).expand(b, 3, 3)
-        moved = None if affine is None else affine.to(dev)
         angles = self.angles[rows].to(dev)
-        verts = self.landmark_vertices[rows].to(dev)  # (B, 468, 3)
-        centre = self.head.template_centre @ controls.rotation.transpose(1, 2)  # (B, 3)
-        centre = centre + controls.translation
-        return inputs_from_mesh(
+        framing = None if self.framing is None else self.framing[rows].to(dev)
+        if geometry == "basis":
+            posed = self.head(controls)
+            verts, centre = posed.vertices, posed.centre  # (B, V, 3), (B, 3)
+        else:
+            verts = self.landmark_vertices[rows].to(dev)  # (B, 468, 3)
+            centre = self.head.template_centre @ controls.rotation.transpose(1, 2)
+            centre = centre + controls.translation
+        moved = None if affine is None else affine.to(dev)
+        if mirrored is not None and bool(mirrored.any()):
+            # The flipped picture's mesh: each vertex at its partner's flipped place (the flip
+            # goes before the augmentation's affine, as in `targets`); its controls, mirrored.
+            m = mirrored.to(dev)[:, None]  # (B, 1)
+            names = torch.from_numpy(name_partners(self.head.expression_names)).to(dev)
+            pairs = torch.from_numpy(self._vertex_partners()).to(dev)
+            verts = torch.where(m[..., None], verts[:, pairs], verts)
+            flip = flip_affine(self.resolution).to(dev).expand(b, 2, 3)
+            base = moved if moved is not None else IDENTITY_AFFINE.to(dev).expand(b, 2, 3)
+            moved = torch.where(m[..., None], then(flip, base), base)
+            centre = torch.where(m, mirror_points(centre, self.camera), centre)
+            mirrored_rotation = mirror_rotation(controls.rotation, self.camera)
+            angles = torch.where(m, angles_from_rotation(mirrored_rotation), angles)
+            controls = replace(
+                controls,
+                expression=torch.where(m, controls.expression[:, names], controls.expression),
+                rotation=torch.where(m[..., None], mirrored_rotation, controls.rotation),
+                translation=torch.where(
+                    m, mirror_points(controls.translation, self.camera), controls.translation
+                ),
+            )
+            if framing is not None:
+                framing = torch.where(m, mirror_framing(framing), framing)
+        eye = torch.eye(3, device=dev).expand(b, 3, 3)
+        x = inputs_from_mesh(
             self.head, verts, centre, controls, eye, angles, self.camera, self.resolution, moved
         )
+        return replace(x, framing=framing, mirrored=None if mirrored is None else mirrored.to(dev))
+
+    def _vertex_partners(self) -> np.ndarray:
+        """The head's mirror pairs: the default head's from the canonical mesh it was built on
+        (exactly symmetric; its fitted template is not quite)."""
+        if self._partners is None:
+            if self.head.data.num_vertices == MESH_VERTICES:
+                self._partners = vertex_partners(load_canonical_mesh().vertices)
+            else:
+                self._partners = vertex_partners(self.head.data.v_template)
+        return self._partners
 
     def uint8(self, rows: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) uint8 crops at `rows`."""
@@ -143,7 +181,15 @@ class CaptureFrames:
             return self.images[rows]
         return read_crops([self.paths[int(r)] for r in rows], self.resolution)
 
-    def targets(self, rows: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, R, R) float target crops in [0, 1], moved by `affine` like their inputs."""
+    def targets(
+        self,
+        rows: torch.Tensor,
+        affine: torch.Tensor | None = None,
+        mirrored: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, 3, R, R) float target crops in [0, 1], flipped where `mirrored` (B,) bool is set
+        and moved by `affine`, like their inputs."""
         images = self.uint8(rows).float() / 255.0
+        if mirrored is not None:
+            images = flip_images(images, mirrored)
         return images if affine is None else warp_image(images, affine)

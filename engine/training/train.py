@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
@@ -44,6 +45,7 @@ from torchmetrics.functional.image import (
 )
 from tqdm import tqdm
 
+from engine.camera import Camera
 from engine.capture.store import load_capture
 from engine.controls import pose_range, rest_expression
 from engine.cpu import has_native_bf16
@@ -58,6 +60,7 @@ from engine.runtime import tune_allocator
 from engine.training.adversarial import Critic
 from engine.training.dataset import CaptureFrames
 from engine.training.framing import FRAMING_DIM, Framing
+from engine.training.mirror import mirror_rotation
 from engine.training.reference_frames import build_reference
 from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
 
@@ -97,6 +100,7 @@ class TrainSettings:
     adversarial: float = 0.0  # weight of the patch critic's loss (0: no critic)
     lr_final: float = 1.0  # learning rate at the end of the budget, as a share of lr (cosine)
     framing: bool = False  # the generator reads where each crop sat (engine/training/framing)
+    mirror: float = 0.0  # share of training pairs seen in a mirror (engine/training/mirror)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__ | {"cache_layers": list(self.cache_layers)}
@@ -111,9 +115,10 @@ MODEL_KEYS = (
 # Model settings an --init run may turn on over a finished avatar: the parts they add start at
 # zero, so the avatar continues from exactly the pictures it made.
 EXTENSIONS = {"framing": (False, True)}
-# The loss weights may change on --init (fine-tuning a trained avatar with a new loss is a recipe
-# of its own, recorded in the summary's `stages`); --resume continues one run, so they may not.
-LOSS_KEYS = ("face_weight", "gradient_weight", "adversarial", "lr", "lr_final")
+# The loss weights and the data's augmentation may change on --init (fine-tuning a trained avatar
+# with a new loss is a recipe of its own, recorded in the summary's `stages`); --resume continues
+# one run, so they may not.
+LOSS_KEYS = ("face_weight", "gradient_weight", "adversarial", "lr", "lr_final", "mirror")
 RESUME_KEYS = MODEL_KEYS + LOSS_KEYS
 
 
@@ -203,14 +208,15 @@ def train_step(
     device: torch.device,
     settings: TrainSettings,
     critic: Critic | None = None,
+    mirrored: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """One optimiser step on pairs (t, t + k), and one of the critic when there is one; returns
-    the generator's and the warp's L1."""
+    """One optimiser step on pairs (t, t + k), those where `mirrored` (B,) is set seen in a
+    mirror, and one of the critic when there is one; returns the generator's and the warp's L1."""
     with torch.no_grad():
-        x_t = frames.inputs(t_rows, affine, settings.geometry)
-        x_tk = frames.inputs(tk_rows, affine, settings.geometry)
-        y_t = frames.targets(t_rows, affine).to(device)
-        y_tk = frames.targets(tk_rows, affine).to(device)
+        x_t = frames.inputs(t_rows, affine, settings.geometry, mirrored)
+        x_tk = frames.inputs(tk_rows, affine, settings.geometry, mirrored)
+        y_t = frames.targets(t_rows, affine, mirrored).to(device)
+        y_tk = frames.targets(tk_rows, affine, mirrored).to(device)
     bf16 = settings.precision == "bf16"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         full, cache = avatar.generate(x_t)
@@ -234,6 +240,20 @@ def train_step(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             critic.step(torch.cat((y_t, y_tk)), fake)
     return float(l1_g.detach()), float(l1_w.detach())
+
+
+def trained_pose_range(
+    rotation: np.ndarray, camera: Camera, settings: TrainSettings
+) -> dict[str, list[float]]:
+    """The poses an avatar offers (`engine.controls.pose_range`) from (N, 3, 3) its training
+    frames' head rotations; when mirroring, the union of theirs and their mirror images' (each
+    set's own percentiles: mirrored, the clip's rare far turns would lose their share)."""
+    real = pose_range(rotation)
+    if not settings.mirror:
+        return real
+    turned = torch.from_numpy(np.asarray(rotation, dtype=np.float32))
+    mirrored = pose_range(mirror_rotation(turned, camera).double().numpy())
+    return {k: [min(lo, mirrored[k][0]), max(hi, mirrored[k][1])] for k, (lo, hi) in real.items()}
 
 
 def lr_factor(progress: float, final: float) -> float:
@@ -320,6 +340,10 @@ def train(
     while step < settings.steps and time.perf_counter() - started < budget_s:
         t_rows, tk_rows = sample_pairs(starts, settings.batch, settings.max_k, rng)
         affine = random_affines(settings.batch, res, AUG_SHIFT_PX_FRACTION * res, AUG_SCALE, rng)
+        # Drawn only when mirroring, so that runs without it draw the pairs they always did.
+        mirrored = (
+            torch.rand(settings.batch, generator=rng) < settings.mirror if settings.mirror else None
+        )
         if settings.lr_final != 1.0:
             by_steps = (step - first_step) / max(1, settings.steps - first_step)
             by_time = (time.perf_counter() - started - first_s) / max(1e-9, budget_s - first_s)
@@ -327,7 +351,7 @@ def train(
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
         l1_g, l1_w = train_step(
-            avatar, optimizer, frames, t_rows, tk_rows, affine, device, settings, critic
+            avatar, optimizer, frames, t_rows, tk_rows, affine, device, settings, critic, mirrored
         )
         step += 1
         bar.update(1)
@@ -366,7 +390,9 @@ def train(
         "source": capture.source | {"frames_captured": len(frames)},
         "frames": len(frames),
         "split": split.to_dict(),
-        "pose_range_deg": pose_range(capture.rotation[split.train]),
+        "pose_range_deg": trained_pose_range(
+            capture.rotation[split.train], capture.camera, settings
+        ),
         "rest_expression": rest_expression(
             frames.expression[split.train].numpy(), avatar.expression_names
         ),
@@ -573,6 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         "the head follows it; served at the training median); with --init it may be turned on "
         "over an avatar trained without it",
     )
+    parser.add_argument(
+        "--mirror",
+        type=float,
+        default=0.0,
+        help="share of training pairs seen in a mirror (picture, background and controls "
+        "flipped left to right: the head turns the way the clip rarely does); 0: none",
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     parser.add_argument(
@@ -595,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps, --batch, --max-k and --max-minutes must be positive")
     if args.face_weight < 0 or args.gradient_weight < 0 or args.adversarial < 0:
         parser.error("--face-weight, --gradient-weight and --adversarial must not be negative")
+    if not 0.0 <= args.mirror <= 1.0:
+        parser.error("--mirror must be in [0, 1]: a share of the training pairs")
     if not 0.0 < args.lr_final <= 1.0:
         parser.error("--lr-final must be in (0, 1]: a share of --lr")
     if args.threads is not None:
@@ -619,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         basis=args.basis,
         adversarial=args.adversarial,
         framing=args.framing,
+        mirror=args.mirror,
         precision=choose_precision(args.precision, args.device),
     )
     try:
