@@ -12,7 +12,7 @@ import torch
 
 from engine.camera import Camera
 from engine.capture.store import load_capture
-from engine.controls import pose_degrees, pose_range, pose_rotation
+from engine.controls import pose_degrees, pose_rotation
 from engine.head.canonical_mesh import load_canonical_mesh
 from engine.head.default import build_default_head
 from engine.head.model import HeadModel
@@ -145,13 +145,17 @@ def test_mirroring_widens_the_offered_poses(short_capture: Path, tmp_path: Path)
         short_capture, tmp_path / "m.pt", settings, torch.device("cpu"), progress=False
     )
     data = load_capture(short_capture)
-    rotation = data.rotation[interleaved_split(data.time_s, gap=2).train]
+    rows = interleaved_split(data.time_s, gap=2).train
+    centres = CaptureFrames(data, avatar.head, 64, preload=False).head_centres(rows).numpy()
     offered = avatar.pose_range_deg
-    assert offered == train_module.trained_pose_range(rotation, data.camera, settings)
-    assert avatar.summary["settings"]["mirror"] == 0.5
-    plain = pose_range(rotation)
+    assert avatar.summary["pose_frame"] == "viewer" and avatar.summary["settings"]["mirror"] == 0.5
+    mirrored = train_module.trained_pose_range(data.rotation[rows], centres, data.camera, True)
+    plain = train_module.trained_pose_range(data.rotation[rows], centres, data.camera, False)
+    assert offered == mirrored
     for key in ("yaw", "roll"):
         assert offered[key][0] <= plain[key][0] and offered[key][1] >= plain[key][1]
+    # Seen from the camera, a mirrored clip turns as far each way: the range is near symmetric.
+    assert abs(offered["yaw"][0] + offered["yaw"][1]) <= 2.0
 
 
 def test_mirror_refuses_a_share_outside_zero_to_one(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,12 @@ from engine.head.model import HeadModel
 from engine.render.backends.reference import ReferenceFrames
 from engine.render.backends.stages import FP32, BackendChoice, GeneratorFn, WarpFn
 from engine.render.frame import to_image
-from engine.render.frame_inputs import FrameInputs, make_inputs
+from engine.render.frame_inputs import (
+    FrameInputs,
+    angles_from_rotation,
+    facing_rotation,
+    make_inputs,
+)
 from engine.render.networks import (
     Generator,
     NeuralTexture,
@@ -60,6 +65,9 @@ class Rendered:
 
     image: torch.Tensor
     alpha: torch.Tensor
+
+
+POSE_FRAMES = ("viewer", "camera")
 
 
 class Avatar(nn.Module):
@@ -198,10 +206,28 @@ class Avatar(nn.Module):
         limits = self.pose_range_deg
         return None if limits is None else view_range(limits)
 
+    @property
+    def pose_frame(self) -> str:
+        """What a pose's zero means: "viewer" (the head looks at the camera, as a webcam user
+        who looks at theirs sends) or "camera" (the head looks down the camera's axis: avatars
+        trained before poses were the viewer's). Its file says which; `pose_range_deg` is in it."""
+        value = self.summary.get("pose_frame", "camera")
+        if value not in POSE_FRAMES:
+            raise ValueError(f"pose_frame must be one of {POSE_FRAMES}, got {value!r}")
+        return str(value)
+
+    def facing(self) -> torch.Tensor | None:
+        """(3, 3) the world rotation of a head at this avatar's place that looks at the camera,
+        or None when poses are the camera's (`pose_frame`)."""
+        if self.pose_frame != "viewer":
+            return None
+        return facing_rotation(self.head.template_centre + self.translation, self.camera)
+
     def inputs(self, controls: Sequence[Controls]) -> FrameInputs:
         """Live controls -> renderer inputs (the head sits at the capture's median place). The
         head, turned by its pose and the view orbit, is held within `pose_range_deg`: past it the
-        picture would come apart."""
+        picture would come apart. Poses are the viewer's where the avatar says so (`pose_frame`):
+        turned to the camera first; the networks read the world's angles they learned from."""
         limits = self.pose_range_deg
         if limits is not None:
             controls = [hold_in_range(c, limits) for c in controls]
@@ -210,6 +236,12 @@ class Avatar(nn.Module):
             [(c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch) for c in controls],
             device=self.translation.device,
         )
+        facing = self.facing()
+        if facing is not None:
+            world = facing @ head_controls.rotation  # (B, 3, 3)
+            head_controls = replace(head_controls, rotation=world)
+            view = facing @ view @ facing.T  # the orbit about the viewer's axes, in the world's
+            angles = torch.cat((angles_from_rotation(world)[:, :3], angles[:, 3:]), dim=1)
         return make_inputs(self.head, head_controls, view, angles, self.camera, self.resolution)
 
     def composite(
@@ -316,6 +348,7 @@ class Avatar(nn.Module):
             if "reference" in payload:
                 avatar.reference = ReferenceFrames.from_payload(payload["reference"])
             _ = avatar.rest  # bad names or weights in its rest fail here, not in every session
+            _ = avatar.pose_frame
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{path} is a damaged avatar file: {exc}") from exc
         missing = [k for k in missing if not k.startswith("head.")]

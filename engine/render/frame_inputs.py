@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from pytorch3d.transforms import matrix_to_euler_angles
 
 from engine.camera import Camera, project
-from engine.head.model import EULER_CONVENTION, HeadControls, HeadModel, orbit_vertices
+from engine.head.model import (
+    EULER_CONVENTION,
+    HeadControls,
+    HeadModel,
+    orbit_vertices,
+    pose_rotation,
+)
 from engine.render.raster import Fragments, uv_map
 
 ANGLE_SCALE_DEG = 45.0  # pose and view angles are divided by this in the control vector
@@ -192,6 +198,43 @@ def warp_image(image: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     theta = (to_norm @ inv @ torch.linalg.inv(to_norm))[:, :2]  # (B, 2, 3) normalised coords
     grid = F.affine_grid(theta.to(image.dtype), [b, 1, h, w], align_corners=False)  # (B, H, W, 2)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def facing_rotation(centre: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(..., 3) head centres in the world -> (..., 3, 3) the rotation (a yaw, then a pitch; no
+    roll) that turns a head there from looking down the camera's axis to looking at the camera.
+
+    A head off the camera's axis is seen from the side: in the talking clip's crops the man sits
+    7 degrees off it, so his world yaw 0 shows him turned 7 degrees away. Served poses are the
+    viewer's (`Avatar.inputs`): yaw 0 looks at the person watching."""
+    rot = torch.tensor(camera.rotation, dtype=centre.dtype, device=centre.device)
+    trans = torch.tensor(camera.translation, dtype=centre.dtype, device=centre.device)
+    eye = -rot.T @ trans  # (3,) the camera's centre in the world
+    axis = -rot[2]  # (3,) world direction from the camera's view back towards it (head forward)
+    to_camera = F.normalize(eye - centre, dim=-1)  # (..., 3)
+    # The yaw and pitch that take the head's forward (+z, the axis' reverse) to `to_camera`,
+    # measured in the frame where the axis is +z (the identity for the capture's GL camera).
+    frame = _axis_frame(axis)  # (3, 3) rows: that frame's x, y, z in the world
+    local = to_camera @ frame.T  # (..., 3)
+    yaw = torch.atan2(local[..., 0], local[..., 2])
+    pitch = -torch.asin(local[..., 1].clamp(-1.0, 1.0))
+    turn = pose_rotation(torch.rad2deg(yaw), torch.rad2deg(pitch), torch.zeros_like(yaw))
+    return frame.T @ turn @ frame
+
+
+def seen_rotation(rotation: torch.Tensor, centre: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(..., 3, 3) world head rotations of heads at (..., 3) centres -> the poses the camera sees,
+    in the viewer's frame (`facing_rotation`'s inverse applied): what a served pose means."""
+    return facing_rotation(centre, camera).transpose(-1, -2) @ rotation
+
+
+def _axis_frame(axis: torch.Tensor) -> torch.Tensor:
+    """(3,) a unit forward direction -> (3, 3) rows x, y, z of a right-handed frame with z along
+    it and y as close to the world's +y as it allows."""
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=axis.dtype, device=axis.device)
+    x = F.normalize(torch.linalg.cross(up, axis), dim=0)
+    y = torch.linalg.cross(axis, x)
+    return torch.stack((x, y, axis))
 
 
 def angles_from_rotation(rotation: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,12 @@ class CaptureFrames:
         """(3,) where the head usually sits in the crops of `rows`: the live avatar keeps it there."""
         return self.translation[torch.as_tensor(rows)].median(dim=0).values
 
+    def head_centres(self, rows: np.ndarray) -> torch.Tensor:
+        """(len(rows), 3) where the head's centre sits in the world at `rows` (as `inputs` poses it)."""
+        at = torch.as_tensor(rows)
+        rotation = self.rotation[at]  # (B, 3, 3)
+        return self.head.template_centre.cpu() @ rotation.transpose(1, 2) + self.translation[at]
+
     def inputs(
         self,
         rows: torch.Tensor,

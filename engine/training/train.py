@@ -53,14 +53,14 @@ from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.head.default import build_default_head
 from engine.head.model import HeadModel
 from engine.render.avatar import Avatar
-from engine.render.frame_inputs import random_affines
+from engine.render.frame_inputs import random_affines, seen_rotation
 from engine.render.networks import PRESETS
 from engine.render.networks.config import WarpKind
 from engine.runtime import tune_allocator
 from engine.training.adversarial import Critic
 from engine.training.dataset import CaptureFrames
 from engine.training.framing import FRAMING_DIM, Framing
-from engine.training.mirror import mirror_rotation
+from engine.training.mirror import mirror_points, mirror_rotation
 from engine.training.reference_frames import build_reference
 from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
 
@@ -243,17 +243,21 @@ def train_step(
 
 
 def trained_pose_range(
-    rotation: np.ndarray, camera: Camera, settings: TrainSettings
+    rotation: np.ndarray, centre: np.ndarray, camera: Camera, mirror: bool
 ) -> dict[str, list[float]]:
-    """The poses an avatar offers (`engine.controls.pose_range`) from (N, 3, 3) its training
-    frames' head rotations; when mirroring, the union of theirs and their mirror images' (each
-    set's own percentiles: mirrored, the clip's rare far turns would lose their share)."""
-    real = pose_range(rotation)
-    if not settings.mirror:
-        return real
+    """The poses an avatar offers (`engine.controls.pose_range`), in the viewer's frame (as
+    served, `Avatar.pose_frame`), from its training frames' (N, 3, 3) head rotations and (N, 3)
+    head centres; when mirroring, the union of theirs and their mirror images' (each set's own
+    percentiles: pooled, the clip's rare far turns would lose their share)."""
     turned = torch.from_numpy(np.asarray(rotation, dtype=np.float32))
-    mirrored = pose_range(mirror_rotation(turned, camera).double().numpy())
-    return {k: [min(lo, mirrored[k][0]), max(hi, mirrored[k][1])] for k, (lo, hi) in real.items()}
+    at = torch.from_numpy(np.asarray(centre, dtype=np.float32))
+    sets = [(turned, at)]
+    if mirror:
+        sets.append((mirror_rotation(turned, camera), mirror_points(at, camera)))
+    ranges = [pose_range(seen_rotation(r, c, camera).double().numpy()) for r, c in sets]
+    return {
+        key: [min(r[key][0] for r in ranges), max(r[key][1] for r in ranges)] for key in ranges[0]
+    }
 
 
 def lr_factor(progress: float, final: float) -> float:
@@ -390,8 +394,12 @@ def train(
         "source": capture.source | {"frames_captured": len(frames)},
         "frames": len(frames),
         "split": split.to_dict(),
+        "pose_frame": "viewer",
         "pose_range_deg": trained_pose_range(
-            capture.rotation[split.train], capture.camera, settings
+            capture.rotation[split.train],
+            frames.head_centres(split.train).numpy(),
+            capture.camera,
+            settings.mirror > 0,
         ),
         "rest_expression": rest_expression(
             frames.expression[split.train].numpy(), avatar.expression_names
