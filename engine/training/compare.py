@@ -11,6 +11,8 @@ distance the server's schedule serves), and the detail ratio: the variance of th
 the grey face box in the generator's pictures over the same in the real frames (1 = as sharp as
 the video; blur scores well on PSNR and low here). `--strip` writes a picture to look at: a few
 of those validation frames, the real one on top and each candidate's generator below, in order.
+`--turns` writes each candidate at the same head turns (the viewer's yaw, TURN_YAWS, past what
+the clip shows too) and adds to the table how far Face Landmarker's read-back yaw misses them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from PIL import Image
 from scipy.ndimage import laplace
 
 from engine.capture.store import CaptureData, load_capture
+from engine.controls import update
 from engine.render.avatar import Avatar
 from engine.training.evaluate import (
     batches,
@@ -37,13 +40,15 @@ from engine.training.evaluate import (
     split_of,
     warp_renderer,
 )
+from engine.training.readback import Reader
 from engine.training.split import held_out_pairs
 
 SETTING_KEYS = (
     "face_weight", "gradient_weight", "generator_controls", "geometry", "basis", "max_k",
-    "batch", "seed", "precision", "adversarial", "lr_final", "framing",
+    "batch", "seed", "precision", "adversarial", "lr_final", "framing", "mirror",
 )  # fmt: skip
 WARP_K = 4
+TURN_YAWS = (-25.0, -20.0, -15.0, -10.0, 0.0, 10.0, 20.0, 25.0)  # viewer's frame, degrees
 DEFAULT_FRAMES = 64
 STRIP_FRAMES = 5
 
@@ -131,6 +136,39 @@ def row(path: Path, capture: CaptureData, frames: int) -> dict[str, Any]:
     }
 
 
+@torch.inference_mode()
+def turn_pictures(avatar: Avatar) -> list[np.ndarray]:
+    """The avatar at rest turned to each of TURN_YAWS, in the viewer's frame whatever its file
+    says (the networks read world angles either way) and with no range held: every candidate
+    at the same poses, the ones past what it learned included."""
+    avatar.summary = {k: v for k, v in avatar.summary.items() if k != "pose_range_deg"}
+    avatar.summary["pose_frame"] = "viewer"
+    rest = avatar.rest
+    return [
+        avatar.render(update(rest, avatar.expression_names, pose={"yaw": yaw})) for yaw in TURN_YAWS
+    ]
+
+
+def turns(paths: list[Path], rows: list[dict[str, Any]], out: Path | None) -> None:
+    """Each candidate turned to TURN_YAWS and read back by Face Landmarker: adds `turn_error_deg`
+    (mean |read-back yaw - commanded| where a face is found) and `turns_found` to its row;
+    `out`: a PNG with one row of those pictures per candidate."""
+    pictures: list[np.ndarray] = []
+    with Reader() as reader:
+        for path, result in zip(paths, rows, strict=True):
+            images = turn_pictures(Avatar.load(path).prepare_for_inference())
+            readings = [reader.read(image) for image in images]
+            errors = [
+                abs(r.angles[0] - y) for r, y in zip(readings, TURN_YAWS, strict=True) if r.found
+            ]
+            result["turns_found"] = f"{len(errors)}/{len(TURN_YAWS)}"
+            result["turn_error_deg"] = round(float(np.mean(errors)), 2) if errors else None
+            pictures.append(np.concatenate(images, axis=1))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(pictures, axis=0)).save(out)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))  # every row's, in first-seen order
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -147,12 +185,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="validation frames")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--strip", type=Path, default=None, help="PNG: real frames, then each")
+    parser.add_argument(
+        "--turns",
+        type=Path,
+        default=None,
+        help=f"PNG: each candidate at viewer yaw {', '.join(map(str, TURN_YAWS))}; the table "
+        "gains how far its read-back yaw misses",
+    )
     args = parser.parse_args(argv)
     try:
         capture = load_capture(args.data)
         rows = [row(p, capture, args.frames) for p in args.avatars]
         if args.strip is not None:
             strip(args.avatars, capture, args.strip)
+        if args.turns is not None:
+            turns(args.avatars, rows, args.turns)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
