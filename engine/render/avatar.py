@@ -99,6 +99,7 @@ class Avatar(nn.Module):
         self.run_generator: GeneratorFn = self._torch_generator
         self.run_warp: WarpFn = self._torch_warp
         self.backend = FP32
+        self._facing: torch.Tensor | None = None  # `facing`'s rotation, once asked for
 
     translation: torch.Tensor
 
@@ -221,7 +222,12 @@ class Avatar(nn.Module):
         or None when poses are the camera's (`pose_frame`)."""
         if self.pose_frame != "viewer":
             return None
-        return facing_rotation(self.head.template_centre + self.translation, self.camera)
+        # Constant for the avatar: made once (per device), not on every served frame.
+        if self._facing is None or self._facing.device != self.translation.device:
+            self._facing = facing_rotation(
+                self.head.template_centre + self.translation, self.camera
+            )
+        return self._facing
 
     def inputs(self, controls: Sequence[Controls]) -> FrameInputs:
         """Live controls -> renderer inputs (the head sits at the capture's median place). The

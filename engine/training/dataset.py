@@ -98,7 +98,7 @@ class CaptureFrames:
         """(3,) where the head usually sits in the crops of `rows`: the live avatar keeps it there."""
         return self.translation[torch.as_tensor(rows)].median(dim=0).values
 
-    def head_centres(self, rows: np.ndarray) -> torch.Tensor:
+    def head_centres(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(len(rows), 3) where the head's centre sits in the world at `rows` (as `inputs` poses it)."""
         at = torch.as_tensor(rows)
         rotation = self.rotation[at]  # (B, 3, 3)
@@ -139,8 +139,7 @@ class CaptureFrames:
             verts, centre = posed.vertices, posed.centre  # (B, V, 3), (B, 3)
         else:
             verts = self.landmark_vertices[rows].to(dev)  # (B, 468, 3)
-            centre = self.head.template_centre @ controls.rotation.transpose(1, 2)
-            centre = centre + controls.translation
+            centre = self.head_centres(rows).to(dev)
         moved = None if affine is None else affine.to(dev)
         if mirrored is not None and bool(mirrored.any()):
             # The flipped picture's mesh: each vertex at its partner's flipped place (the flip

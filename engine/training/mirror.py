@@ -1,7 +1,7 @@
 """A training frame seen in a mirror: the other half of the poses a clip never shows.
 
 The talking clip's man talks to someone beside the camera: relative to his line of sight to the
-camera his head turns from 3 degrees one way to 27 the other, so an avatar trained on it tears its
+camera his head turns from 5 degrees one way to 31 the other, so an avatar trained on it tears its
 cheek when asked to turn the first way. Mirrored, each frame is one of a man turning the other
 way: the picture and the background flipped left to right about the picture's centre, the same
 mesh flipped with it (each vertex takes its mirror partner's place, so the left cheek's texture
