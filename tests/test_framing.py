@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.training.framing import Framing, framing_features
+from engine.training.framing import FRAMING_DIM, MIRROR_MARK, Framing, framing_features
 
 
 def test_features_are_centre_and_log_side() -> None:
@@ -44,3 +44,13 @@ def test_a_crop_that_never_moves_and_bad_records() -> None:
     for bad in (None, {"centre": [0, 0]}, {"centre": [0, 0, 0], "spread": [1, 0, 1]}):
         with pytest.raises(ValueError, match="framing"):
             Framing.from_dict(bad)
+
+
+def test_the_mirror_mark_is_appended_as_zero() -> None:
+    boxes = np.array([[10.0, 20.0, 100.0], [14.0, 18.0, 110.0], [8.0, 22.0, 90.0]])
+    framing = Framing.fit(boxes, np.arange(3))
+    marked = framing.normalise(boxes, FRAMING_DIM + 1)
+    assert marked.shape == (3, FRAMING_DIM + 1) and np.all(marked[:, MIRROR_MARK] == 0)
+    assert np.array_equal(marked[:, :FRAMING_DIM], framing.normalise(boxes))
+    with pytest.raises(ValueError, match="framing has 3 or 4 numbers"):
+        framing.normalise(boxes, 5)

@@ -3,6 +3,7 @@ flipped with it, and the controls of a head turned the other way."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from engine.render.frame_inputs import random_affines, warp_image
 from engine.render.networks import PRESETS
 from engine.training import train as train_module
 from engine.training.dataset import CaptureFrames
+from engine.training.evaluate import capture_frames
+from engine.training.framing import FRAMING_DIM, MIRROR_MARK
 from engine.training.mirror import (
     flip_affine,
     flip_images,
@@ -162,3 +165,48 @@ def test_mirror_refuses_a_share_outside_zero_to_one(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         train_module.main(["--data", "x", "--out", "y", "--mirror", "1.5"])
     assert "--mirror must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_the_mirror_mark_tells_mirrored_pairs_apart(short_capture: Path, tmp_path: Path) -> None:
+    settings = train_module.TrainSettings(
+        preset="tiny", steps=2, max_minutes=5.0, batch=2, max_k=2, lr=1e-3, seed=1,
+        cache_layers=("c3",), warp_kind="implicit", generator_controls=8, framing=True,
+        mirror=0.5,
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    first = train_module.train(short_capture, tmp_path / "first.pt", settings, cpu, progress=False)
+    marked = dataclasses.replace(settings, mirror_mark=True)
+    # Turned on over an avatar trained without it: the mark's weights start at zero, so the
+    # frames as filmed (mark 0) render exactly as before.
+    same = train_module.train(
+        short_capture, tmp_path / "same.pt", dataclasses.replace(marked, steps=2), cpu,
+        progress=False, init=tmp_path / "first.pt",
+    )  # fmt: skip
+    assert same.config.generator_framing == FRAMING_DIM + 1
+    capture = load_capture(short_capture)
+    frames = capture_frames(same.eval(), capture)
+    assert frames.framing is not None and frames.framing.shape == (len(frames), FRAMING_DIM + 1)
+    assert torch.all(frames.framing[:, MIRROR_MARK] == 0)
+    rows = torch.tensor([0, 3])
+    plain = capture_frames(first.eval(), capture)
+    with torch.inference_mode():
+        before = first.generate(plain.inputs(rows))[0].image
+        after = same.generate(frames.inputs(rows))[0].image
+    assert torch.equal(before, after)
+    # Mirrored pairs carry the mark and the negated centre; the others are untouched.
+    mirrored = torch.tensor([True, False])
+    x = frames.inputs(rows, mirrored=mirrored)
+    assert x.framing is not None
+    assert x.framing[:, MIRROR_MARK].tolist() == [1.0, 0.0]
+    assert x.framing[0, 0] == -frames.framing[0, 0] and torch.equal(x.framing[1], frames.framing[3])
+    # A marked avatar cannot be continued without the mark.
+    with pytest.raises(ValueError, match=r"other settings: \['mirror_mark'\]"):
+        train_module.train(short_capture, tmp_path / "x.pt", dataclasses.replace(settings, steps=4),
+                           cpu, progress=False, init=tmp_path / "same.pt")  # fmt: skip
+
+
+def test_the_mirror_mark_needs_framing_and_mirroring(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--mirror", "0.5"], ["--framing"]):
+        with pytest.raises(SystemExit):
+            train_module.main(["--data", "x", "--out", "y", "--mirror-mark", *extra])
+        assert "--mirror-mark needs --framing and --mirror" in capsys.readouterr().err

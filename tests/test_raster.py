@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,8 +20,10 @@ from engine.render.raster import (
     rasterize,
     rasterize_pytorch3d,
     rasterize_reference,
+    rasterize_torch,
     uv_map,
 )
+from engine.render.raster_cpu import available as compiled_available
 
 HEAD_DEPTH_CM = 60.0  # the head sits this far in front of the camera
 FOCAL = 3.2  # focal length in image widths: the face fills about two thirds of the image
@@ -73,6 +76,12 @@ def random_triangles(
     return torch.cat((xy, z), -1), faces
 
 
+# Both rasterisers on this machine: the compiled CPU one `rasterize` takes here (when Numba loads)
+# and the PyTorch one CUDA takes; each is held to the reference by the same rules.
+IMPLEMENTATIONS = {"rasterize": rasterize, "rasterize_torch": rasterize_torch}
+Rasterize = Callable[[torch.Tensor, torch.Tensor, int, int], Fragments]
+
+
 def agreement(fast: Fragments, ref: Fragments) -> tuple[float, float, torch.Tensor]:
     """Mask IoU, fraction of same faces where both cover, and the mask of those pixels."""
     both = fast.mask & ref.mask
@@ -81,10 +90,12 @@ def agreement(fast: Fragments, ref: Fragments) -> tuple[float, float, torch.Tens
     return iou, same.sum().item() / max(1, both.sum().item()), same
 
 
-def test_random_triangles_match_reference() -> None:
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_random_triangles_match_reference(impl: str) -> None:
+    raster: Rasterize = IMPLEMENTATIONS[impl]
     generator = torch.Generator().manual_seed(0)
     verts, faces = random_triangles(generator, batch=2, count=40, height=48, width=64)
-    fast = rasterize(verts, faces, 48, 64)
+    fast = raster(verts, faces, 48, 64)
     ref = rasterize_reference(verts, faces, 48, 64)
     iou, same_face, same = agreement(fast, ref)
     assert 0.4 < fast.mask.float().mean() < 0.95  # a busy scene, with some background left
@@ -97,11 +108,12 @@ def test_random_triangles_match_reference() -> None:
     assert torch.equal(fast.face_idx == -1, ~fast.mask)
 
 
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("pose", list(POSES))
-def test_face_mesh_matches_reference(pose: str) -> None:
+def test_face_mesh_matches_reference(pose: str, impl: str) -> None:
     verts, faces, face_uvs = face_mesh()
     screen = posed_screen(verts, POSES[pose], 128)
-    fast = rasterize(screen, faces, 128, 128)
+    fast = IMPLEMENTATIONS[impl](screen, faces, 128, 128)
     ref = rasterize_reference(screen, faces, 128, 128)
     iou, same_face, same = agreement(fast, ref)
     assert fast.mask.float().mean() > 0.2
@@ -112,23 +124,27 @@ def test_face_mesh_matches_reference(pose: str) -> None:
     assert uv_error.max() < 1e-3
 
 
-def test_face_mesh_at_256_batched_matches_reference() -> None:
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_face_mesh_at_256_batched_matches_reference(impl: str) -> None:
+    raster: Rasterize = IMPLEMENTATIONS[impl]
     verts, faces, _ = face_mesh()
     screen = torch.cat([posed_screen(verts, POSES[p], 256) for p in ("frontal", "turned")])
-    fast = rasterize(screen, faces, 256, 256)
+    fast = raster(screen, faces, 256, 256)
     ref = rasterize_reference(screen, faces, 256, 256)
     iou, same_face, _ = agreement(fast, ref)
     assert 0.55 < fast.mask[0].float().mean() < 0.75  # the bench's "face fills 60-70%" framing
     assert iou >= 0.999
     assert same_face >= 0.99
     for b in range(2):  # a batch is the same as its images one by one
-        single = rasterize(screen[b : b + 1], faces, 256, 256)
+        single = raster(screen[b : b + 1], faces, 256, 256)
         assert torch.equal(single.face_idx[0], fast.face_idx[b])
 
 
-def test_shared_edges_leave_no_cracks() -> None:
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_shared_edges_leave_no_cracks(impl: str) -> None:
     """A jittered grid mesh whose outline is a rectangle through pixel centres covers every
     centre of the rectangle: spans of neighbouring triangles meet exactly."""
+    raster: Rasterize = IMPLEMENTATIONS[impl]
     generator = torch.Generator().manual_seed(1)
     cells, cell_px = 12, 7
     ij = torch.stack(
@@ -145,7 +161,7 @@ def test_shared_edges_leave_no_cracks() -> None:
     faces = torch.tensor(
         [t for a, b in quads for t in ((a, b, a + cells + 1), (b, b + cells + 1, a + cells + 1))]
     )
-    frags = rasterize(verts, faces, 96, 96)
+    frags = raster(verts, faces, 96, 96)
     lo, hi = 3, 3 + cells * cell_px  # the outline's first and last pixel row / column
     assert frags.mask[0, lo : hi + 1, lo : hi + 1].all()
     assert frags.mask.sum() == (hi - lo + 1) ** 2
@@ -153,13 +169,15 @@ def test_shared_edges_leave_no_cracks() -> None:
     assert torch.equal(frags.mask, ref.mask)
 
 
-def test_single_triangle_known_coverage() -> None:
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_single_triangle_known_coverage(impl: str) -> None:
+    raster: Rasterize = IMPLEMENTATIONS[impl]
     # Right triangle (0, 0), (8, 0), (0, 8): the centre of pixel (i, j) is inside iff i + j <= 7.
     corners = torch.tensor([[0.0, 0.0, 5.0], [8.0, 0.0, 5.0], [0.0, 8.0, 5.0]])
     rows, cols = torch.meshgrid(torch.arange(10), torch.arange(12), indexing="ij")
     expected = rows + cols <= 7
     for faces in (torch.tensor([[0, 1, 2]]), torch.tensor([[0, 2, 1]])):  # both windings
-        frags = rasterize(corners[None], faces, 10, 12)
+        frags = raster(corners[None], faces, 10, 12)
         assert torch.equal(frags.mask[0], expected)
         assert expected.sum() == 36
         assert torch.allclose(frags.depth[0][expected], torch.tensor(5.0))
@@ -170,18 +188,22 @@ def test_single_triangle_known_coverage() -> None:
         assert torch.allclose(w[faces[0]], torch.tensor([0.875, 0.0625, 0.0625]))
 
 
-def test_off_screen_and_behind_camera_are_empty() -> None:
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_off_screen_and_behind_camera_are_empty(impl: str) -> None:
+    raster: Rasterize = IMPLEMENTATIONS[impl]
     verts, faces, _ = face_mesh()
     off_screen = posed_screen(verts, POSES["frontal"], 64) + torch.tensor([500.0, 0.0, 0.0])
     behind = posed_screen(verts, POSES["frontal"], 64) * torch.tensor([1.0, 1.0, -1.0])
     for screen in (off_screen, behind):
-        frags = rasterize(screen, faces, 64, 64)
+        frags = raster(screen, faces, 64, 64)
         assert not frags.mask.any()
         assert (frags.face_idx == -1).all()
         assert (frags.bary == 0).all() and (frags.depth == 0).all()
 
 
-def test_degenerate_triangles_are_ignored() -> None:
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+def test_degenerate_triangles_are_ignored(impl: str) -> None:
+    raster: Rasterize = IMPLEMENTATIONS[impl]
     corners = [
         *([1.0, 1.0, 5.0], [15.0, 1.0, 5.0], [1.0, 15.0, 5.0]),  # a real triangle, behind
         *([0.5, 4.5, 1.0], [16.5, 4.5, 1.0], [8.5, 4.5, 1.0]),  # collinear on centres, in front
@@ -190,7 +212,7 @@ def test_degenerate_triangles_are_ignored() -> None:
     ]
     verts = torch.tensor([corners])
     faces = torch.arange(12).view(4, 3)
-    frags = rasterize(verts, faces, 16, 16)
+    frags = raster(verts, faces, 16, 16)
     assert set(frags.face_idx.unique().tolist()) == {-1, 0}
     assert torch.equal(frags.mask, rasterize_reference(verts, faces, 16, 16).mask)
 
@@ -310,6 +332,27 @@ def test_no_gradients_through_rasteriser_but_through_attributes() -> None:
     attrs = face_uvs.clone().requires_grad_(True)
     interpolate(frags, attrs).sum().backward()
     assert attrs.grad is not None and attrs.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not compiled_available(), reason="Numba does not load here")
+def test_the_compiled_rasteriser_is_the_torch_one() -> None:
+    """Same per-triangle arithmetic, same rules: the same winners at every pixel of the face mesh
+    in every pose, and float32 barycentrics and depths within rounding."""
+    verts, faces, _ = face_mesh()
+    screen = torch.cat([posed_screen(verts, POSES[p], 256) for p in POSES])
+    compiled = rasterize(screen, faces, 256, 256)
+    plain = rasterize_torch(screen, faces, 256, 256)
+    assert torch.equal(compiled.face_idx, plain.face_idx)
+    assert torch.equal(compiled.mask, plain.mask)
+    assert (compiled.bary - plain.bary).abs().max() < 1e-5
+    assert (compiled.depth - plain.depth).abs().max() < 1e-5
+    assert compiled.bary.permute(3, 0, 1, 2).is_contiguous()  # channels-first underneath
+    # uv_map's single pass (fragments and UVs together) gives what interpolating them gives.
+    face_uvs = torch.from_numpy(load_canonical_mesh().uvs)[faces]
+    uv, fragments = uv_map(screen, faces, face_uvs, 256, 256)
+    assert torch.equal(fragments.face_idx, plain.face_idx)
+    assert (uv.uv - interpolate(plain, face_uvs)).abs().max() < 1e-5
+    assert uv.uv.permute(3, 0, 1, 2).is_contiguous() and torch.equal(uv.mask, plain.mask)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

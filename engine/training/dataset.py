@@ -29,7 +29,7 @@ from engine.render.frame_inputs import (
     inputs_from_mesh,
     warp_image,
 )
-from engine.training.framing import Framing
+from engine.training.framing import FRAMING_DIM, Framing
 from engine.training.mirror import (
     IDENTITY_AFFINE,
     flip_affine,
@@ -87,9 +87,10 @@ class CaptureFrames:
         plain.framing = None
         return plain
 
-    def use_framing(self, framing: Framing) -> None:
-        """From now on each frame's inputs say where its crop sat (engine/training/framing.py)."""
-        self.framing = torch.from_numpy(framing.normalise(self.crop_boxes))
+    def use_framing(self, framing: Framing, dim: int = FRAMING_DIM) -> None:
+        """From now on each frame's inputs say where its crop sat (engine/training/framing.py),
+        in `dim` numbers (FRAMING_DIM + 1: with the mirror mark)."""
+        self.framing = torch.from_numpy(framing.normalise(self.crop_boxes, dim))
 
     def __len__(self) -> int:
         return len(self.paths)

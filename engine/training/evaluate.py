@@ -206,7 +206,8 @@ def capture_frames(avatar: Avatar, capture: CaptureData) -> CaptureFrames:
     frame's framing when its generator reads one (engine/training/framing.py)."""
     frames = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
     if avatar.config.generator_framing:
-        frames.use_framing(Framing.from_dict(avatar.summary.get("framing")))
+        framing = Framing.from_dict(avatar.summary.get("framing"))
+        frames.use_framing(framing, avatar.config.generator_framing)
     return frames
 
 

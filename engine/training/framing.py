@@ -9,6 +9,13 @@ The features are the crop's centre and side in the source frame, (x0 + side / 2,
 log side), centred on the median of the training frames and divided by their spread (a robust
 standard deviation), fitted on training rows only. A served frame has no source frame: it sits at
 the median, framing 0, which the generator reads as nothing at all (engine/render/networks).
+
+An avatar trained on mirrored pairs (engine/training/mirror.py) may read one number more, the
+mirror mark: 1 for a pair seen in a mirror, 0 for one as filmed. Without it the flipped bodies and
+the filmed ones share the same framings (a flipped crop's centre x is negated about the median), and
+at the median, where frames are served, the generator paints their average: a blurred body. With it
+the served frame (mark 0) asks for the body as filmed, while the heads of both halves still train
+the same networks.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from typing import Any
 import numpy as np
 
 FRAMING_DIM = 3  # centre x, centre y, log side
+MIRROR_MARK = (
+    FRAMING_DIM  # index of the mirror mark, after the features, where a generator reads it
+)
 MAD_TO_SD = 1.4826  # a normal distribution's standard deviation over its median absolute deviation
 MIN_SPREAD = 1e-3  # a clip whose crop never moves: its features stay near 0, not infinite
 
@@ -53,10 +63,14 @@ class Framing:
             spread=(float(spread[0]), float(spread[1]), float(spread[2])),
         )
 
-    def normalise(self, crop_boxes: np.ndarray) -> np.ndarray:
-        """(N, 3) crop boxes -> (N, 3) float32 features, 0 at the training median."""
+    def normalise(self, crop_boxes: np.ndarray, dim: int = FRAMING_DIM) -> np.ndarray:
+        """(N, 3) crop boxes -> (N, dim) float32 features, 0 at the training median; `dim`
+        FRAMING_DIM + 1 appends the mirror mark, 0: every frame as filmed."""
+        if dim not in (FRAMING_DIM, FRAMING_DIM + 1):
+            raise ValueError(f"framing has {FRAMING_DIM} or {FRAMING_DIM + 1} numbers, not {dim}")
         features = framing_features(crop_boxes)
         out = (features - np.asarray(self.centre)) / np.asarray(self.spread)
+        out = np.pad(out, ((0, 0), (0, dim - FRAMING_DIM)))
         return out.astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:

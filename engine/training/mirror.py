@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.camera import Camera
+from engine.training.framing import MIRROR_MARK
 
 FLIP_X = (-1.0, 1.0, 1.0)  # the world mirror: x -> -x
 SIDES = (("Left", "Right"), ("Right", "Left"))
@@ -108,9 +109,12 @@ def mirror_rotation(rotation: torch.Tensor, camera: Camera) -> torch.Tensor:
 
 def mirror_framing(framing: torch.Tensor) -> torch.Tensor:
     """(B, P) normalised framing (engine/training/framing.py: centre x first) -> that of the
-    mirrored source frame: a crop left of the usual place sits as far right of it."""
+    mirrored source frame: a crop left of the usual place sits as far right of it; where the
+    framing carries the mirror mark, it is set."""
     flipped = framing.clone()
     flipped[:, 0] = -flipped[:, 0]
+    if framing.shape[1] > MIRROR_MARK:
+        flipped[:, MIRROR_MARK] = 1.0
     return flipped
 
 

@@ -101,6 +101,7 @@ class TrainSettings:
     lr_final: float = 1.0  # learning rate at the end of the budget, as a share of lr (cosine)
     framing: bool = False  # the generator reads where each crop sat (engine/training/framing)
     mirror: float = 0.0  # share of training pairs seen in a mirror (engine/training/mirror)
+    mirror_mark: bool = False  # the framing says which pairs were mirrored (training/framing)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__ | {"cache_layers": list(self.cache_layers)}
@@ -110,11 +111,11 @@ class TrainSettings:
 # What the weights mean: an avatar continued with --init must agree on these.
 MODEL_KEYS = (
     "preset", "cache_layers", "warp_kind", "batch", "max_k", "seed", "generator_controls",
-    "geometry", "basis", "framing",
+    "geometry", "basis", "framing", "mirror_mark",
 )  # fmt: skip
 # Model settings an --init run may turn on over a finished avatar: the parts they add start at
 # zero, so the avatar continues from exactly the pictures it made.
-EXTENSIONS = {"framing": (False, True)}
+EXTENSIONS = {"framing": (False, True), "mirror_mark": (False, True)}
 # The loss weights and the data's augmentation may change on --init (fine-tuning a trained avatar
 # with a new loss is a recipe of its own, recorded in the summary's `stages`); --resume continues
 # one run, so they may not.
@@ -302,12 +303,12 @@ def train(
     if settings.generator_controls is not None:
         config = replace(config, generator_control_dim=settings.generator_controls)
     if settings.framing:
-        config = replace(config, generator_framing=FRAMING_DIM)
+        config = replace(config, generator_framing=FRAMING_DIM + int(settings.mirror_mark))
     frames = CaptureFrames(capture, HeadModel(head_data), config.resolution)
     split = interleaved_split(capture.time_s, gap=settings.max_k)
     framing = Framing.fit(capture.crop_boxes, split.train) if settings.framing else None
     if framing is not None:
-        frames.use_framing(framing)
+        frames.use_framing(framing, config.generator_framing)
     starts = pair_starts(split.train, settings.max_k)
     avatar = Avatar(config, head_data, capture.camera, frames.median_translation(split.train))
     with torch.no_grad():
@@ -459,6 +460,22 @@ def _stage(settings: dict[str, Any], steps: int, elapsed_s: float) -> dict[str, 
     }
 
 
+def _extend_framing(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A finished avatar's weights with its framing embedding widened to `target`'s: the numbers
+    it did not read (the mirror mark) get zero weights, so it makes the pictures it made."""
+    key = "generator.framing_embedding.weight"
+    if key not in state or key not in target or state[key].shape == target[key].shape:
+        return state
+    old, new = state[key], target[key]
+    if old.shape[0] != new.shape[0] or old.shape[1] > new.shape[1]:
+        return state  # load_state_dict names the mismatch
+    wider = torch.zeros_like(new)
+    wider[:, : old.shape[1]] = old
+    return state | {key: wider}
+
+
 def _load_avatar(
     path: Path, avatar: Avatar, settings: TrainSettings, split: Split
 ) -> tuple[int, float, list[dict[str, float]], list[dict[str, Any]]]:
@@ -479,7 +496,8 @@ def _load_avatar(
         raise ValueError(f"--init: {path} was trained with other settings: {differs}")
     if (summary.get("split") or {}).get("digest") != split.digest():
         raise ValueError(f"--init: {path} was trained on another capture or split")
-    missing, unexpected = avatar.load_state_dict(done.state_dict(), strict=False)
+    state = _extend_framing(done.state_dict(), avatar.state_dict())
+    missing, unexpected = avatar.load_state_dict(state, strict=False)
     added = [k for k in missing if not k.startswith("generator.framing_embedding.")]
     if added or unexpected:
         raise ValueError(f"--init: {path} does not fit: missing {added}, unexpected {unexpected}")
@@ -614,6 +632,13 @@ def main(argv: list[str] | None = None) -> int:
         help="share of training pairs seen in a mirror (picture, background and controls "
         "flipped left to right: the head turns the way the clip rarely does); 0: none",
     )
+    parser.add_argument(
+        "--mirror-mark",
+        action="store_true",
+        help="the framing also says which pairs were mirrored, so that the served frame (as "
+        "filmed) gets the body as filmed, not its average with the flipped one; with --init it "
+        "may be turned on over an avatar trained without it",
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     parser.add_argument(
@@ -638,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--face-weight, --gradient-weight and --adversarial must not be negative")
     if not 0.0 <= args.mirror <= 1.0:
         parser.error("--mirror must be in [0, 1]: a share of the training pairs")
+    if args.mirror_mark and not (args.framing and args.mirror > 0):
+        parser.error("--mirror-mark needs --framing and --mirror above 0: it marks mirrored pairs")
     if not 0.0 < args.lr_final <= 1.0:
         parser.error("--lr-final must be in (0, 1]: a share of --lr")
     if args.threads is not None:
@@ -663,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         adversarial=args.adversarial,
         framing=args.framing,
         mirror=args.mirror,
+        mirror_mark=args.mirror_mark,
         precision=choose_precision(args.precision, args.device),
     )
     try:
