@@ -67,7 +67,7 @@ from engine.render.raster import uv_map
 from engine.runtime import tune_allocator
 
 WARMUP_FRAMES = 20
-TRAINING_OPTIONS = ("cache_layers", "warp_kind", "generator_control_dim")
+TRAINING_OPTIONS = ("cache_layers", "warp_kind", "generator_control_dim", "generator_framing")
 PAPER_MAX_FRAMES = 5  # the paper preset's generator takes seconds per frame on a CPU
 PAPER_WARMUP_FRAMES = 2
 STAGES = ("head", "uv", "texture", "generator", "warp", "to_image")
@@ -174,7 +174,10 @@ def measure_preset(
             )
             gen = avatar.run_generator(net_in, x.controls)
             avatar.composite(gen.rgb, gen.alpha)  # the full frame's picture
-            cache = make_cache(gen, avatar.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
+            cache = make_cache(
+                gen, avatar.config.cache_layers, x.uv, x.mask, x.controls, x.screen,
+                avatar.cache_blocks,
+            )  # fmt: skip
             now = _timed(times, "generator", device, now)
             # The warp renders this frame from the previous frame's cache (k = 1), as a pipeline
             # worker does between two generator passes.

@@ -28,7 +28,7 @@ from engine.render.networks import (
     warp_features,
 )
 from engine.render.networks.inference import fuse_batch_norms
-from engine.render.neural_cache import NeuralCache
+from engine.render.neural_cache import NeuralCache, block_means
 from engine.render.raster import PixelMotion
 
 TINY = PRESETS["tiny"]
@@ -191,6 +191,28 @@ def test_the_implicit_warps_two_forms_of_the_mesh_change_agree(dtype: torch.dtyp
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     assert torch.allclose(each.rgb.float(), whole.rgb.float(), atol=tolerance)
     assert torch.allclose(each.alpha.float(), whole.alpha.float(), atol=tolerance)
+    # A served cache carries its side's block means: the warp reads them instead of pooling the
+    # cached maps again, and draws the same picture.
+    warp.pool_each = True
+    with_blocks = replace(cache, blocks=block_means(cache.uv, cache.mask))
+    with torch.no_grad():
+        served = warp(with_blocks, uv, mask, controls.to(dtype))
+    assert torch.allclose(served.rgb.float(), each.rgb.float(), atol=1e-6)
+    assert torch.allclose(served.alpha.float(), each.alpha.float(), atol=1e-6)
+
+
+def test_block_means_are_the_4x4_means_of_uv_and_coverage() -> None:
+    uv, mask, _ = _frame()
+    blocks = block_means(uv, mask)
+    assert blocks.shape == (2, 3, SIZE // 4, SIZE // 4) and blocks.dtype == torch.float32
+    expected_u = uv[..., 0].reshape(2, SIZE // 4, 4, SIZE // 4, 4).mean(dim=(2, 4))
+    coverage = mask.float().reshape(2, SIZE // 4, 4, SIZE // 4, 4).mean(dim=(2, 4))
+    assert torch.allclose(blocks[:, 0], expected_u, atol=1e-6)
+    assert torch.allclose(blocks[:, 2], coverage, atol=1e-7)
+    config = replace(TINY)
+    out = Generator(config)(torch.rand(2, config.generator_in_channels, SIZE, SIZE))
+    cache = make_cache(out, config.cache_layers, uv, mask, _frame()[2], uv[:, :1, 0], blocks=True)
+    assert cache.blocks is not None and torch.equal(cache.blocks, blocks)
 
 
 def test_warp_rejects_a_cache_without_its_layers() -> None:

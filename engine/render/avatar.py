@@ -271,8 +271,21 @@ class Avatar(nn.Module):
             out = self._torch_generator(x_in, x.controls, x.framing)
         else:
             out = self.run_generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
-        cache = make_cache(out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen)
+        cache = make_cache(
+            out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen, self.cache_blocks
+        )
         return self.composite(out.rgb, out.alpha, x.mirrored), cache
+
+    @property
+    def cache_blocks(self) -> bool:
+        """Whether served caches carry their block means (`NeuralCache.blocks`): where the
+        implicit warp runs in torch (the exported warps take the maps and pool them in-graph),
+        for inference (in training a cache serves one warp)."""
+        return (
+            self.inference_only
+            and self.config.warp_kind == "implicit"
+            and self.backend.warp.runtime == "torch"
+        )
 
     def warp(self, cache: NeuralCache, x: FrameInputs) -> Rendered:
         """The cheap path: a new frame from a cache and the new frame's inputs."""

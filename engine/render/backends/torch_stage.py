@@ -45,6 +45,13 @@ def _cast(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return x if x is None or x.dtype == dtype else x.to(dtype)
 
 
+def _picture(x: torch.Tensor) -> torch.Tensor:
+    """A lowered network's rgb or alpha (a channel slice of its channels-last RGBA) -> fp32,
+    channels-first. Kept channels-last, the slice's conversion walks 3 of every 4 values one at a
+    time: 0.93 ms for the 256^2 rgb on one core, against 0.11 ms written channels-first."""
+    return x.to(torch.float32, memory_format=torch.contiguous_format)
+
+
 def torch_generator(net: Generator, choice: StageChoice, device: torch.device) -> GeneratorFn:
     """The generator stage run by `net` (prepared for inference) at `choice.precision`."""
     dtype = torch_dtype(choice, device)
@@ -54,7 +61,7 @@ def torch_generator(net: Generator, choice: StageChoice, device: torch.device) -
         out: GeneratorOutput = lowered(x.to(dtype), controls.to(dtype))
         if dtype == torch.float32:
             return out
-        return dataclasses.replace(out, rgb=out.rgb.float(), alpha=out.alpha.float())
+        return dataclasses.replace(out, rgb=_picture(out.rgb), alpha=_picture(out.alpha))
 
     return run
 
@@ -82,6 +89,6 @@ def torch_warp(net: nn.Module, choice: StageChoice, device: torch.device) -> War
         out: WarpOutput = lowered(cache, uv, mask, controls.to(dtype), motion)
         if dtype == torch.float32:
             return out
-        return WarpOutput(rgb=out.rgb.float(), alpha=out.alpha.float())
+        return WarpOutput(rgb=_picture(out.rgb), alpha=_picture(out.alpha))
 
     return run

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.render.networks.config import RendererConfig
-from engine.render.neural_cache import NeuralCache
+from engine.render.neural_cache import NeuralCache, block_means
 
 LEAKY_SLOPE = 0.2  # LeakyReLU negative slope (as in pix2pix / DNR)
 RGBA_CHANNELS = 4  # the head's output: RGB then alpha
@@ -82,11 +82,13 @@ def make_cache(
     mask: torch.Tensor,
     controls: torch.Tensor,
     screen: torch.Tensor,
+    blocks: bool = False,
 ) -> NeuralCache:
     """The neural cache of a generator pass: the features named in `cache_layers` (the others are
     None) with the UV map (B, H, W, 2), mask (B, H, W), controls (B, D) and mesh screen points
-    (B, V, 3) of that frame. Tensors are kept as they are (not detached), so a warp loss can
-    train through the generator; detach or run under inference mode to cut that."""
+    (B, V, 3) of that frame, and with `blocks` their block means for the implicit warp (a cache
+    that serves several warped frames). Tensors are kept as they are (not detached), so a warp
+    loss can train through the generator; detach or run under inference mode to cut that."""
     return NeuralCache(
         c3=out.c3,
         c4=out.c4 if "c4" in cache_layers else None,
@@ -95,6 +97,7 @@ def make_cache(
         mask=mask,
         controls=controls,
         screen=screen,
+        blocks=block_means(uv, mask) if blocks else None,
     )
 
 

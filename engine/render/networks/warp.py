@@ -29,10 +29,9 @@ from torch import nn
 
 from engine.render.networks.config import RendererConfig
 from engine.render.networks.generator import LEAKY_SLOPE, RGBA_CHANNELS, conv_block, upsample2
-from engine.render.neural_cache import NeuralCache
+from engine.render.neural_cache import C3_FACTOR, C4_FACTOR, NeuralCache, block_means
 from engine.render.raster import PixelMotion
 
-C3_FACTOR, C4_FACTOR = 4, 2  # C3 lives at H/4, C4 at H/2
 MOTION_CHANNELS = 4  # implicit: uv_new - uv_cached (2), new mask, cached mask, pooled to H/4
 TARGET_CHANNELS = 4  # explicit: invalid (1), new uv (2), new mask (1), pooled to H/4
 INVALID_CHANNELS = 1  # the explicit warp's marker of pixels the cache frame did not see
@@ -249,8 +248,9 @@ class ImplicitWarp(nn.Module):
         dtype = cache.c3.dtype
         size = self.config.resolution
         new_mask = mask_channel(mask, dtype)  # (B, 1, H, W)
+        covered4 = pool_map(new_mask, C4_FACTOR)  # (B, 1, H/2, W/2)
         if self.pool_each:
-            change = self._change_pooled_each(cache, uv, mask, dtype)  # (B, 4, H/4, W/4)
+            change = self._change_pooled_each(cache, uv, mask, covered4, dtype)  # (B, 4, H/4, W/4)
         else:
             change = pool_map(
                 torch.cat(
@@ -270,24 +270,28 @@ class ImplicitWarp(nn.Module):
             c4 = _zeros_like(cache.c3, self.config.c4_channels, size // C4_FACTOR)
         if c5 is None:
             c5 = _zeros_like(cache.c3, self.config.c5_channels, size)
-        skip4 = (c4, pool_map(new_mask, C4_FACTOR))  # (B, C4 | 1, H/2, W/2)
+        skip4 = (c4, covered4)  # (B, C4 | 1, H/2, W/2)
         skip5 = (c5, new_mask)  # (B, C5 | 1, H, W)
         return self.trunk(x, controls, cache.controls, skip4, skip5)
 
     @staticmethod
     def _change_pooled_each(
-        cache: NeuralCache, uv: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
+        cache: NeuralCache,
+        uv: torch.Tensor,
+        mask: torch.Tensor,
+        covered4: torch.Tensor,
+        dtype: torch.dtype,
     ) -> torch.Tensor:
         """(B, 4, H/4, W/4): uv - cached uv, new mask, cached mask, as block means, pooled map by
-        map in fp32 (the (B, H, W, 2) UV maps read as channels_last without a copy) and only the
-        small result cast: the shipped avatar's warp at 256^2 on 2 cores went 7.9 -> 7.1 ms in
-        bf16 and 11.2 -> 9.8 ms in fp32 against pooling the full-resolution difference."""
-        moved = pool_map(uv.permute(0, 3, 1, 2).float(), C3_FACTOR) - pool_map(
-            cache.uv.permute(0, 3, 1, 2).float(), C3_FACTOR
-        )  # (B, 2, H/4, W/4)
-        covered = pool_map(mask_channel(mask, torch.float32), C3_FACTOR)  # (B, 1, H/4, W/4)
-        was_covered = pool_map(mask_channel(cache.mask, torch.float32), C3_FACTOR)
-        return torch.cat((moved, covered, was_covered), dim=1).to(dtype)  # (B, 4, H/4, W/4)
+        map in fp32 and only the small result cast: the shipped avatar's warp at 256^2 on 2 cores
+        went 7.9 -> 7.1 ms in bf16 and 11.2 -> 9.8 ms in fp32 against pooling the full-resolution
+        difference. The cache's side is pooled once per cache (`NeuralCache.blocks`); the new
+        mask's 4 x 4 means are the 2 x 2 means of its 2 x 2 means (`covered4`, which skip4 needs
+        anyway), exact in any float type: multiples of 1/16."""
+        moved = pool_map(uv.permute(0, 3, 1, 2).float(), C3_FACTOR)  # (B, 2, H/4, W/4)
+        blocks = cache.blocks if cache.blocks is not None else block_means(cache.uv, cache.mask)
+        covered = pool_map(covered4.float(), C3_FACTOR // C4_FACTOR)  # (B, 1, H/4, W/4)
+        return torch.cat((moved - blocks[:, :2], covered, blocks[:, 2:]), dim=1).to(dtype)
 
 
 class ExplicitWarp(nn.Module):
