@@ -86,6 +86,15 @@ def test_to_head_controls_batches_and_orbits() -> None:
     torch.testing.assert_close(view[1], torch.eye(3))
     out = head(controls)
     assert (out.vertices[0] - out.vertices[1]).abs().max() > 1.0
+    # The rotations are pose_rotation's, made from the floats in one call.
+    turned = update(
+        neutral(NAMES), NAMES, pose={"yaw": -33, "pitch": 12, "roll": 7}, view={"pitch": -9}
+    )
+    controls, view = to_head_controls([a, turned], head, torch.zeros(3))
+    yaw, pitch, roll = (torch.tensor([20.0, -33.0]), torch.tensor([0.0, 12.0]), torch.tensor([0.0, 7.0]))  # fmt: skip
+    torch.testing.assert_close(controls.rotation, pose_rotation(yaw, pitch, roll))
+    orbit = pose_rotation(torch.tensor([30.0, 0.0]), torch.tensor([0.0, -9.0]), torch.zeros(2))
+    torch.testing.assert_close(view, orbit)
 
 
 def test_capture_scores_map_onto_head_names() -> None:
