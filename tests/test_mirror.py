@@ -13,10 +13,10 @@ import torch
 
 from engine.camera import Camera
 from engine.capture.store import load_capture
-from engine.controls import pose_degrees, pose_rotation
+from engine.controls import pose_degrees
 from engine.head.canonical_mesh import load_canonical_mesh
 from engine.head.default import build_default_head
-from engine.head.model import HeadModel
+from engine.head.model import HeadModel, pose_rotation
 from engine.render.avatar import Avatar
 from engine.render.frame_inputs import random_affines, warp_image
 from engine.render.networks import PRESETS
