@@ -126,8 +126,10 @@ def test_each_runtime_renders_what_torch_fp32_renders(
 
 
 def test_choice_measures_gates_caches_and_refuses_the_impossible(
-    referenced_avatar: Path, tmp_path: Path
+    referenced_avatar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # However busy the machine running this test is, the choice is cached (its own test below).
+    monkeypatch.setattr(select_module, "MAX_OTHER_CORES", math.inf)
     cache = tmp_path / "cache"
     selection = choose(referenced_avatar, "auto", "auto", "cpu", 1, cache)
     assert selection.source == "measured" and selection.gate == "held-out frames"
@@ -175,6 +177,24 @@ def test_choice_measures_gates_caches_and_refuses_the_impossible(
     with pytest.raises(ValueError, match="unknown precision"):
         choose(referenced_avatar, "fp8", "auto", "cpu", 1, cache)
     assert choose(referenced_avatar, "fp32", "torch", "cpu", 1, cache).source == "requested"
+
+
+def test_a_choice_measured_on_a_busy_machine_is_used_but_not_cached(
+    referenced_avatar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(select_module.OtherLoad, "cores", lambda self: 1.6)
+    cache = tmp_path / "cache"
+    busy = choose(referenced_avatar, "fp32", "openvino", "cpu", 1, cache)
+    assert busy.source == "measured" and busy.other_cores == 1.6 and busy.contended
+    assert busy.choice.generator == StageChoice("openvino", "fp32")
+    assert not list(cache.glob("*/selection.json"))
+    assert "1.6 cores busy: not cached" in select_module.summary_line(busy)
+    assert busy.to_dict()["other_cores"] == 1.6
+    monkeypatch.setattr(select_module.OtherLoad, "cores", lambda self: 0.1)
+    quiet = choose(referenced_avatar, "fp32", "openvino", "cpu", 1, cache)
+    assert quiet.source == "measured" and not quiet.contended
+    again = choose(referenced_avatar, "fp32", "openvino", "cpu", 1, cache)
+    assert again.source == "cache" and again.other_cores == 0.1
 
 
 def test_an_avatar_without_reference_frames_is_judged_on_states_without_int8(

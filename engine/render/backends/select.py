@@ -30,13 +30,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.cpu import cpu_info, has_native_bf16
+from engine.cpu import OtherLoad, cpu_info, has_native_bf16
 from engine.render.avatar import Avatar
 from engine.render.backends.gate import (
     MIN_PSNR_FROM_FP32,
@@ -79,7 +79,11 @@ WARMUP_RUNS = 3
 CHOICES = ("auto", *PRECISIONS)
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 SELECTION_FILE = "selection.json"
-SELECTION_VERSION = 3  # bump when what is measured or how it is chosen changes: old caches go
+SELECTION_VERSION = 4  # bump when what is measured or how it is chosen changes: old caches go
+# A measurement during which other processes kept more than this many cores busy is used for the
+# run that made it but not cached: a choice timed beside a training run had picked a generator
+# that took 44.6 ms there and is twice as slow as the one chosen on the idle machine.
+MAX_OTHER_CORES = 0.5
 DEFAULT_CACHE = Path(__file__).resolve().parents[3] / "data" / "cache" / "backends"
 OFFERED = {"torch": ("fp32", "bf16", "fp16"), **PRECISIONS_OF}  # precisions each runtime has
 LOG = logging.getLogger(__name__)
@@ -95,6 +99,12 @@ class Selection:
     key: str
     gate: str  # what the gate judged on: "held-out frames" or "states" (no truth)
     served_psnr_fp32: float | None  # the chosen pair together (warps from its own caches)
+    other_cores: float | None = None  # cores other processes kept busy while it was measured
+
+    @property
+    def contended(self) -> bool:
+        """Measured while other work held the CPU: its times are not the machine's at rest."""
+        return self.other_cores is not None and self.other_cores > MAX_OTHER_CORES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +113,7 @@ class Selection:
             "key": self.key,
             "gate": self.gate,
             "served_psnr_fp32": self.served_psnr_fp32,
+            "other_cores": self.other_cores,
             "candidates": [asdict(f) for f in self.figures],
         }
 
@@ -225,6 +236,7 @@ def choose(
         return cached
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    load = OtherLoad()
     try:
         with torch.inference_mode():
             selection = _measure(
@@ -239,7 +251,9 @@ def choose(
             )
     finally:
         torch.set_num_threads(old_threads)
-    _write_cached(folder, selection)
+    selection = replace(selection, other_cores=load.cores())
+    if not selection.contended:
+        _write_cached(folder, selection)
     return selection
 
 
@@ -498,7 +512,15 @@ def _read_cached(folder: Path) -> Selection | None:
     if not all(p.exists() for p in needed):
         return None
     figures = tuple(StageFigures(**f) for f in data["candidates"])
-    return Selection(choice, figures, "cache", data["key"], data["gate"], data["served_psnr_fp32"])
+    return Selection(
+        choice,
+        figures,
+        "cache",
+        data["key"],
+        data["gate"],
+        data["served_psnr_fp32"],
+        data.get("other_cores"),
+    )
 
 
 def _write_cached(folder: Path, selection: Selection) -> None:
@@ -516,4 +538,12 @@ def summary_line(selection: Selection) -> str:
     gen, warp = selection.stage_ms("generator"), selection.stage_ms("warp")
     texture = selection.stage_ms("texture")
     times = "" if gen is None else f" (texture {texture} ms, generator {gen} ms, warp {warp} ms)"
-    return f"backend: {selection.choice.label}{times}, {selection.source}, gate on {selection.gate}"
+    busy = (
+        f"; measured while other processes kept {selection.other_cores} cores busy: not cached"
+        if selection.contended
+        else ""
+    )
+    return (
+        f"backend: {selection.choice.label}{times}, {selection.source}, gate on {selection.gate}"
+        f"{busy}"
+    )
