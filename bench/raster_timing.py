@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from typing import Any
 
@@ -22,10 +21,12 @@ import torch
 
 from bench.timing import median_ms
 from engine.camera import Camera, project
+from engine.cpu import cpu_info
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.head.canonical_mesh import load_canonical_mesh
 from engine.head.model import pose_rotation
-from engine.render.raster import pixel_motion, rasterize, uv_map
+from engine.render import raster_cpu
+from engine.render.raster import pixel_motion, rasterize, rasterize_torch, uv_map
 from engine.runtime import tune_allocator
 
 WARMUP_CALLS = 10
@@ -56,7 +57,8 @@ def time_raster(
     resolution: int, batch: int = 1, repeats: int = 50, device: str = "cpu"
 ) -> dict[str, Any]:
     """Median ms of `uv_map` (rasterise + UV interpolation; projection excluded) on the face mesh
-    at a typical pose, `batch` copies per call, plus `rasterize` alone and `pixel_motion`."""
+    at a typical pose, `batch` copies per call, plus `rasterize` alone (the compiled CPU one where
+    it loads) and `rasterize_torch` (the PyTorch one, what CUDA runs), and `pixel_motion`."""
     dev = resolve_device(device)
     mesh = load_canonical_mesh()
     faces = torch.from_numpy(mesh.faces).to(dev)
@@ -81,6 +83,9 @@ def time_raster(
         raster_ms = median_ms(
             lambda _: rasterize(verts_b, faces, *size), repeats, dev, WARMUP_CALLS
         )
+        torch_ms = median_ms(
+            lambda _: rasterize_torch(verts_b, faces, *size), repeats, dev, WARMUP_CALLS
+        )
         motion_ms = median_ms(
             lambda _: pixel_motion(frag_b, verts_a, faces, *size, frag_a=frag_a),
             repeats,
@@ -99,7 +104,9 @@ def time_raster(
         "faces": int(faces.shape[0]),
         "coverage": round(float(frag_b.mask.float().mean()), 3),
         "uv_ms": uv_ms,
+        "rasterizer": "compiled" if dev.type == "cpu" and raster_cpu.available() else "torch",
         "rasterize_ms": raster_ms,
+        "rasterize_torch_ms": torch_ms,
         "pixel_motion_ms": motion_ms,
         "minor_page_faults_per_uv_call": faults,
     }
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info(),
         "allocator_tuned": allocator_tuned,
         "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
         "runs": runs,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import engine as bench_engine
+from bench.raster_timing import time_raster
 from tests.conftest import save_untrained_avatar
 
 RENDER_KEYS = {
@@ -85,3 +86,10 @@ def test_pipeline_needs_an_avatar_file(tmp_path: Path) -> None:
         bench_engine.main(
             ["--json", str(tmp_path / "x.json"), "--pipeline", "--avatar", str(tmp_path / "no.pt")]
         )
+
+
+def test_raster_timing_reports_both_rasterisers() -> None:
+    run = time_raster(64, batch=1, repeats=2)
+    assert run["rasterizer"] in ("compiled", "torch") and run["faces"] == 898
+    assert run["rasterize_ms"] > 0 and run["rasterize_torch_ms"] > 0 and run["uv_ms"] > 0
+    assert 0.2 < run["coverage"] < 0.9
