@@ -347,6 +347,11 @@ def test_the_compiled_rasteriser_is_the_torch_one() -> None:
     assert (compiled.bary - plain.bary).abs().max() < 1e-5
     assert (compiled.depth - plain.depth).abs().max() < 1e-5
     assert compiled.bary.permute(3, 0, 1, 2).is_contiguous()  # channels-first underneath
+    # A corner projected far past the image (near the camera plane) clips like the torch one's.
+    huge = torch.tensor([[[5.0, 5.0, 2.0], [3e20, 8.0, 2.0], [6.0, -4e19, 2.0], [2.0, 30.0, 3.0]]])
+    for far in (torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 3], [0, 2, 3]])):
+        a, b = rasterize(huge, far, 32, 32), rasterize_torch(huge, far, 32, 32)
+        assert torch.equal(a.face_idx, b.face_idx) and a.mask.any()
     # uv_map's single pass (fragments and UVs together) gives what interpolating them gives.
     face_uvs = torch.from_numpy(load_canonical_mesh().uvs)[faces]
     uv, fragments = uv_map(screen, faces, face_uvs, 256, 256)

@@ -102,16 +102,18 @@ def _kernel(
             slope_long = (xb - xt) / (yb - yt) if yb > yt else 0.0
             slope_upper = (xm - xt) / (ym - yt) if ym > yt else 0.0
             slope_lower = (xb - xm) / (yb - ym) if yb > ym else 0.0
-            row_lo = max(0, min(height, math.ceil(yt - 0.5)))
-            row_hi = max(-1, min(height - 1, math.floor(yb - 0.5)))
+            # Clamped as floats, then made integers: a corner near the camera plane projects to
+            # pixel coordinates beyond int64.
+            row_lo = int(min(max(np.ceil(yt - 0.5), 0.0), height))
+            row_hi = int(min(max(np.floor(yb - 0.5), -1.0), height - 1))
             top, bottom = min(top, row_lo), max(bottom, row_hi)
             for row in range(row_lo, row_hi + 1):
                 y = row + 0.5
                 from_top = y - yt
                 x_long = xt + slope_long * from_top
                 x_short = xt + slope_upper * from_top if y < ym else xm + slope_lower * (y - ym)
-                col_lo = max(0, min(width, math.ceil(min(x_long, x_short) - 0.5)))
-                col_hi = max(-1, min(width - 1, math.floor(max(x_long, x_short) - 0.5)))
+                col_lo = int(min(max(np.ceil(min(x_long, x_short) - 0.5), 0.0), width))
+                col_hi = int(min(max(np.floor(max(x_long, x_short) - 0.5), -1.0), width - 1))
                 z_row = z_origin + gy * y
                 for col in range(col_lo, col_hi + 1):
                     z = np.float32(max(z_row + gx * (col + 0.5), 0.0))
