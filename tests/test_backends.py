@@ -18,6 +18,7 @@ from engine.head.default import build_default_head
 from engine.head.model import HeadModel
 from engine.pipeline.dispatcher import Pipeline, PipelineSettings
 from engine.pipeline.schedule import Schedule
+from engine.pipeline.worker import stack_caches
 from engine.render.avatar import Avatar
 from engine.render.backends import gate as gate_module
 from engine.render.backends import select as select_module
@@ -123,6 +124,20 @@ def test_each_runtime_renders_what_torch_fp32_renders(
     assert got_gen.dtype == torch.float32 and got_gen.shape == want_gen.shape
     assert _psnr(got_gen, want_gen) >= min_db
     assert _psnr(got_warp, want_warp) >= min_db
+    # Two sessions' warps in one call (as a worker runs what is queued) give each the picture of
+    # its own call: OpenVINO compiles the batch's shape the first time it comes.
+    rest, names = other.rest, other.expression_names
+    states = [
+        update(rest, names, expression={"jawOpen": 0.8}),
+        update(rest, names, pose={"yaw": -6.0}),
+    ]
+    with torch.inference_mode():
+        caches = [other.generate(other.inputs([c]))[1] for c in (rest, states[1])]
+        batched = other.warp(stack_caches(caches), other.inputs(states)).image
+        singles = [
+            other.warp(c, other.inputs([s])).image for c, s in zip(caches, states, strict=True)
+        ]
+    assert batched.shape[0] == 2 and _psnr(batched, torch.cat(singles)) >= 60.0
 
 
 def test_choice_measures_gates_caches_and_refuses_the_impossible(

@@ -284,7 +284,6 @@ def test_a_batched_warp_of_several_sessions_equals_their_warps_one_by_one(
     ring = FrameRing.create(8, res, res)
     try:
         worker = Worker(WorkerSettings(0, tiny_avatar, "cpu", 1, ring.spec), avatar, ring)
-        assert worker.batches()
         for session in (1, 2, 3):
             state = _controls(session * 7)
             worker.handle(BuildTask(session, 0, 0, 0, state))

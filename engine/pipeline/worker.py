@@ -221,11 +221,6 @@ class Worker:
             self._device_mb(),
         )
 
-    def batches(self) -> bool:
-        """Whether queued warps run as one batched call: torch warps take any batch; the CPU
-        runtimes' models are compiled for a batch of one (engine/render/backends/runtimes.py)."""
-        return self.avatar.backend.warp.runtime == "torch"
-
     @torch.inference_mode()
     def render_batch(self, tasks: list[RenderTask]) -> list[FrameDone | TaskFailed]:
         """Render tasks waiting together (usually several sessions' frames): every warp in one
@@ -443,7 +438,8 @@ def run_worker(settings: WorkerSettings, tasks: Connection, results: Connection)
             while task is not None:
                 if isinstance(task, Stop):
                     return
-                batch, task = _queued_renders(task, tasks) if worker.batches() else ([task], None)
+                # Every warp backend takes a batch (OpenVINO compiles each batch size once).
+                batch, task = _queued_renders(task, tasks)
                 for result in _run(worker, batch):
                     results.send(result)
     finally:

@@ -15,7 +15,7 @@ threads to cores is turned off because several workers share the machine's cores
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +82,37 @@ def check_choice(choice: StageChoice) -> None:
 
 @dataclass
 class Session:
-    """One compiled graph: `run(feeds)` -> outputs by name (fresh arrays: callers may keep them)."""
+    """One compiled graph: `run(feeds)` -> outputs by name (fresh arrays: callers may keep them).
+
+    ONNX Runtime runs the exported graph's free batch dimension as it is. OpenVINO plans for a
+    fixed shape (faster: below), so `compile_batch` (set for OpenVINO) compiles the graph for
+    another batch the first time one arrives, and keeps it: a worker warping several sessions'
+    frames in one call (engine/pipeline/worker.py) pays one compilation per batch size, once.
+    """
 
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]  # in the compiled graph's order (looked up once, not every frame)
     runner: Any
     kind: str
+    compile_batch: Any = None  # OpenVINO: batch -> an infer request for that batch
+    _by_batch: dict[int, Any] = field(default_factory=dict)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         used = {name: feeds[name] for name in self.inputs}
         if self.kind == "onnxruntime":
             return dict(zip(self.outputs, self.runner.run(None, used), strict=True))
+        runner = self._runner(int(used[self.inputs[0]].shape[0]))
         # Inputs are read in place (nothing changes them meanwhile); outputs are copied, since
         # callers keep them (a cache) past the next call.
-        result = self.runner.infer(used, share_inputs=True, share_outputs=False)
+        result = runner.infer(used, share_inputs=True, share_outputs=False)
         return dict(zip(self.outputs, map(np.asarray, result.to_tuple()), strict=True))
+
+    def _runner(self, batch: int) -> Any:
+        if batch == 1 or self.compile_batch is None:
+            return self.runner
+        if batch not in self._by_batch:
+            self._by_batch[batch] = self.compile_batch(batch)
+        return self._by_batch[batch]
 
 
 def open_session(folder: Path, stage: str, choice: StageChoice, threads: int) -> Session:
@@ -126,19 +142,29 @@ def open_session(folder: Path, stage: str, choice: StageChoice, threads: int) ->
         "ENABLE_CPU_PINNING": False,
     }
     core = ov.Core()
-    model = core.read_model(str(path))
-    # A fixed batch of one: planned for that shape, OpenVINO ran the warp in 7.9 ms against
-    # 10.0 ms with the exported free batch dimension (bf16, 2 threads).
-    model.reshape({port.get_any_name(): _batch_one(port) for port in model.inputs})
-    compiled = core.compile_model(model, "CPU", config)
+
+    def compile_batch(batch: int) -> Any:
+        # A fixed batch: planned for that shape, OpenVINO ran the warp in 7.9 ms against 10.0 ms
+        # with the exported free batch dimension (bf16, 2 threads).
+        model = core.read_model(str(path))
+        model.reshape({port.get_any_name(): _fixed_batch(port, batch) for port in model.inputs})
+        return core.compile_model(model, "CPU", config)
+
+    compiled = compile_batch(1)
     inputs = tuple(_graph_name(port) for port in compiled.inputs)
     outputs = tuple(_graph_name(port) for port in compiled.outputs)
-    return Session(inputs, outputs, compiled.create_infer_request(), "openvino")
+    return Session(
+        inputs,
+        outputs,
+        compiled.create_infer_request(),
+        "openvino",
+        lambda batch: compile_batch(batch).create_infer_request(),
+    )
 
 
-def _batch_one(port: Any) -> list[int]:
+def _fixed_batch(port: Any, batch: int) -> list[int]:
     shape = port.get_partial_shape()
-    return [1] + [int(d.get_length()) for d in list(shape)[1:]]
+    return [batch] + [int(d.get_length()) for d in list(shape)[1:]]
 
 
 def _graph_name(port: Any) -> str:
