@@ -311,8 +311,8 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int)
     """
     _check_inputs(verts, faces, height, width)
     if _compiled(verts):
-        face_idx, bary, depth, _ = raster_cpu.rasterize_cpu(verts, faces, height, width)
-        return Fragments(face_idx=face_idx, bary=bary, depth=depth, mask=face_idx >= 0)
+        face_idx, bary, depth, mask, _ = raster_cpu.rasterize_cpu(verts, faces, height, width)
+        return Fragments(face_idx=face_idx, bary=bary, depth=depth, mask=mask)
     return rasterize_torch(verts, faces, height, width)
 
 
@@ -410,8 +410,9 @@ def uv_map(
     if _compiled(verts) and not face_uvs.requires_grad and face_uvs.device.type == "cpu":
         # One pass makes the fragments and the UVs: the served frame's whole mesh -> UV step.
         _check_inputs(verts, faces, height, width)
-        face_idx, bary, depth, uv = raster_cpu.rasterize_cpu(verts, faces, height, width, face_uvs)
-        mask = face_idx >= 0
+        face_idx, bary, depth, mask, uv = raster_cpu.rasterize_cpu(
+            verts, faces, height, width, face_uvs
+        )
         fragments = Fragments(face_idx=face_idx, bary=bary, depth=depth, mask=mask)
         assert uv is not None
         return UVMap(uv=uv.to(face_uvs.dtype), mask=mask, depth=depth), fragments

@@ -54,12 +54,14 @@ def _kernel(
     face_idx: np.ndarray,
     bary: np.ndarray,
     depth: np.ndarray,
+    mask: np.ndarray,
     values: np.ndarray,
 ) -> None:
     """verts (B, V, 3) float64 screen points, faces (F, 3) int64, face_attrs (F, 3, C) float32
     per-corner attributes (C may be 0) -> fills face_idx (B, H, W) int64 (-1 empty), bary
-    (3, B, H, W) float32, depth (B, H, W) float32 (0 empty) and values (C, B, H, W) float32, the
-    attributes interpolated (0 empty), which arrive as -1, 0, +inf and 0."""
+    (3, B, H, W) float32, depth (B, H, W) float32 (0 empty), mask (B, H, W) bool and values
+    (C, B, H, W) float32, the attributes interpolated (0 empty), which arrive as -1, 0, +inf,
+    False and 0."""
     batch = verts.shape[0]
     num_faces = faces.shape[0]
     planes = np.zeros((num_faces, PLANES), dtype=np.float32)
@@ -136,6 +138,7 @@ def _kernel(
                 w1 = planes[f, 1] * dx + planes[f, 3] * dy
                 w2 = planes[f, 2] * dx + planes[f, 4] * dy
                 w0 = planes[f, 0] - w1 - w2
+                mask[b, row, col] = True
                 bary[0, b, row, col] = w0
                 bary[1, b, row, col] = w1
                 bary[2, b, row, col] = w2
@@ -165,10 +168,10 @@ def rasterize_cpu(
     height: int,
     width: int,
     face_attrs: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(B, V, 3) CPU screen points and (F, 3) int64 faces -> face_idx (B, H, W) int64, bary
     (B, H, W, 3) float32 (a channels-last view of a channels-first buffer), depth (B, H, W)
-    float32, by `raster`'s rules, and with (F, 3, C) `face_attrs` their values at every pixel
+    float32 and mask (B, H, W) bool, by `raster`'s rules, and with (F, 3, C) `face_attrs` their values at every pixel
     (B, H, W, C) float32 (a channels-last view too; what `raster.interpolate` gives, made in the
     same pass: no gradient). Inputs are checked by the caller (`raster.rasterize`)."""
     batch = verts.shape[0]
@@ -183,11 +186,13 @@ def rasterize_cpu(
     face_idx = np.full((batch, height, width), -1, dtype=np.int64)
     bary = np.zeros((3, batch, height, width), dtype=np.float32)
     depth = np.full((batch, height, width), np.inf, dtype=np.float32)
+    mask = np.zeros((batch, height, width), dtype=np.bool_)
     values = np.zeros((channels, batch, height, width), dtype=np.float32)
-    _compiled_kernel()(v, f, height, width, attrs, face_idx, bary, depth, values)
+    _compiled_kernel()(v, f, height, width, attrs, face_idx, bary, depth, mask, values)
     return (
         torch.from_numpy(face_idx),
         torch.from_numpy(bary).permute(1, 2, 3, 0),
         torch.from_numpy(depth),
+        torch.from_numpy(mask),
         None if face_attrs is None else torch.from_numpy(values).permute(1, 2, 3, 0),
     )
