@@ -74,7 +74,15 @@ avatar: $(STAMP)
 	$(PY) -m engine train --data data/franck --out data/avatar_mirror_long.pt --init data/avatar_mirror.pt \
 		--max-minutes 425 --threads 2 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
 		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 --quiet
-	$(PY) -m engine evaluate --avatar data/avatar_mirror_long.pt --data data/franck --out docs/eval
+	$(PY) -m engine train --data data/franck --out data/avatar_marked.pt --init data/avatar_mirror_long.pt \
+		--max-minutes 450 --threads 1 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
+		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 \
+		--mirror-mark --quiet
+	$(PY) -m engine train --data data/franck --out data/avatar_marked_long.pt --init data/avatar_marked.pt \
+		--max-minutes 510 --threads 2 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
+		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 \
+		--mirror-mark --quiet
+	$(PY) -m engine evaluate --avatar data/avatar_marked_long.pt --data data/franck --out docs/eval
 
 # Re-fetch web/vendor/tasks-vision (pinned npm, hash-checked); `make run` needs none: it's committed.
 vendor:
