@@ -347,6 +347,8 @@ def test_the_compiled_rasteriser_is_the_torch_one() -> None:
     assert (compiled.bary - plain.bary).abs().max() < 1e-5
     assert (compiled.depth - plain.depth).abs().max() < 1e-5
     assert compiled.bary.permute(3, 0, 1, 2).is_contiguous()  # channels-first underneath
+    with pytest.raises(ValueError, match=r"faces index vertices 0\.\.467"):
+        rasterize(screen[:1], faces.clamp(max=467) + 1, 64, 64)
     # A corner projected far past the image (near the camera plane) clips like the torch one's.
     huge = torch.tensor([[[5.0, 5.0, 2.0], [3e20, 8.0, 2.0], [6.0, -4e19, 2.0], [2.0, 30.0, 3.0]]])
     for far in (torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 3], [0, 2, 3]])):

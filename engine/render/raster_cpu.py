@@ -177,6 +177,9 @@ def rasterize_cpu(
     batch = verts.shape[0]
     v = np.ascontiguousarray(verts.detach().to(torch.float64).numpy())  # as `raster`'s setup
     f = np.ascontiguousarray(faces.numpy())
+    if f.size and (f.min() < 0 or f.max() >= v.shape[1]):
+        # Compiled loops do not check bounds: a bad index would read past the vertices.
+        raise ValueError(f"faces index vertices 0..{v.shape[1] - 1}, got {f.min()}..{f.max()}")
     channels = 0 if face_attrs is None else face_attrs.shape[2]
     attrs = (
         np.zeros((f.shape[0], 3, 0), dtype=np.float32)
