@@ -28,14 +28,12 @@ optimiser and the random streams.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,18 +53,27 @@ from engine.head.model import HeadModel
 from engine.render.avatar import Avatar
 from engine.render.frame_inputs import random_affines, seen_rotation
 from engine.render.networks import PRESETS
-from engine.render.networks.config import WarpKind
 from engine.runtime import tune_allocator
 from engine.training.adversarial import Critic
+from engine.training.continuation import (
+    load_avatar,
+    load_checkpoint,
+    save_checkpoint,
+    stage_record,
+)
 from engine.training.dataset import CaptureFrames
 from engine.training.framing import FRAMING_DIM, Framing
 from engine.training.mirror import mirror_points, mirror_rotation
 from engine.training.reference_frames import build_reference
+from engine.training.settings import (
+    DEFAULT_FACE_WEIGHT,
+    DEFAULT_GRADIENT_WEIGHT,
+    Precision,
+    TrainSettings,
+)
 from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
 
 SSIM_WEIGHT = 0.2  # structural term next to L1
-DEFAULT_FACE_WEIGHT = 0.0  # a face pixel counts 1 + this in the L1 and gradient terms
-DEFAULT_GRADIENT_WEIGHT = 0.0  # image-gradient L1 next to L1
 DEFAULT_MAX_K = 8  # warp distances 1..8 cover the served schedule's 4..7
 TEXTURE_WEIGHT = 0.5  # texture colour loss, early guidance for the neural texture
 TEXTURE_LR_FACTOR = 5.0  # the texture learns faster than the networks, as in DNR
@@ -76,51 +83,6 @@ CHECKPOINT_EVERY_S = 300.0
 VALIDATE_EVERY = 100  # steps
 VALIDATION_FRAMES = 16
 VALIDATION_K = (1, 4)  # warp distances validated: the nearest and one the schedule serves
-Geometry = Literal["basis", "landmarks"]
-Precision = Literal["fp32", "bf16"]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    preset: str
-    steps: int
-    max_minutes: float
-    batch: int
-    max_k: int
-    lr: float
-    seed: int
-    cache_layers: tuple[str, ...]
-    warp_kind: WarpKind
-    generator_controls: int | None = None
-    face_weight: float = DEFAULT_FACE_WEIGHT
-    gradient_weight: float = DEFAULT_GRADIENT_WEIGHT
-    geometry: Geometry = "basis"
-    precision: Precision = "fp32"
-    basis: str | None = None  # expression basis file for the default head (None: the shipped one)
-    adversarial: float = 0.0  # weight of the patch critic's loss (0: no critic)
-    lr_final: float = 1.0  # learning rate at the end of the budget, as a share of lr (cosine)
-    framing: bool = False  # the generator reads where each crop sat (engine/training/framing)
-    mirror: float = 0.0  # share of training pairs seen in a mirror (engine/training/mirror)
-    mirror_mark: bool = False  # the framing says which pairs were mirrored (training/framing)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.__dict__ | {"cache_layers": list(self.cache_layers)}
-
-
-# Settings a resumed run must share with its checkpoint (the rest may change, e.g. the budget).
-# What the weights mean: an avatar continued with --init must agree on these.
-MODEL_KEYS = (
-    "preset", "cache_layers", "warp_kind", "batch", "max_k", "seed", "generator_controls",
-    "geometry", "basis", "framing", "mirror_mark",
-)  # fmt: skip
-# Model settings an --init run may turn on over a finished avatar: the parts they add start at
-# zero, so the avatar continues from exactly the pictures it made.
-EXTENSIONS = {"framing": (False, True), "mirror_mark": (False, True)}
-# The loss weights and the data's augmentation may change on --init (fine-tuning a trained avatar
-# with a new loss is a recipe of its own, recorded in the summary's `stages`); --resume continues
-# one run, so they may not.
-LOSS_KEYS = ("face_weight", "gradient_weight", "adversarial", "lr", "lr_final", "mirror")
-RESUME_KEYS = MODEL_KEYS + LOSS_KEYS
 
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,11 +287,11 @@ def train(
     if resume and init is not None:
         raise ValueError("--resume and --init both say where to continue from: give one")
     if resume:
-        step, elapsed, history, stages = _load_checkpoint(
+        step, elapsed, history, stages = load_checkpoint(
             checkpoint, avatar, optimizer, rng, settings, critic
         )
     if init is not None:
-        step, elapsed, history, stages = _load_avatar(init, avatar, settings, split)
+        step, elapsed, history, stages = load_avatar(init, avatar, settings, split)
         rng.manual_seed(settings.seed + step)  # not the pairs the first run drew again
     val_rows = validation_rows(split)
     res = config.resolution
@@ -372,7 +334,7 @@ def train(
             history.append(row)
             bar.set_postfix(psnr_g=row["generator_psnr"], psnr_w4=row["warp_k4_psnr"])
         if time.perf_counter() - last_ckpt > CHECKPOINT_EVERY_S:
-            _save_checkpoint(
+            save_checkpoint(
                 checkpoint,
                 avatar,
                 optimizer,
@@ -387,7 +349,7 @@ def train(
             last_ckpt = time.perf_counter()
     bar.close()
     elapsed = time.perf_counter() - started
-    _save_checkpoint(
+    save_checkpoint(
         checkpoint, avatar, optimizer, rng, step, elapsed, history, settings, critic, stages
     )
     avatar.summary = {
@@ -415,126 +377,11 @@ def train(
         "final_validation": history[-1] if history else None,
     }
     if stages:
-        avatar.summary["stages"] = [*stages, _stage(settings.to_dict(), step, elapsed)]
+        avatar.summary["stages"] = [*stages, stage_record(settings.to_dict(), step, elapsed)]
     avatar.eval()
     avatar.reference = build_reference(frames, split)
     avatar.save(out)
     return avatar
-
-
-def _save_checkpoint(
-    path: Path,
-    avatar: Avatar,
-    optimizer: torch.optim.Optimizer,
-    rng: torch.Generator,
-    step: int,
-    elapsed: float,
-    history: list[dict[str, float]],
-    settings: TrainSettings,
-    critic: Critic | None = None,
-    stages: list[dict[str, Any]] | None = None,
-) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {
-            "step": step,
-            "elapsed": elapsed,
-            "history": history,
-            "settings": json.dumps(settings.to_dict()),
-            "model": avatar.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            **({"critic": critic.state_dict()} if critic is not None else {}),
-            "stages": json.dumps(stages or []),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-
-
-def _stage(settings: dict[str, Any], steps: int, elapsed_s: float) -> dict[str, Any]:
-    """One run's record in `stages`: where it ended and the losses it used."""
-    return {"steps": steps, "minutes": round(elapsed_s / 60.0, 2)} | {
-        k: settings.get(k) for k in LOSS_KEYS
-    }
-
-
-def _extend_framing(
-    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """A finished avatar's weights with its framing embedding widened to `target`'s: the numbers
-    it did not read (the mirror mark) get zero weights, so it makes the pictures it made."""
-    key = "generator.framing_embedding.weight"
-    if key not in state or key not in target or state[key].shape == target[key].shape:
-        return state
-    old, new = state[key], target[key]
-    if old.shape[0] != new.shape[0] or old.shape[1] > new.shape[1]:
-        return state  # load_state_dict names the mismatch
-    wider = torch.zeros_like(new)
-    wider[:, : old.shape[1]] = old
-    return state | {key: wider}
-
-
-def _load_avatar(
-    path: Path, avatar: Avatar, settings: TrainSettings, split: Split
-) -> tuple[int, float, list[dict[str, float]], list[dict[str, Any]]]:
-    """Weights, steps, minutes, history and stages of a finished avatar file, checked to match
-    (its model settings; its loss weights may differ)."""
-    done = Avatar.load(path)
-    summary = done.summary
-    saved = summary.get("settings", {})
-    mine = settings.to_dict()
-    defaults = TrainSettings.__dataclass_fields__
-    differs = sorted(
-        k
-        for k in MODEL_KEYS
-        if saved.get(k, getattr(defaults[k], "default", None)) != mine[k]
-        and EXTENSIONS.get(k) != (saved.get(k, False), mine[k])
-    )
-    if differs:
-        raise ValueError(f"--init: {path} was trained with other settings: {differs}")
-    if (summary.get("split") or {}).get("digest") != split.digest():
-        raise ValueError(f"--init: {path} was trained on another capture or split")
-    state = _extend_framing(done.state_dict(), avatar.state_dict())
-    missing, unexpected = avatar.load_state_dict(state, strict=False)
-    added = [k for k in missing if not k.startswith("generator.framing_embedding.")]
-    if added or unexpected:
-        raise ValueError(f"--init: {path} does not fit: missing {added}, unexpected {unexpected}")
-    steps, elapsed = int(summary["steps"]), float(summary["minutes"]) * 60.0
-    stages = summary.get("stages") or [_stage(saved, steps, elapsed)]
-    return steps, elapsed, list(summary["history"]), list(stages)
-
-
-def _load_checkpoint(
-    path: Path,
-    avatar: Avatar,
-    optimizer: torch.optim.Optimizer,
-    rng: torch.Generator,
-    settings: TrainSettings,
-    critic: Critic | None = None,
-) -> tuple[int, float, list[dict[str, float]], list[dict[str, Any]]]:
-    if not path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    saved = json.loads(ckpt["settings"])
-    mine = settings.to_dict()
-    defaults = TrainSettings.__dataclass_fields__
-    differs = {
-        k for k in RESUME_KEYS if saved.get(k, getattr(defaults[k], "default", None)) != mine[k]
-    }
-    if differs:
-        raise ValueError(
-            f"--resume: checkpoint {path} was made with other settings: {sorted(differs)}"
-        )
-    avatar.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    rng.set_state(ckpt["rng"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    if critic is not None:
-        critic.load_state_dict(ckpt["critic"])
-    stages = json.loads(ckpt.get("stages", "[]"))
-    return int(ckpt["step"]), float(ckpt["elapsed"]), list(ckpt["history"]), stages
 
 
 def choose_precision(wanted: str, device: str) -> Precision:
