@@ -2,8 +2,8 @@
 
 A screen-space triangle rasteriser, batched, CPU or CUDA: in PyTorch operations (`rasterize_torch`,
 what CUDA runs), and on the CPU the same rules as loops compiled by Numba
-(engine/render/raster_cpu.py: 3.4 -> well under 1 ms for the face at 256^2, batch 1), which
-`rasterize` takes wherever Numba loads.
+(engine/render/raster_cpu.py: the face at 256^2, batch 1, in 0.25 ms against 1.6 ms; the UV
+stage of a served frame went 3.4 -> 0.9 ms), which `rasterize` takes wherever Numba loads.
 Input vertices are screen points from `engine.camera.project`: x, y in pixels (the centre of pixel
 (row i, column j) is (j + 0.5, i + 0.5)) and z = camera depth > 0, smaller is closer.
 
