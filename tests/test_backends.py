@@ -194,6 +194,36 @@ def test_choice_measures_gates_caches_and_refuses_the_impossible(
     assert choose(referenced_avatar, "fp32", "torch", "cpu", 1, cache).source == "requested"
 
 
+def test_a_pair_that_fails_together_gives_way_to_the_next_not_to_fp32(
+    referenced_avatar: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each stage passed alone; the cheapest pair is made to miss the gate together (its check
+    reads 30 dB): the next pair is served, and only when none passes is it torch fp32."""
+    real = select_module.psnr
+    calls = {"n": 0}
+
+    def first_pair_fails(a: torch.Tensor, b: torch.Tensor) -> float:
+        calls["n"] += 1  # a pair's check takes two readings: warps and generator frames
+        return 30.0 if calls["n"] <= 2 else float(real(a, b))
+
+    monkeypatch.setattr(select_module, "psnr", first_pair_fails)
+    monkeypatch.setattr(select_module, "MAX_OTHER_CORES", math.inf)
+    with caplog.at_level("WARNING", logger=select_module.LOG.name):
+        second = choose(referenced_avatar, "auto", "auto", "cpu", 1, tmp_path / "a")
+    assert "together is 30.0 dB from fp32: the next pair" in caplog.text
+    assert "no pair passes together" not in caplog.text
+    assert second.served_psnr_fp32 is not None and second.served_psnr_fp32 >= MIN_PSNR_FROM_FP32
+    caplog.clear()
+    monkeypatch.setattr(select_module, "psnr", lambda a, b: 30.0)
+    with caplog.at_level("WARNING", logger=select_module.LOG.name):
+        none = choose(referenced_avatar, "auto", "auto", "cpu", 1, tmp_path / "b")
+    assert "no pair passes together: torch fp32" in caplog.text
+    assert none.choice == BackendChoice() and none.served_psnr_fp32 == gate_module.PSNR_CAP
+
+
 def test_a_choice_measured_on_a_busy_machine_is_used_but_not_cached(
     referenced_avatar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
