@@ -349,9 +349,14 @@ def _measure(
     ranked = sorted(per_frame, key=lambda pair: per_frame[pair])
     backend, served_psnr = BackendChoice(), PSNR_CAP
     gen_choice = ranked[0][0]
+    made_by: dict[StageChoice, list[tuple[torch.Tensor, NeuralCache]]] = {}  # pairs share them
     for pair in ranked[:MAX_PAIRS_CHECKED]:
         gen, warp = gen_fns[pair[0]], warp_fns[pair[1]]
-        made = [generated(avatar, gen, frames.anchors, served_in, i) for i in range(b)]
+        if pair[0] not in made_by:
+            made_by[pair[0]] = [
+                generated(avatar, gen, frames.anchors, served_in, i) for i in range(b)
+            ]
+        made = made_by[pair[0]]
         served = torch.cat([warped(avatar, warp, made[a][1], frames.targets, j) for j, a in pairs])
         together = round(
             min(psnr(served, warp_images), psnr(torch.cat([m[0] for m in made]), gen_images)), 2
