@@ -30,7 +30,7 @@ from engine.render.backends.load import load_backend
 from engine.render.backends.stages import FP32, BackendChoice
 from engine.render.frame import to_image
 from engine.render.frame_inputs import FrameInputs
-from engine.render.neural_cache import NeuralCache
+from engine.render.neural_cache import CacheTerms, NeuralCache
 from engine.runtime import release_free_memory, tune_allocator
 
 POLL_S = 0.5  # how often an idle worker checks that its parent is alive
@@ -372,9 +372,11 @@ def stack_caches(caches: list[NeuralCache]) -> NeuralCache:
     if len(caches) == 1:
         return caches[0]
 
-    def cat(name: str) -> torch.Tensor | None:
+    def cat(name: str) -> torch.Tensor | CacheTerms | None:
         parts = [getattr(c, name) for c in caches]
-        return None if parts[0] is None else torch.cat(parts)
+        if any(p is None for p in parts):  # terms some caches lack: the warp makes them all
+            return None
+        return CacheTerms.stack(parts) if name == "terms" else torch.cat(parts)
 
     stacked = {f.name: cat(f.name) for f in dataclasses.fields(NeuralCache)}
     return NeuralCache(**stacked)  # type: ignore[arg-type]

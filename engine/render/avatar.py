@@ -97,7 +97,7 @@ class Avatar(nn.Module):
         # Frames of its own capture: int8 calibration and the backends' quality gate.
         self.reference: ReferenceFrames | None = None
         self.run_generator: GeneratorFn = self._torch_generator
-        self.run_warp: WarpFn = self._torch_warp
+        self.run_warp = WarpFn(self._torch_warp)
         self.backend = FP32
         self._facing: torch.Tensor | None = None  # `facing`'s rotation, once asked for
 
@@ -274,6 +274,8 @@ class Avatar(nn.Module):
         cache = make_cache(
             out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen, self.cache_blocks
         )
+        if self.inference_only:  # a served cache: what the warp makes of it, made once
+            cache = self.run_warp.prepare(cache)
         return self.composite(out.rgb, out.alpha, x.mirrored), cache
 
     @property

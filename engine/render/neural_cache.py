@@ -32,6 +32,8 @@ class NeuralCache:
     blocks (B, 3, H/4, W/4) float32 `block_means(uv, mask)`, made once with a served cache for
         the implicit warp, which otherwise pools them again for every frame it draws from the
         cache (4-7 of them: 0.3 ms each at 256^2 on two cores); None: the warp pools them itself
+    terms what the torch implicit warp's convolutions make of c3/c4/c5 (`CacheTerms`), made once
+        with a served cache by the warp stage's `prepare`; None: the warp makes them itself
     """
 
     c3: torch.Tensor
@@ -42,6 +44,31 @@ class NeuralCache:
     controls: torch.Tensor
     screen: torch.Tensor
     blocks: torch.Tensor | None = None
+    terms: CacheTerms | None = None
+
+
+@dataclass(frozen=True)
+class CacheTerms:
+    """The halves of the warp's convolutions that read only cached features, batched over B, in
+    the warp's dtype (`engine.render.networks.split_warp`, which says why).
+
+    stem  (B, w3, H/4, W/4)    the stem conv of C3, its bias included
+    fuse4 (B, 4 w4, H/4, W/4)  the fuse4 conv of C4, bias included, in phase layout
+    head  (B, 16, H/2, W/2)    the head conv of C5, bias included, in phase layout
+    """
+
+    stem: torch.Tensor
+    fuse4: torch.Tensor
+    head: torch.Tensor
+
+    @staticmethod
+    def stack(parts: list[CacheTerms]) -> CacheTerms:
+        """B terms of batch 1 -> one of batch B (a warp batched over sessions)."""
+        return CacheTerms(
+            stem=torch.cat([p.stem for p in parts]),
+            fuse4=torch.cat([p.fuse4 for p in parts]),
+            head=torch.cat([p.head for p in parts]),
+        )
 
 
 def block_means(uv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,9 @@ class StageFigures:
     passed: bool
     reason: str | None = None
     form: str | None = None  # the texture stage's form (TEXTURES); None for the networks
+    # The warp's `prepare` of one cache (paid once per generator frame, like the generator): None
+    # for the other stages and for warps that prepare nothing
+    prepare_ms: float | None = None
 
 
 @dataclass(frozen=True)

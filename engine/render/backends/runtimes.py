@@ -216,4 +216,4 @@ def runtime_warp(session: Session) -> WarpFn:
         rgb, alpha = (torch.from_numpy(out[name]) for name in WARP_OUTPUTS)
         return WarpOutput(rgb=rgb, alpha=alpha)
 
-    return run
+    return WarpFn(run)

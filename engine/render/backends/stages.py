@@ -29,9 +29,34 @@ TEXTURES = ("pyramid", "collapsed")  # the neural texture as trained, or summed 
 # cache features in whatever float type the stage computes in: the warp stage casts what it reads)
 GeneratorFn = Callable[[torch.Tensor, torch.Tensor], GeneratorOutput]
 # cache, uv (B, H, W, 2), mask (B, H, W) bool, controls (B, D), pixel motion (explicit warp only)
-WarpFn = Callable[
+WarpRun = Callable[
     [NeuralCache, torch.Tensor, torch.Tensor, torch.Tensor, PixelMotion | None], WarpOutput
 ]
+
+
+def unchanged(cache: NeuralCache) -> NeuralCache:
+    return cache
+
+
+@dataclass(frozen=True)
+class WarpFn:
+    """The warp stage, called like `run`. `prepare` readies a cache that will serve several warped
+    frames (the torch implicit warp computes the halves of its convolutions that read only the
+    cache: `engine.render.networks.split_warp`); it is paid once per cache. A cache that was not
+    prepared warps all the same, at that cost per frame."""
+
+    run: WarpRun
+    prepare: Callable[[NeuralCache], NeuralCache] = unchanged
+
+    def __call__(
+        self,
+        cache: NeuralCache,
+        uv: torch.Tensor,
+        mask: torch.Tensor,
+        controls: torch.Tensor,
+        motion: PixelMotion | None,
+    ) -> WarpOutput:
+        return self.run(cache, uv, mask, controls, motion)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from torch import nn
 
 from engine.render.backends.stages import GeneratorFn, StageChoice, WarpFn
 from engine.render.networks.generator import Generator, GeneratorOutput
-from engine.render.networks.warp import WarpOutput
-from engine.render.neural_cache import NeuralCache
+from engine.render.networks.split_warp import SplitWarp
+from engine.render.networks.warp import ImplicitWarp, WarpOutput
+from engine.render.neural_cache import CacheTerms, NeuralCache
 from engine.render.raster import PixelMotion
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,8 +68,12 @@ def torch_generator(net: Generator, choice: StageChoice, device: torch.device) -
 
 
 def torch_warp(net: nn.Module, choice: StageChoice, device: torch.device) -> WarpFn:
-    """The warp stage run by `net` (ImplicitWarp or ExplicitWarp, prepared for inference)."""
+    """The warp stage run by `net` (ImplicitWarp or ExplicitWarp, prepared for inference). The
+    implicit warp runs split at its cache (`SplitWarp`): its `prepare` makes a served cache's
+    terms once."""
     dtype = torch_dtype(choice, device)
+    if isinstance(net, ImplicitWarp) and SplitWarp.splits(net):
+        return _split_warp(net, dtype)
     lowered = _lowered(net, dtype)
 
     def run(
@@ -78,17 +83,47 @@ def torch_warp(net: nn.Module, choice: StageChoice, device: torch.device) -> War
         controls: torch.Tensor,
         motion: PixelMotion | None,
     ) -> WarpOutput:
-        if cache.c3.dtype != dtype or cache.controls.dtype != dtype:
-            cache = dataclasses.replace(
-                cache,
-                c3=cache.c3.to(dtype),
-                c4=_cast(cache.c4, dtype),
-                c5=_cast(cache.c5, dtype),
-                controls=cache.controls.to(dtype),
-            )
-        out: WarpOutput = lowered(cache, uv, mask, controls.to(dtype), motion)
+        out: WarpOutput = lowered(_features_in(cache, dtype), uv, mask, controls.to(dtype), motion)
         if dtype == torch.float32:
             return out
         return WarpOutput(rgb=_picture(out.rgb), alpha=_picture(out.alpha))
 
-    return run
+    return WarpFn(run)
+
+
+def _features_in(cache: NeuralCache, dtype: torch.dtype) -> NeuralCache:
+    """`cache` with its features and controls in `dtype` (a generator of another precision)."""
+    if cache.c3.dtype == dtype and cache.controls.dtype == dtype:
+        return cache
+    return dataclasses.replace(
+        cache,
+        c3=cache.c3.to(dtype),
+        c4=_cast(cache.c4, dtype),
+        c5=_cast(cache.c5, dtype),
+        controls=cache.controls.to(dtype),
+    )
+
+
+def _split_warp(net: ImplicitWarp, dtype: torch.dtype) -> WarpFn:
+    # Built from the fp32 weights and then cast: the summed phase kernels are rounded once.
+    split = SplitWarp(copy.deepcopy(net)).to(dtype)
+
+    def terms(cache: NeuralCache) -> CacheTerms:
+        if cache.terms is not None and cache.terms.stem.dtype == dtype:
+            return cache.terms
+        return split.terms(_features_in(cache, dtype))
+
+    def prepare(cache: NeuralCache) -> NeuralCache:
+        return dataclasses.replace(cache, terms=terms(cache))
+
+    def run(
+        cache: NeuralCache,
+        uv: torch.Tensor,
+        mask: torch.Tensor,
+        controls: torch.Tensor,
+        motion: PixelMotion | None,
+    ) -> WarpOutput:
+        out: WarpOutput = split(cache, terms(cache), uv, mask, controls.to(dtype))
+        return out
+
+    return WarpFn(run, prepare)
