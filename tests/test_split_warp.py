@@ -53,8 +53,9 @@ def _trained_looking(config: RendererConfig) -> ImplicitWarp:
     for module in warp.modules():
         if isinstance(module, nn.BatchNorm2d):
             n = module.num_features
-            module.running_mean.copy_(torch.randn(n) * 0.3)  # type: ignore[operator]
-            module.running_var.copy_(torch.rand(n) + 0.5)  # type: ignore[operator]
+            assert module.running_mean is not None and module.running_var is not None
+            module.running_mean.copy_(torch.randn(n) * 0.3)
+            module.running_var.copy_(torch.rand(n) + 0.5)
             with torch.no_grad():
                 module.weight.copy_(torch.randn(n) * 0.5 + 1.0)
                 module.bias.copy_(torch.randn(n) * 0.2)
