@@ -61,7 +61,7 @@ from engine.render.backends.stages import FP32
 from engine.render.frame import to_image
 from engine.render.frame_inputs import FrameInputs, inputs_from_mesh, posed_mesh
 from engine.render.networks import PRESETS, macs
-from engine.render.networks.generator import generator_input, make_cache
+from engine.render.networks.generator import generator_input
 from engine.render.neural_cache import NeuralCache
 from engine.render.raster import uv_map
 from engine.runtime import tune_allocator
@@ -174,10 +174,7 @@ def measure_preset(
             )
             gen = avatar.run_generator(net_in, x.controls)
             avatar.composite(gen.rgb, gen.alpha)  # the full frame's picture
-            cache = make_cache(
-                gen, avatar.config.cache_layers, x.uv, x.mask, x.controls, x.screen,
-                avatar.cache_blocks,
-            )  # fmt: skip
+            cache = avatar.cache_of(gen, x)  # as served: prepared for the warps it will serve
             now = _timed(times, "generator", device, now)
             # The warp renders this frame from the previous frame's cache (k = 1), as a pipeline
             # worker does between two generator passes.

@@ -271,12 +271,15 @@ class Avatar(nn.Module):
             out = self._torch_generator(x_in, x.controls, x.framing)
         else:
             out = self.run_generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
+        return self.composite(out.rgb, out.alpha, x.mirrored), self.cache_of(out, x)
+
+    def cache_of(self, out: GeneratorOutput, x: FrameInputs) -> NeuralCache:
+        """The neural cache a generator pass on `x` leaves; served (inference), prepared by the
+        warp stage once for the frames it will serve (`WarpFn.prepare`)."""
         cache = make_cache(
             out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen, self.cache_blocks
         )
-        if self.inference_only:  # a served cache: what the warp makes of it, made once
-            cache = self.run_warp.prepare(cache)
-        return self.composite(out.rgb, out.alpha, x.mirrored), cache
+        return self.run_warp.prepare(cache) if self.inference_only else cache
 
     @property
     def cache_blocks(self) -> bool:
