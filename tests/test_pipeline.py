@@ -278,8 +278,11 @@ def test_a_batched_warp_of_several_sessions_equals_their_warps_one_by_one(
     )
     from engine.render.avatar import Avatar
 
+    from engine.render.backends.load import load_backend
+    from engine.render.backends.stages import FP32
+
     torch.set_num_threads(1)
-    avatar = Avatar.load(tiny_avatar).prepare_for_inference()
+    avatar = load_backend(Avatar.load(tiny_avatar).prepare_for_inference(), FP32, threads=1)
     res = avatar.resolution
     ring = FrameRing.create(8, res, res)
     try:
@@ -287,6 +290,14 @@ def test_a_batched_warp_of_several_sessions_equals_their_warps_one_by_one(
         for session in (1, 2, 3):
             state = _controls(session * 7)
             worker.handle(BuildTask(session, 0, 0, 0, state))
+        # Built caches are prepared while the worker is idle (never while a task waits), or by
+        # the first warp from them, alone or batched: the pictures are the same either way.
+        assert worker.prepare_while_idle(lambda: True) == 0
+        assert worker.prepare_while_idle(lambda: False) == 3
+        assert all(worker.caches[s][(0, 0)].cache.terms is not None for s in (1, 2, 3))
+        for session in (1, 3):
+            kept = worker.caches[session][(0, 0)]
+            kept.prepared, kept.cache = False, dataclasses.replace(kept.cache, terms=None)
 
         def task(session: int, slot: int, cache: int = 0) -> RenderTask:
             moved = update(neutral(NAMES), NAMES, expression={"jawOpen": 0.1 * session})

@@ -16,6 +16,7 @@ import os
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -170,6 +171,9 @@ class _Kept:
     cache: NeuralCache
     image: torch.Tensor  # (1, 3, H, W) the generator's picture of the cache's own frame
     ready: float
+    # Whether the warp stage has prepared the cache (`Avatar.prepared`): done while the worker
+    # waits for its next task, or by the first warp from it, never on the generator frame's path.
+    prepared: bool = False
 
 
 class Worker:
@@ -203,7 +207,8 @@ class Worker:
     @torch.inference_mode()
     def build(self, task: BuildTask) -> BuildDone:
         start = time.monotonic()
-        rendered, cache = self.avatar.generate(self.avatar.inputs([task.controls]))
+        x = self.avatar.inputs([task.controls])
+        rendered, cache = self.avatar.generate(x, prepare=False)
         self._sync()
         finished = time.monotonic()
         kept = self.caches.setdefault(task.session, {})
@@ -238,7 +243,7 @@ class Worker:
             elif task.generated:
                 results[i] = self._done(task, kept, kept.image, started, {})
             else:
-                warps.append((i, task, kept))
+                warps.append((i, task, self._ready(kept)))
         if warps:
             x = self.avatar.inputs([task.controls for _, task, _ in warps])
             jumped = [
@@ -319,10 +324,32 @@ class Worker:
             stages["inputs"] = (inputs_done - started) * 1000.0
             if self._jumped(kept.cache, x.controls):
                 return self._reanchor(task, x, started, stages)
+            kept = self._ready(kept)
             image = self.avatar.warp(kept.cache, x).image
             self._sync()
             stages["warp"] = (time.monotonic() - inputs_done) * 1000.0
         return self._done(task, kept, image, started, stages)
+
+    def _ready(self, kept: _Kept) -> _Kept:
+        """`kept` with its cache prepared for warping (prepared now if the idle time did not)."""
+        if not kept.prepared:
+            kept.cache = self.avatar.prepared(kept.cache)
+            kept.prepared = True
+        return kept
+
+    @torch.inference_mode()
+    def prepare_while_idle(self, waiting: Callable[[], bool]) -> int:
+        """Prepare the caches built since (newest first) until a task is `waiting`: a cache's
+        preparation (3.3 ms on one core) then costs no frame anything. Returns how many."""
+        done = 0
+        for held in self.caches.values():
+            for key in sorted(held, reverse=True):
+                if waiting():
+                    return done
+                if not held[key].prepared:
+                    self._ready(held[key])
+                    done += 1
+        return done
 
     def _jumped(self, cache: NeuralCache, controls: torch.Tensor) -> bool:
         """Whether `controls` (1, D) lie too far from the cache's for a warp to draw them."""
@@ -338,7 +365,7 @@ class Worker:
         """A full generator frame instead of a warp too far from its cache, kept as that cache
         from now on: the frames still to come from it warp from the new state."""
         before = time.monotonic()
-        rendered, cache = self.avatar.generate(x)
+        rendered, cache = self.avatar.generate(x, prepare=False)
         self._sync()
         now = time.monotonic()
         stages["generator"] = (now - before) * 1000.0
@@ -444,5 +471,9 @@ def run_worker(settings: WorkerSettings, tasks: Connection, results: Connection)
                 batch, task = _queued_renders(task, tasks)
                 for result in _run(worker, batch):
                     results.send(result)
+            try:
+                worker.prepare_while_idle(tasks.poll)
+            except Exception:  # left unprepared: the task that warps from it fails by name
+                traceback.print_exc()
     finally:
         ring.close()

@@ -261,8 +261,10 @@ class Avatar(nn.Module):
         image = alpha * rgb + (1.0 - alpha) * background  # (B, 3, H, W)
         return Rendered(image=image, alpha=alpha)
 
-    def generate(self, x: FrameInputs) -> tuple[Rendered, NeuralCache]:
-        """The expensive path: a full generator pass, and the cache it leaves."""
+    def generate(self, x: FrameInputs, prepare: bool = True) -> tuple[Rendered, NeuralCache]:
+        """The expensive path: a full generator pass, and the cache it leaves (served: prepared for
+        the warps it will serve unless `prepare` is False, for a caller that prepares it later,
+        off the frame's path, with `prepared`)."""
         features = self.texture(x.uv, x.mask, x.view_dir)  # (B, C, H, W)
         x_in = generator_input(features, x.mask).contiguous(memory_format=self.memory_format)
         if x.framing is not None and self.config.generator_framing:
@@ -271,14 +273,20 @@ class Avatar(nn.Module):
             out = self._torch_generator(x_in, x.controls, x.framing)
         else:
             out = self.run_generator(x_in, x.controls)  # (B, C + 1, H, W) -> GeneratorOutput
-        return self.composite(out.rgb, out.alpha, x.mirrored), self.cache_of(out, x)
+        return self.composite(out.rgb, out.alpha, x.mirrored), self.cache_of(out, x, prepare)
 
-    def cache_of(self, out: GeneratorOutput, x: FrameInputs) -> NeuralCache:
+    def cache_of(self, out: GeneratorOutput, x: FrameInputs, prepare: bool = True) -> NeuralCache:
         """The neural cache a generator pass on `x` leaves; served (inference), prepared by the
-        warp stage once for the frames it will serve (`WarpFn.prepare`)."""
+        warp stage once for the frames it will serve (`WarpFn.prepare`) unless `prepare` is
+        False."""
         cache = make_cache(
             out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen, self.cache_blocks
         )
+        return self.prepared(cache) if prepare else cache
+
+    def prepared(self, cache: NeuralCache) -> NeuralCache:
+        """`cache` readied for the warps it will serve (served caches only: in training a cache
+        serves one warp and its gradients)."""
         return self.run_warp.prepare(cache) if self.inference_only else cache
 
     @property
