@@ -158,11 +158,13 @@ async def session_events(request: web.Request) -> web.StreamResponse:
                 await response.write(f"event: ended\ndata: {data}\n\n".encode())
                 break
             await response.write(b": keep-alive\n\n")
+        await response.write_eof()
+    except ConnectionResetError:  # the page went first (closed, reloaded): nobody to tell
+        pass
     finally:
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
-    await response.write_eof()
     return response
 
 

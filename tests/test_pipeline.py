@@ -277,7 +277,6 @@ def test_a_batched_warp_of_several_sessions_equals_their_warps_one_by_one(
         WorkerSettings,
     )
     from engine.render.avatar import Avatar
-
     from engine.render.backends.load import load_backend
     from engine.render.backends.stages import FP32
 
