@@ -24,7 +24,8 @@ from engine.training import compare as compare_module
 from engine.training import evaluate as evaluate_module
 from engine.training.dataset import CaptureFrames
 from engine.training.split import interleaved_split
-from engine.training.train import TrainSettings, lr_factor, make_optimizer, train, train_step
+from engine.training.step import train_step
+from engine.training.train import TrainSettings, lr_factor, make_optimizer, train
 
 
 def _tiny_avatar(capture_dir: Path, **changes: Any) -> tuple[Avatar, CaptureFrames]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.training.train import SSIM_WEIGHT, losses
+from engine.training.step import SSIM_WEIGHT, losses
 
 
 def _pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -86,3 +86,17 @@ def test_the_split_record_names_it() -> None:
     assert record["digest"] != interleaved_split(_times(3000), gap=4).digest()
     with pytest.raises(ValueError, match="no run of 9"):
         sample_pairs(np.zeros(0, np.int64), 2, 8, torch.Generator())
+
+
+def test_pairs_can_be_drawn_from_the_served_distances_only() -> None:
+    split = interleaved_split(_times(2000), gap=8)
+    starts = pair_starts(split.train, 8)
+    t, tk = sample_pairs(starts, 4096, 8, torch.Generator().manual_seed(0), min_k=4)
+    k = tk - t
+    assert int(k.min()) == 4 and int(k.max()) == 8
+    # From 1 the draws are those the runs before the option made.
+    old = sample_pairs(starts, 64, 8, torch.Generator().manual_seed(3))
+    new = sample_pairs(starts, 64, 8, torch.Generator().manual_seed(3), min_k=1)
+    assert torch.equal(old[0], new[0]) and torch.equal(old[1], new[1])
+    with pytest.raises(ValueError, match="min_k"):
+        sample_pairs(starts, 4, 8, torch.Generator(), min_k=9)

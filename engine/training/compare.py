@@ -98,8 +98,11 @@ def _row_image(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def row(path: Path, capture: CaptureData, frames: int) -> dict[str, Any]:
-    """One candidate's settings, budget and validation scores."""
+def row(
+    path: Path, capture: CaptureData, frames: int, warp_ks: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """One candidate's settings, budget and validation scores; for each k in `warp_ks` also the
+    warp's PSNR at k and how far it falls below the generator's on the same frames."""
     avatar = Avatar.load(path).prepare_for_inference()
     split = split_of(avatar, capture.time_s)
     check_split(avatar, split, capture.directory)
@@ -133,6 +136,20 @@ def row(path: Path, capture: CaptureData, frames: int) -> dict[str, Any]:
         **served,
         f"warp_k{WARP_K}_psnr": warp["psnr"],
         "detail_ratio": round(float(np.median(ours) / np.median(real)), 3),
+        **{key: v for k in warp_ks for key, v in _warp_gap(avatar, data, split, k, frames).items()},
+    }
+
+
+def _warp_gap(avatar: Avatar, data: Any, split: Any, k: int, frames: int) -> dict[str, float]:
+    """The warp at distance k on validation pairs, and its PSNR below the generator's on the
+    same later frames."""
+    starts = held_out_pairs(split.validation, k)
+    rows = starts[np.linspace(0, len(starts) - 1, min(frames, len(starts))).round().astype(int)]
+    warp = score(data, rows, k, warp_renderer(avatar, data, k))
+    generator = score(data, rows + k, 0, generator_renderer(avatar, data))
+    return {
+        f"warp_k{k}_psnr": warp["psnr"],
+        f"warp_k{k}_below_generator_db": round(generator["psnr"] - warp["psnr"], 3),
     }
 
 
@@ -192,10 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         help=f"PNG: each candidate at viewer yaw {', '.join(map(str, TURN_YAWS))}; the table "
         "gains how far its read-back yaw misses",
     )
+    parser.add_argument(
+        "--warp-k",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also score the warp at these distances against the generator on the same frames",
+    )
     args = parser.parse_args(argv)
+    if any(k < 1 for k in args.warp_k):
+        parser.error("--warp-k takes distances >= 1")
     try:
         capture = load_capture(args.data)
-        rows = [row(p, capture, args.frames) for p in args.avatars]
+        rows = [row(p, capture, args.frames, tuple(args.warp_k)) for p in args.avatars]
         if args.strip is not None:
             strip(args.avatars, capture, args.strip)
         if args.turns is not None:

@@ -37,6 +37,10 @@ class TrainSettings:
     framing: bool = False  # the generator reads where each crop sat (engine/training/framing)
     mirror: float = 0.0  # share of training pairs seen in a mirror (engine/training/mirror)
     mirror_mark: bool = False  # the framing says which pairs were mirrored (training/framing)
+    # Train the warp alone (texture, generator and background frozen, the caches made as served)
+    # on distances min_k..max_k: a finished avatar's warp fitted to the distances served.
+    warp_only: bool = False
+    min_k: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__ | {"cache_layers": list(self.cache_layers)}
@@ -54,5 +58,8 @@ EXTENSIONS = {"framing": (False, True), "mirror_mark": (False, True)}
 # The loss weights and the data's augmentation may change on --init (fine-tuning a trained avatar
 # with a new loss is a recipe of its own, recorded in the summary's `stages`); --resume continues
 # one run, so they may not.
-LOSS_KEYS = ("face_weight", "gradient_weight", "adversarial", "lr", "lr_final", "mirror")
+LOSS_KEYS = (
+    "face_weight", "gradient_weight", "adversarial", "lr", "lr_final", "mirror", "warp_only",
+    "min_k",
+)  # fmt: skip
 RESUME_KEYS = MODEL_KEYS + LOSS_KEYS

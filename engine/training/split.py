@@ -108,14 +108,16 @@ def pair_starts(rows: np.ndarray, max_k: int) -> np.ndarray:
 
 
 def sample_pairs(
-    starts: np.ndarray, batch: int, max_k: int, generator: torch.Generator
+    starts: np.ndarray, batch: int, max_k: int, generator: torch.Generator, min_k: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) cache frames t drawn from `starts` (`pair_starts`) and (B,) later frames t + k, k
-    uniform in 1..max_k."""
+    uniform in min_k..max_k."""
     if len(starts) == 0:
         raise ValueError(f"no run of {max_k + 1} consecutive frames to draw pairs from")
+    if not 1 <= min_k <= max_k:
+        raise ValueError(f"warp distances {min_k}..{max_k}: need 1 <= min_k <= max_k")
     pick = torch.randint(0, len(starts), (batch,), generator=generator)  # (B,)
-    k = torch.randint(1, max_k + 1, (batch,), generator=generator)  # (B,)
+    k = torch.randint(min_k, max_k + 1, (batch,), generator=generator)  # (B,)
     t = torch.as_tensor(starts)[pick]
     return t, t + k
 

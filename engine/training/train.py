@@ -22,7 +22,9 @@ head model, as serving does) or `landmarks` (MediaPipe's tracked landmarks thems
 geometry the picture shows, mouth opening included). `--precision bf16` runs the forward passes
 under CPU autocast in bfloat16 (`auto`: where the CPU has AVX-512 BF16 or AMX). A checkpoint is
 written every few minutes and at the end; `--resume` continues from it in the step count, the
-optimiser and the random streams.
+optimiser and the random streams. `--warp-only --init A.pt --min-k 4` trains a finished avatar's
+warp alone on the served distances (texture, generator and background frozen; the step itself is
+in engine/training/step.py).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
-    structural_similarity_index_measure,
 )
 from tqdm import tqdm
 
@@ -72,10 +73,9 @@ from engine.training.settings import (
     TrainSettings,
 )
 from engine.training.split import Split, interleaved_split, pair_starts, sample_pairs
+from engine.training.step import train_step
 
-SSIM_WEIGHT = 0.2  # structural term next to L1
 DEFAULT_MAX_K = 8  # warp distances 1..8 cover the served schedule's 4..7
-TEXTURE_WEIGHT = 0.5  # texture colour loss, early guidance for the neural texture
 TEXTURE_LR_FACTOR = 5.0  # the texture learns faster than the networks, as in DNR
 AUG_SHIFT_PX_FRACTION = 0.03  # random shift up to 3% of the image
 AUG_SCALE = 0.05  # random zoom up to +-5%
@@ -83,38 +83,6 @@ CHECKPOINT_EVERY_S = 300.0
 VALIDATE_EVERY = 100  # steps
 VALIDATION_FRAMES = 16
 VALIDATION_K = (1, 4)  # warp distances validated: the nearest and one the schedule serves
-
-
-def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C, H, W) -> horizontal (B, C, H, W - 1) and vertical (B, C, H - 1, W) differences."""
-    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
-
-
-def losses(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    face: torch.Tensor,
-    face_weight: float = DEFAULT_FACE_WEIGHT,
-    gradient_weight: float = DEFAULT_GRADIENT_WEIGHT,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, plain L1) of (B, 3, H, W) images in [0, 1]; face (B, 1, H, W) in [0, 1] marks the
-    pixels that count 1 + face_weight times in the L1 and gradient terms."""
-    pred = pred.float()
-    weight = 1.0 + face_weight * face  # (B, 1, H, W)
-    diff = (pred - target).abs()
-    l1 = diff.mean()
-    weighted = (diff * weight).mean() / weight.mean()
-    loss = weighted
-    if gradient_weight > 0:
-        (pdx, pdy), (tdx, tdy) = image_gradients(pred), image_gradients(target)
-        wx = (weight[..., :, 1:] + weight[..., :, :-1]) / 2
-        wy = (weight[..., 1:, :] + weight[..., :-1, :]) / 2
-        grad = ((pdx - tdx).abs() * wx).mean() / wx.mean()
-        grad = grad + ((pdy - tdy).abs() * wy).mean() / wy.mean()
-        loss = loss + gradient_weight * grad
-    ssim = structural_similarity_index_measure(pred, target, data_range=1.0)
-    assert isinstance(ssim, torch.Tensor)
-    return loss + SSIM_WEIGHT * (1.0 - ssim), l1
 
 
 @torch.inference_mode()
@@ -161,50 +129,6 @@ def median_background(frames: CaptureFrames, rows: Any) -> torch.Tensor:
     return sample.median(dim=0, keepdim=True).values
 
 
-def train_step(
-    avatar: Avatar,
-    optimizer: torch.optim.Optimizer,
-    frames: CaptureFrames,
-    t_rows: torch.Tensor,
-    tk_rows: torch.Tensor,
-    affine: torch.Tensor | None,
-    device: torch.device,
-    settings: TrainSettings,
-    critic: Critic | None = None,
-    mirrored: torch.Tensor | None = None,
-) -> tuple[float, float]:
-    """One optimiser step on pairs (t, t + k), those where `mirrored` (B,) is set seen in a
-    mirror, and one of the critic when there is one; returns the generator's and the warp's L1."""
-    with torch.no_grad():
-        x_t = frames.inputs(t_rows, affine, settings.geometry, mirrored)
-        x_tk = frames.inputs(tk_rows, affine, settings.geometry, mirrored)
-        y_t = frames.targets(t_rows, affine, mirrored).to(device)
-        y_tk = frames.targets(tk_rows, affine, mirrored).to(device)
-    bf16 = settings.precision == "bf16"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        full, cache = avatar.generate(x_t)
-        warped = avatar.warp(cache, x_tk)
-    weights = (settings.face_weight, settings.gradient_weight)
-    loss_g, l1_g = losses(full.image, y_t, x_t.mask[:, None].float(), *weights)
-    loss_w, l1_w = losses(warped.image, y_tk, x_tk.mask[:, None].float(), *weights)
-    tex = avatar.texture_rgb(x_t)  # (B, 3, H, W)
-    covered = x_t.mask[:, None].to(tex.dtype)  # (B, 1, H, W)
-    loss_tex = ((tex - y_t).abs() * covered).sum() / covered.sum().clamp_min(1.0) / 3.0
-    loss = loss_g + loss_w + TEXTURE_WEIGHT * loss_tex
-    if critic is not None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            fooled = critic.generator_loss(full.image) + critic.generator_loss(warped.image)
-        loss = loss + settings.adversarial * fooled
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    if critic is not None:
-        fake = torch.cat((full.image, warped.image)).detach().float()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            critic.step(torch.cat((y_t, y_tk)), fake)
-    return float(l1_g.detach()), float(l1_w.detach())
-
-
 def trained_pose_range(
     rotation: np.ndarray, centre: np.ndarray, camera: Camera, mirror: bool
 ) -> dict[str, list[float]]:
@@ -231,7 +155,9 @@ def lr_factor(progress: float, final: float) -> float:
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(avatar: Avatar, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(avatar: Avatar, lr: float, warp_only: bool = False) -> torch.optim.Optimizer:
+    if warp_only:  # the rest keeps its weights (and Adam no state for them)
+        return torch.optim.Adam([{"params": list(avatar.warp_net.parameters()), "lr": lr}])
     texture = list(avatar.texture.parameters())
     ids = {id(p) for p in texture}
     rest = [p for p in avatar.parameters() if p.requires_grad and id(p) not in ids]
@@ -277,7 +203,7 @@ def train(
         avatar.background.copy_(median_background(frames, split.train))
     avatar.to(device).use_channels_last().train()
     frames.head = avatar.head  # rasterise with the avatar's own head model (same arrays)
-    optimizer = make_optimizer(avatar, settings.lr)
+    optimizer = make_optimizer(avatar, settings.lr, settings.warp_only)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's annealed
     critic = Critic.create(device) if settings.adversarial > 0 else None
     rng = torch.Generator().manual_seed(settings.seed)
@@ -305,7 +231,7 @@ def train(
     total = settings.steps if math.isinf(settings.max_minutes) else None
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
     while step < settings.steps and time.perf_counter() - started < budget_s:
-        t_rows, tk_rows = sample_pairs(starts, settings.batch, settings.max_k, rng)
+        t_rows, tk_rows = sample_pairs(starts, settings.batch, settings.max_k, rng, settings.min_k)
         affine = random_affines(settings.batch, res, AUG_SHIFT_PX_FRACTION * res, AUG_SCALE, rng)
         # Drawn only when mirroring, so that runs without it draw the pairs they always did.
         mirrored = (
@@ -486,6 +412,15 @@ def main(argv: list[str] | None = None) -> int:
         "filmed) gets the body as filmed, not its average with the flipped one; with --init it "
         "may be turned on over an avatar trained without it",
     )
+    parser.add_argument(
+        "--warp-only",
+        action="store_true",
+        help="train the warp alone (texture, generator and background frozen, caches made as "
+        "served); with --init, a finished avatar's warp fitted to the distances --min-k..--max-k",
+    )
+    parser.add_argument(
+        "--min-k", type=int, default=1, help="the shortest warp distance trained (default 1)"
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     parser.add_argument(
@@ -512,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mirror must be in [0, 1]: a share of the training pairs")
     if args.mirror_mark and not (args.framing and args.mirror > 0):
         parser.error("--mirror-mark needs --framing and --mirror above 0: it marks mirrored pairs")
+    if not 1 <= args.min_k <= args.max_k:
+        parser.error(f"--min-k must be in 1..--max-k ({args.max_k})")
+    if args.warp_only and args.init is None and not args.resume:
+        parser.error("--warp-only trains the warp of a finished avatar: give --init (or --resume)")
     if not 0.0 < args.lr_final <= 1.0:
         parser.error("--lr-final must be in (0, 1]: a share of --lr")
     if args.threads is not None:
@@ -538,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         framing=args.framing,
         mirror=args.mirror,
         mirror_mark=args.mirror_mark,
+        warp_only=args.warp_only,
+        min_k=args.min_k,
         precision=choose_precision(args.precision, args.device),
     )
     try:
