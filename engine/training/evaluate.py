@@ -400,7 +400,8 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         lines += [
             f"| {c['stage']} | {c['form'] or c['runtime'] + ' ' + c['precision']} | "
-            f"{c['ms'] if c['ms'] is not None else '-'} | "
+            f"{c['ms'] if c['ms'] is not None else '-'}"
+            f"{_per_cache(c.get('prepare_ms'))} | "
             f"{c['psnr_fp32'] if c['psnr_fp32'] is not None else '-'} | "
             f"{c['truth_loss_db'] if c['truth_loss_db'] is not None else '-'} | "
             f"{'yes' if c['passed'] else 'no: ' + str(c['reason'])} |"
@@ -496,6 +497,11 @@ def split_of(avatar: Avatar, time_s: np.ndarray) -> Split:
     recorded = avatar.summary.get("split")
     gap = recorded.get("gap") if isinstance(recorded, dict) else None
     return interleaved_split(time_s, gap=int(gap) if isinstance(gap, int) else MAX_K)
+
+
+def _per_cache(ms: float | None) -> str:
+    """A warp's preparation of each cache, beside its time per frame (none: nothing)."""
+    return "" if ms is None else f" (+ {ms} per cache)"
 
 
 def main(argv: list[str] | None = None) -> int:
