@@ -87,11 +87,7 @@ avatar: $(STAMP)
 		--max-minutes 535 --threads 1 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
 		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 \
 		--mirror-mark --warp-only --min-k 4 --quiet
-	$(PY) -m engine train --data data/franck --out data/avatar_warp_long.pt --init data/avatar_warp.pt \
-		--max-minutes 565 --threads 2 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
-		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 \
-		--mirror-mark --warp-only --min-k 4 --quiet
-	$(PY) -m engine evaluate --avatar data/avatar_warp_long.pt --data data/franck --out docs/eval
+	$(PY) -m engine evaluate --avatar data/avatar_warp.pt --data data/franck --out docs/eval
 
 # Re-fetch web/vendor/tasks-vision (pinned npm, hash-checked); `make run` needs none: it's committed.
 vendor:
