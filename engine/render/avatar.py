@@ -313,7 +313,7 @@ class Avatar(nn.Module):
     @torch.inference_mode()
     def render(self, controls: Controls) -> np.ndarray:
         """One full (generator) frame of `controls` -> (H, W, 3) uint8 picture."""
-        rendered, _ = self.generate(self.inputs([controls]))
+        rendered, _ = self.generate(self.inputs([controls]), prepare=False)  # no warp follows
         return to_image(rendered.image)
 
     def texture_rgb(self, x: FrameInputs) -> torch.Tensor:

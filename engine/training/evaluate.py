@@ -185,7 +185,7 @@ def score(
 def generator_renderer(avatar: Avatar, frames: CaptureFrames) -> Renderer:
     def render(t: torch.Tensor) -> tuple[torch.Tensor, FrameInputs]:
         x = frames.inputs(t)
-        return avatar.generate(x)[0].image, x
+        return avatar.generate(x, prepare=False)[0].image, x
 
     return render
 
