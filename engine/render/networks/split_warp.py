@@ -81,7 +81,6 @@ class SplitWarp(nn.Module):
         self.reduce5 = _phase_pointwise(trunk.reduce5)
         c3, c4, c5 = config.c3_channels, config.c4_channels, config.c5_channels
         w4, w5 = config.warp_widths[1], config.warp_widths[2]
-        self.cached_layers = config.cache_layers
         stem, fuse4, head = _conv(trunk.stem), _conv(trunk.fuse4), trunk.head
         weights = [layer.weight.detach() for layer in (stem, fuse4, head)]
         biases = [_bias(layer) for layer in (stem, fuse4, head)]
@@ -90,28 +89,10 @@ class SplitWarp(nn.Module):
         self.stem_live = _new_conv(weights[0][:, c3:], None)
         # fuse4: [up(reduce4) (w4) | C4 | covered (1)] -> w4 at H/2, run at H/4 in phases
         self.fuse4_cached = _new_conv(weights[1][:, w4 : w4 + c4], biases[1])
-        self.fuse4_live = _new_conv(
-            torch.cat(
-                (
-                    phase_kernel(weights[1][:, :w4], "nearest"),
-                    phase_kernel(weights[1][:, w4 + c4 :], "unshuffled"),
-                ),
-                dim=1,
-            ),
-            None,
-        )
+        self.fuse4_live = _phase_conv(weights[1], w4, c4)
         # head: [up(reduce5) (w5) | C5 | new mask (1)] -> RGBA at H, run at H/2 in phases
         self.head_cached = _new_conv(weights[2][:, w5 : w5 + c5], biases[2])
-        self.head_live = _new_conv(
-            torch.cat(
-                (
-                    phase_kernel(weights[2][:, :w5], "nearest"),
-                    phase_kernel(weights[2][:, w5 + c5 :], "unshuffled"),
-                ),
-                dim=1,
-            ),
-            None,
-        )
+        self.head_live = _phase_conv(weights[2], w5, c5)
 
     @staticmethod
     def splits(warp: ImplicitWarp) -> bool:
@@ -194,6 +175,15 @@ def unshuffle(x: torch.Tensor) -> torch.Tensor:
         return y.reshape(b, c * PHASES, h, w)
     nhwc = x.permute(0, 2, 3, 1).view(b, h, 2, w, 2, c).permute(0, 1, 3, 2, 4, 5)
     return nhwc.reshape(b, h, w, c * PHASES).permute(0, 3, 1, 2)  # channels_last
+
+
+def _phase_conv(weight: torch.Tensor, upsampled: int, cached: int) -> nn.Conv2d:
+    """The per-frame half of a full-resolution conv over [upsampled trunk | cached | mask]
+    (O, upsampled + cached + 1, 3, 3): the trunk and mask channels, run at half resolution in
+    phases (no bias: the cached half carries it)."""
+    trunk = phase_kernel(weight[:, :upsampled], "nearest")
+    mask = phase_kernel(weight[:, upsampled + cached :], "unshuffled")
+    return _new_conv(torch.cat((trunk, mask), dim=1), None)
 
 
 def _conv(block: nn.Module) -> nn.Conv2d:
