@@ -102,7 +102,14 @@ def _playback(url: str, seconds: float, result: dict[str, Any], stats: Any) -> d
         "codec": stats and stats.get("codec"),
         "resolution": stats and [stats.get("width"), stats.get("height")],
         "url": url,
-    }
+    } | _served(result)
+
+
+def _served(result: dict[str, Any]) -> dict[str, Any]:
+    """The server's view of the session's recent frames: the share warped, how many frames back
+    on average, and the share whose controls lay past the jump limit from their cache's."""
+    server = result.get("server") or {}
+    return {k: server.get(k) for k in ("warped", "warp_distance", "beyond_jump_limit")}
 
 
 def _latency_tests(
@@ -129,7 +136,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "mtp_ms_p50": result["p50"] and round(result["p50"], 2),
         "mtp_ms_p95": result["p95"] and round(result["p95"], 2),
         "budget_ms": result.get("budget_ms"),  # for the floor, its own stages
-    }
+    } | _served(result)
 
 
 def measure(

@@ -21,6 +21,7 @@ from scipy.spatial.transform import Rotation
 from engine.head.model import EULER_CONVENTION, HeadControls, HeadModel
 
 EXPRESSION_RANGE = (0.0, 1.0)  # ARKit-style weights
+ANGLE_SCALE_DEG = 45.0  # pose and view angles are divided by this in the networks' control vector
 POSE_LIMITS_DEG = {"yaw": (-45.0, 45.0), "pitch": (-30.0, 30.0), "roll": (-30.0, 30.0)}
 VIEW_LIMITS_DEG = {"yaw": (-60.0, 60.0), "pitch": (-30.0, 30.0)}
 
@@ -41,6 +42,20 @@ class Controls:
 
 def neutral(names: Sequence[str]) -> Controls:
     return Controls(expression=(0.0,) * len(names))
+
+
+def change(a: Controls, b: Controls) -> float:
+    """The largest change of one entry of the networks' control vector from `a` to `b`: an
+    expression weight, or an angle in units of ANGLE_SCALE_DEG (how far a warp must reach)."""
+    weights = max((abs(x - y) for x, y in zip(a.expression, b.expression, strict=True)), default=0)
+    angles = max(
+        abs(a.yaw - b.yaw),
+        abs(a.pitch - b.pitch),
+        abs(a.roll - b.roll),
+        abs(a.view_yaw - b.view_yaw),
+        abs(a.view_pitch - b.view_pitch),
+    )
+    return max(float(weights), angles / ANGLE_SCALE_DEG)
 
 
 def as_message(controls: Controls, names: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -28,6 +28,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender
 
 from engine.controls import Controls, as_message
 from engine.pipeline.dispatcher import Frame
+from engine.pipeline.worker import JUMP_LIMIT
 from server import probe, protocol
 from server.bridge import Bridge
 from server.budget import Budget
@@ -196,7 +197,8 @@ class Session:
             self._send(protocol.stats(self.stats()))
 
     def stats(self) -> dict[str, Any]:
-        """fps and stage timings over the recent frames; what share of them were warped."""
+        """fps and stage timings over the recent frames; what share of them were warped, and from
+        how many frames back on average."""
         frames = list(self.recent)
         out: dict[str, Any] = {
             "frames": len(frames),
@@ -212,7 +214,14 @@ class Session:
             span = frames[-1].finished - frames[0].finished
             out["fps"] = round((len(frames) - 1) / span, 2) if span > 0 else None
             out["latency_ms"] = round(statistics.median(f.latency_ms for f in frames), 2)
-            out["warped"] = round(sum(not f.generated for f in frames) / len(frames), 3)
+            warped = [f.distance for f in frames if not f.generated]
+            out["warped"] = round(len(warped) / len(frames), 3)
+            # How far back the warps reach, in frames and in controls: the served quality falls
+            # with both, and past the jump limit a warp no longer draws the controls (README).
+            out["warp_distance"] = round(statistics.mean(warped), 2) if warped else None
+            drift = sorted(f.drift for f in frames)
+            out["drift_p95"] = round(drift[min(len(drift) - 1, int(0.95 * len(drift)))], 3)
+            out["beyond_jump_limit"] = round(sum(d > JUMP_LIMIT for d in drift) / len(drift), 3)
             stages: dict[str, list[float]] = {}
             for f in frames:
                 for name, ms in f.stages_ms.items():

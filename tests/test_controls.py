@@ -189,3 +189,16 @@ def test_view_range_offers_the_orbits_of_the_unturned_head() -> None:
 def test_rest_expression_is_the_training_median_without_tracker_noise() -> None:
     weights = np.array([[0.70, 0.01, 0.2], [0.66, 0.03, 0.4], [0.61, 0.02, 0.0]], dtype=np.float32)
     assert rest_expression(weights, ["smile", "noise", "blink"]) == {"smile": 0.66, "blink": 0.2}
+
+
+def test_change_is_the_largest_move_of_one_control_entry() -> None:
+    from engine.controls import ANGLE_SCALE_DEG, change
+
+    names = ("jawOpen", "eyeBlinkLeft")
+    rest = neutral(names)
+    assert change(rest, rest) == 0.0
+    moved = update(rest, names, expression={"jawOpen": 0.4, "eyeBlinkLeft": 0.1})
+    assert change(rest, moved) == pytest.approx(0.4)
+    turned = update(moved, names, pose={"yaw": 27.0}, view={"pitch": -9.0})
+    assert change(moved, turned) == pytest.approx(27.0 / ANGLE_SCALE_DEG)
+    assert change(turned, rest) == change(rest, turned)

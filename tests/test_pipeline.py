@@ -374,3 +374,85 @@ def test_a_warp_too_far_from_its_cache_is_generated_and_becomes_the_cache(
                 assert not after.generated  # warped from the re-anchored cache
     finally:
         ring.close()
+
+
+def test_live_frames_warp_from_the_newest_cache_and_a_jump_starts_one_early(
+    tiny_avatar: Path,
+) -> None:
+    # NUM_WARPS 1000: no cache is ever old enough to be rebuilt by age during the test, so a new
+    # one after the jump can only have been started by the drift.
+    settings = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 1000), mode="live", threads=1)
+    rest = neutral(NAMES)
+    opened = update(rest, NAMES, expression={"jawOpen": 1.0})
+    frames: list[Frame] = []
+    with Pipeline(settings) as p:
+        session = p.open_session()
+        seq = 0
+        deadline = time.monotonic() + GET_TIMEOUT_S * 2
+        while len(frames) < 60 and time.monotonic() < deadline:
+            seq += 1
+            p.submit(session, seq, rest if seq <= 20 else opened)
+            time.sleep(1 / 30)
+            while (frame := p.get(session, timeout=0)) is not None:
+                frames.append(frame)
+    assert len(frames) >= 60, f"{len(frames)} frames"
+    assert frames[0].generated and not any(f.generated for f in frames[1:])  # no re-anchors
+    assert all("generator" not in f.stages_ms for f in frames)
+    before = [f for f in frames if f.seq <= 20]
+    after = [f for f in frames if f.seq > 20]
+    assert all(f.drift == 0.0 for f in before)  # the rest state, from the rest cache
+    assert after[0].drift == pytest.approx(1.0)  # the jump, warped from the rest cache
+    # ... until the cache started at the jump is done: then from it, and on the other worker.
+    settled = [f for f in after if f.drift == 0.0]
+    assert settled, "no cache was started from the opened mouth"
+    assert settled[0].worker != frames[0].worker
+    assert all(f.drift == 0.0 for f in after[after.index(settled[0]) :])
+
+
+def test_a_worker_builds_in_the_background_and_renders_wait_for_their_cache(
+    tiny_avatar: Path,
+) -> None:
+    import torch
+
+    from engine.pipeline.frame_ring import FrameRing
+    from engine.pipeline.worker import (
+        BuildDone,
+        BuildTask,
+        DropSession,
+        FrameDone,
+        RenderTask,
+        SessionDropped,
+        TaskFailed,
+        Worker,
+        WorkerSettings,
+    )
+    from engine.render.avatar import Avatar
+
+    torch.set_num_threads(1)
+    avatar = Avatar.load(tiny_avatar).prepare_for_inference()
+    ring = FrameRing.create(8, avatar.resolution, avatar.resolution)
+    sent: list[object] = []
+    settings = WorkerSettings(0, tiny_avatar, "cpu", 1, ring.spec, background_builds=True)
+    worker = Worker(settings, avatar, ring, sent.append)
+    moved = update(_controls(2), NAMES, expression={"jawOpen": 0.1})  # near cache 2: a warp
+    try:
+        for cache in range(3):  # queued on the build thread; answered from there
+            assert worker.handle(BuildTask(1, 0, cache, cache, _controls(cache))) is None
+        done = worker.handle(RenderTask(1, 0, 5, 2, False, 3, 5, moved, 0, time.monotonic()))
+        assert isinstance(done, FrameDone) and not done.generated
+        assert done.cache_ready <= done.started  # its cache's build was waited for, not timed
+        # The build thread prepared the caches before answering: no warp pays for that.
+        assert all(kept.prepared for kept in worker.caches[1].values())
+        # Cache 0 was dropped by the time the render ran (two are kept a session): a clear error.
+        with pytest.raises(LookupError, match="no cache 0"):
+            worker.handle(RenderTask(1, 0, 6, 0, False, 6, 6, moved, 1, time.monotonic()))
+        bad = dataclasses.replace(neutral(NAMES), expression=(0.0,) * 3)
+        assert worker.handle(BuildTask(1, 0, 3, 3, bad)) is None
+        dropped = worker.handle(DropSession(1))  # waits for the session's builds first
+        assert isinstance(dropped, SessionDropped) and dropped.sessions_held == 0
+        assert [type(m) for m in sent] == [BuildDone, BuildDone, BuildDone, TaskFailed]
+        assert [m.cache for m in sent] == [0, 1, 2, 3]  # type: ignore[attr-defined]
+        assert 1 not in worker.caches
+    finally:
+        worker.close()
+        ring.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.pipeline.schedule import Schedule
+from engine.pipeline.schedule import EARLY_BUILD, Schedule
 
 FRAMES = 200
 SETTINGS = [
@@ -90,3 +90,33 @@ def test_sequential_and_generator_shapes() -> None:
 def test_impossible_settings_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Schedule(**kwargs)  # type: ignore[arg-type]
+
+
+def test_live_builds_start_by_age_or_by_drift_one_at_a_time() -> None:
+    plan = Schedule("parallel", 2, 4)
+    assert plan.builds_by_need
+    assert not Schedule("parallel", 1, 4).builds_by_need
+    assert not Schedule("sequential", 1, 4).builds_by_need
+    assert not Schedule("generator", 2).builds_by_need
+    first = plan.live_build(7, issued=-1, built=-1, built_frame=0, drift=0.0, limit=0.3)
+    assert first is not None and (first.cache, first.worker, first.frame) == (0, 0, 7)
+    # One at a time: cache 3 is building, so nothing starts however stale or far cache 2 is.
+    assert plan.live_build(40, issued=3, built=2, built_frame=0, drift=9.0, limit=0.3) is None
+    # By age: the next cache once the newest is NUM_WARPS frames old, on the next worker.
+    assert plan.live_build(13, issued=2, built=2, built_frame=10, drift=0.0, limit=0.3) is None
+    by_age = plan.live_build(14, issued=2, built=2, built_frame=10, drift=0.0, limit=0.3)
+    assert by_age is not None and (by_age.cache, by_age.worker) == (3, 1)
+    # By drift: sooner once the controls have moved past half the jump limit from the newest.
+    early = EARLY_BUILD * 0.3
+    assert plan.live_build(11, 2, 2, 10, drift=early, limit=0.3) is None
+    by_drift = plan.live_build(11, 2, 2, 10, drift=early + 0.01, limit=0.3)
+    assert by_drift is not None and (by_drift.cache, by_drift.worker) == (3, 1)
+    assert plan.live_build(11, 2, 2, 10, drift=5.0, limit=None) is None  # no limit: by age only
+
+
+def test_a_live_frame_warps_from_the_newest_cache_on_its_builder() -> None:
+    plan = Schedule("parallel", 3, 4)
+    step = plan.live_step(20, newest=5, newest_frame=17)
+    assert (step.worker, step.cache, step.distance, step.generated) == (2, 5, 3, False)
+    own = plan.live_step(17, newest=5, newest_frame=17)  # the first cache's own frame
+    assert own.generated and own.distance == 0

@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.controls import Controls
+from engine.controls import Controls, change
 from engine.pipeline.frames import Frame
 from engine.pipeline.ordering import Control, SessionState
+from engine.pipeline.schedule import Build, Step
 from engine.pipeline.settings import PipelineSettings
 from engine.pipeline.worker import (
     BuildDone,
@@ -236,8 +237,11 @@ class Pipeline:
             s.replan(self.schedule, self._pool.up())
         assert s.plan is not None
         position = s.next_frame - s.base
-        step = s.plan.step(position)
-        build = s.plan.build(position)
+        control = s.pending[0]
+        if self.settings.mode == "live" and s.plan.builds_by_need:
+            step, build, drift = self._by_need(s, position, control.controls)
+        else:
+            step, build, drift = s.plan.step(position), s.plan.build(position), 0.0
         workers = self._pool.workers
         worker = workers[s.worker_map[step.worker]]
         builder = workers[s.worker_map[build.worker]] if build is not None else worker
@@ -248,9 +252,10 @@ class Pipeline:
         mine = sum(1 for sid, _ in worker.in_flight if sid == s.id)
         if mine >= self.settings.tasks_in_flight() or not worker.free_slots:
             return False
-        control = s.pending.popleft()
+        s.pending.popleft()
         if build is not None:
             builder.send(BuildTask(s.id, s.epoch, build.cache, control.seq, control.controls))
+            s.start_cache(build.cache, position, control.controls)
         slot = worker.free_slots.pop()
         worker.in_flight[(s.id, s.next_frame)] = slot
         worker.send(
@@ -265,10 +270,30 @@ class Pipeline:
                 controls=control.controls,
                 slot=slot,
                 submitted=control.submitted,
+                drift=drift,
             ),
         )
         s.next_frame += 1
         return True
+
+    def _by_need(
+        self, s: SessionState, position: int, controls: Controls
+    ) -> tuple[Step, Build | None, float]:
+        """Live mode on a schedule that always warps (`Schedule.live_build`): the frame warped
+        from the newest finished cache, the next cache started if the controls need it, and how
+        far the frame's controls lie from its cache's."""
+        assert s.plan is not None
+        newest = max(s.built, 0)  # until the first cache is done, frames wait for it
+        started = s.started.get(newest)
+        newest_frame, drift = (
+            (started[0], change(started[1], controls)) if started else (position, 0.0)
+        )
+        build = s.plan.live_build(
+            position, s.issued, s.built, newest_frame, drift, self.settings.jump_limit
+        )
+        if build is not None and build.cache == newest:  # the first cache: this frame's own
+            newest_frame, drift = position, 0.0
+        return s.plan.live_step(position, newest, newest_frame), build, drift
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, WorkerReady):
@@ -281,10 +306,13 @@ class Pipeline:
         elif isinstance(msg, TaskFailed):
             self._task_failed(msg)
         elif isinstance(msg, BuildDone | SessionDropped):
-            # Render tasks that follow a build in the worker's queue carry its time; only the
-            # worker's session count is news here.
+            # Render tasks that follow a build in the worker's queue carry its time; what is news
+            # here is the worker's session count and, in live mode, a cache frames may warp from.
             w = self._pool.workers[msg.worker]
             w.sessions_held, w.device_mb = msg.sessions_held, msg.device_mb
+            built = self._sessions.get(msg.session)
+            if isinstance(msg, BuildDone) and built is not None and msg.epoch == built.epoch:
+                built.cache_built(msg.cache)
 
     def _frame_done(self, msg: FrameDone) -> None:
         w = self._pool.workers[msg.worker]
@@ -309,6 +337,7 @@ class Pipeline:
             finished=msg.finished,
             cache_ready=msg.cache_ready,
             stages_ms=msg.stages_ms,
+            drift=msg.drift,
         )
         s.done[msg.frame] = frame
         s.release()

@@ -32,6 +32,7 @@ class Frame:
     finished: float
     cache_ready: float
     stages_ms: dict[str, float]
+    drift: float = 0.0  # how far its controls lie from its cache's (engine.controls.change)
 
     @property
     def latency_ms(self) -> float:

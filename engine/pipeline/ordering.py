@@ -45,6 +45,11 @@ class SessionState:
     on_frame: Callable[[Frame], None] | None = None  # called instead of queueing for get()
     plan: Schedule | None = None  # this epoch's schedule (fewer workers while one restarts)
     worker_map: tuple[int, ...] = ()  # the plan's worker i is worker_map[i]
+    # Live mode by need (Schedule.live_build): the newest cache of this epoch started and the
+    # newest known finished, and the output frame and controls each recent one was started from.
+    issued: int = -1
+    built: int = -1
+    started: dict[int, tuple[int, Controls]] = field(default_factory=dict)
 
     def awaits(self, frame: int) -> bool:
         """True while `frame` is neither handed out nor finished: news of it still counts."""
@@ -68,11 +73,24 @@ class SessionState:
                 while len(self.ready) > READY_FRAMES_KEPT:
                     self.ready.popleft()
 
+    def start_cache(self, cache: int, position: int, controls: Controls) -> None:
+        """Cache `cache` of this epoch is being built from schedule position `position`."""
+        self.issued = max(self.issued, cache)
+        self.started[cache] = (position, controls)
+
+    def cache_built(self, cache: int) -> None:
+        """Cache `cache` of this epoch is finished; older ones are no longer warped from."""
+        self.built = max(self.built, cache)
+        for old in [c for c in self.started if c < self.built]:
+            del self.started[old]
+
     def new_epoch(self, lost: set[int], full: Schedule, up: tuple[int, ...]) -> None:
         """Start the schedule again from the next frame, with new caches, on the workers `up`.
         `lost`: frames that will never come (they were on a dead worker); frames still in flight
         elsewhere finish and are kept."""
         self.epoch += 1
+        self.issued, self.built = -1, -1
+        self.started.clear()
         for frame in lost:
             self.write_off(frame)
         self.base = self.next_frame

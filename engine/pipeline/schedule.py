@@ -17,6 +17,17 @@ so no cache crosses a process and none is read while it is being built.
   frames at distances (N - 1) NUM_WARPS .. N NUM_WARPS - 1. The first N - 1 blocks have no finished
   cache yet: they are warped from cache 0, after it is built (the pipeline's warm-up). With N = 1 a
   block's first frame is its cache's own frame, output as generated.
+
+Live mode on a parallel schedule of two or more workers (`Schedule.builds_by_need`) keeps the
+round robin of builders and lets the state decide the rest (`live_build`, `live_step`). The paper's
+schedule waits N - 1 blocks for a cache because on its GPUs a generator pass takes about that many
+warps; here controls come at 30 Hz, a cache is often finished two frames after its own, and a
+second session's passes share the same cores. So a live frame is warped from the newest finished
+cache, wherever the schedule would have put it; a new cache starts when the newest is NUM_WARPS
+frames old, or sooner when the controls have moved half the jump limit from it (a fast turn or an
+opening mouth: `engine.pipeline.worker.JUMP_LIMIT`), one at a time per session, so a build that
+cannot keep up is never queued behind another. Replay mode keeps the schedule as it is, so its
+frames and figures do not depend on timing.
 """
 
 from __future__ import annotations
@@ -25,6 +36,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 ScheduleName = Literal["generator", "sequential", "parallel"]
+# Live mode starts a cache early once the controls have moved this fraction of the jump limit from
+# the newest one, so that it is finished before the warp would have to reach that far.
+EARLY_BUILD = 0.5
 SCHEDULES: tuple[str, ...] = ("generator", "sequential", "parallel")
 
 
@@ -100,6 +114,43 @@ class Schedule:
         distance = frame - self.cache_frame(cache)
         # distance 0 only with one worker: the cache's own frame, output as generated.
         return Step(frame, self.builder(cache), distance == 0, cache, distance)
+
+    @property
+    def builds_by_need(self) -> bool:
+        """Every frame is a warp once warmed up (parallel, two or more workers): in live mode such
+        a schedule builds caches as the controls need them (`live_build`)."""
+        return self.name == "parallel" and self.workers >= 2
+
+    def live_step(self, frame: int, newest: int, newest_frame: int) -> Step:
+        """Live mode: `frame` warped from cache `newest` (the newest finished, or the first one
+        while it builds), built from frame `newest_frame`, by the worker that built it; the
+        first cache's own frame is output as generated."""
+        distance = frame - newest_frame
+        return Step(frame, self.builder(newest), distance == 0, newest, distance)
+
+    def live_build(
+        self,
+        frame: int,
+        issued: int,
+        built: int,
+        built_frame: int,
+        drift: float,
+        limit: float | None,
+    ) -> Build | None:
+        """Live mode: the cache to start at `frame`, if any. `issued`: the newest cache started
+        (-1: none yet); `built`: the newest finished, built from frame `built_frame`; `drift`:
+        how far the controls have moved from it (`engine.controls.change`); `limit`: the jump
+        limit (None: builds by age only). The next cache starts when none is building and the
+        newest is NUM_WARPS frames old or `drift` is past half of `limit`."""
+        if issued < 0:
+            return Build(frame, self.builder(0), 0)
+        if issued > built:  # one at a time: the next waits until this one is done
+            return None
+        stale = frame - built_frame >= self.num_warps
+        moved = limit is not None and drift > EARLY_BUILD * limit
+        if not (stale or moved):
+            return None
+        return Build(frame, self.builder(issued + 1), issued + 1)
 
     def build(self, frame: int) -> Build | None:
         """The cache whose building starts at output frame `frame`, if any."""

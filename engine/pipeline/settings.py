@@ -66,6 +66,13 @@ class PipelineSettings:
             return self.threads
         return max(1, (os.cpu_count() or 1) // self.schedule.workers)
 
+    @property
+    def builds_by_need(self) -> bool:
+        """Live mode on a schedule that always warps: caches are built as the controls need
+        them and every frame warps from the newest (`Schedule.live_build`); the jump limit then
+        starts caches early instead of turning warps into generator frames."""
+        return self.mode == "live" and self.schedule.builds_by_need
+
     def tasks_in_flight(self) -> int:
         if self.in_flight is not None:
             return self.in_flight

@@ -7,16 +7,25 @@ into the worker's `FrameRing` slot named by the task. A worker only ever warps f
 itself, after building them (tasks run in the order sent); a render that names a cache the worker
 does not hold fails loudly instead of using another. The worker exits on `Stop`, and by itself
 when its parent is gone (no orphan keeps a device busy).
+
+On the CPU a worker builds its caches on a thread of its own at a lower priority (`BUILD_NICE`):
+a generator pass takes 40-55 ms on one core and a warp 7-10, so a warp that arrives while a cache
+builds (another session's, or the next one of its own) starts at once and the build goes on with
+the time left over, instead of the warp waiting behind the whole pass. A render that needs a
+cache still building waits for it, so tasks still take effect in the order sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -43,6 +52,10 @@ MAX_BATCH = 8  # warps of queued render tasks run as one batched call (several s
 # generated instead (`Worker._reanchor`): a slower frame, but the face the controls ask for.
 JUMP_LIMIT = 0.3
 CACHES_KEPT = 2  # per session: the cache being used and the one after it
+# The build thread's nice value: Linux gives a nice-10 thread about a tenth of the CPU time of a
+# nice-0 one when both want a core, so warps (and the server's encoder, and the browser beside
+# it) run first while a build uses what they leave.
+BUILD_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -51,7 +64,10 @@ class WorkerSettings:
     jitter_ms: a random sleep of up to this before every task (tests of ordering only);
     backend: how the generator and warp run (engine.render.backends, chosen by the parent);
     jump_limit: a warp whose controls differ from its cache's by more than this (largest change
-    of one control-vector entry) is rendered by the generator instead (None: always warp)."""
+    of one control-vector entry) is rendered by the generator instead (None: always warp);
+    background_builds: build caches on a lower-priority thread while warps go on (the CPU);
+    prepare_caches: prepare every cache for warping as soon as it is built (off when nothing
+    will warp: the generator schedule)."""
 
     index: int
     avatar_path: Path
@@ -61,6 +77,8 @@ class WorkerSettings:
     jitter_ms: float = 0.0
     backend: BackendChoice = FP32
     jump_limit: float | None = JUMP_LIMIT
+    background_builds: bool = False
+    prepare_caches: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,7 @@ class RenderTask:
     controls: Controls
     slot: int
     submitted: float  # time.monotonic() when the control arrived (one clock for all processes)
+    drift: float = 0.0  # how far `controls` lie from the cache's (engine.controls.change)
 
 
 @dataclass(frozen=True)
@@ -125,6 +144,7 @@ class FrameDone:
     finished: float
     cache_ready: float  # when the cache this frame came from finished building
     stages_ms: dict[str, float]
+    drift: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -179,28 +199,55 @@ class _Kept:
 class Worker:
     """The worker's state; `run` is its loop. Separate from the process entry for tests."""
 
-    def __init__(self, settings: WorkerSettings, avatar: Avatar, ring: FrameRing) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        avatar: Avatar,
+        ring: FrameRing,
+        send: Callable[[Any], None] | None = None,
+    ) -> None:
+        """`send` passes a result to the parent from any thread; background builds need it."""
         self.settings = settings
         self.avatar = avatar
         self.ring = ring
         self.caches: dict[int, dict[tuple[int, int], _Kept]] = {}  # session -> (epoch, id) -> kept
+        self._send = send
+        self._lock = threading.Lock()  # `caches` and `_building`, shared with the build thread
+        # One generator pass at a time: the build thread's and a re-anchor's would otherwise share
+        # a runtime's single inference request.
+        self._generator_lock = threading.Lock()
+        self._preparing = threading.Lock()  # a cache is prepared once, by one thread
+        self._building: dict[tuple[int, int, int], Future[None]] = {}  # (session, epoch, cache)
+        self._builder: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the build thread (a build under way is finished, queued ones are dropped)."""
+        if self._builder is not None:
+            self._builder.shutdown(wait=True, cancel_futures=True)
+            self._builder = None
 
     def handle(self, task: Any) -> Any:
         """Run one task; returns its result record."""
         if self.settings.jitter_ms > 0:
             time.sleep(random.uniform(0.0, self.settings.jitter_ms) / 1000.0)
         if isinstance(task, BuildTask):
+            if self.settings.background_builds and self._send is not None:
+                self._build_later(task)
+                return None  # the build thread sends its result
             return self.build(task)
         if isinstance(task, RenderTask):
             return self.render(task)
         if isinstance(task, DropSession):
-            self.caches.pop(task.session, None)
-            if not self.caches:  # idle: give what the sessions used back to the device and OS
+            self._wait_builds(lambda key: key[0] == task.session)
+            with self._lock:
+                self.caches.pop(task.session, None)
+                idle = not self.caches
+            if idle:  # give what the sessions used back to the device and OS
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 release_free_memory()
             return SessionDropped(
-                self.settings.index, task.session, len(self.caches), self._device_mb()
+                self.settings.index, task.session, self._sessions_held(), self._device_mb()
             )
         raise TypeError(f"unknown task {type(task).__name__}")
 
@@ -208,13 +255,15 @@ class Worker:
     def build(self, task: BuildTask) -> BuildDone:
         start = time.monotonic()
         x = self.avatar.inputs([task.controls])
-        rendered, cache = self.avatar.generate(x, prepare=False)
+        with self._generator_lock:
+            rendered, cache = self.avatar.generate(x, prepare=False)
         self._sync()
         finished = time.monotonic()
-        kept = self.caches.setdefault(task.session, {})
-        kept[(task.epoch, task.cache)] = _Kept(cache, rendered.image, finished)
-        for key in sorted(kept)[:-CACHES_KEPT]:  # older epochs sort first, then older caches
-            del kept[key]
+        with self._lock:
+            kept = self.caches.setdefault(task.session, {})
+            kept[(task.epoch, task.cache)] = _Kept(cache, rendered.image, finished)
+            for key in sorted(kept)[:-CACHES_KEPT]:  # older epochs sort first, then older caches
+                del kept[key]
         return BuildDone(
             self.settings.index,
             task.session,
@@ -222,9 +271,52 @@ class Worker:
             task.cache,
             finished,
             (finished - start) * 1000.0,
-            len(self.caches),
+            self._sessions_held(),
             self._device_mb(),
         )
+
+    def _build_later(self, task: BuildTask) -> None:
+        """Queue `task` on the build thread; renders that need its cache wait for it."""
+        if self._builder is None:
+            self._builder = ThreadPoolExecutor(1, "build", initializer=_lower_priority)
+        key = (task.session, task.epoch, task.cache)
+        with self._lock:
+            self._building[key] = self._builder.submit(self._build_and_send, task, key)
+
+    def _build_and_send(self, task: BuildTask, key: tuple[int, int, int]) -> None:
+        result: BuildDone | TaskFailed | None
+        try:
+            result = self.build(task)
+        except Exception as exc:
+            traceback.print_exc()
+            result = self.failure(task, exc)
+        with self._lock:
+            self._building.pop(key, None)  # renders waiting for it go on
+            kept = self.caches.get(task.session, {}).get(key[1:])
+        if kept is not None and self.settings.prepare_caches:
+            # Before the news: frames the live dispatcher moves to it find it ready to warp.
+            self._ready(kept)
+        assert self._send is not None
+        self._send(result)
+
+    def _wait_builds(self, which: Callable[[tuple[int, int, int]], bool]) -> None:
+        """Wait until the queued builds `which` selects (by (session, epoch, cache)) are done."""
+        with self._lock:
+            pending = [f for key, f in self._building.items() if which(key)]
+        for future in pending:
+            with contextlib.suppress(Exception):  # a failed build reported itself
+                future.result()
+
+    def _kept(self, task: RenderTask) -> _Kept | None:
+        """The cache `task` names, once built (waiting for its build if it is under way)."""
+        key = (task.session, task.epoch, task.cache)
+        self._wait_builds(lambda k: k == key)
+        with self._lock:
+            return self.caches.get(task.session, {}).get((task.epoch, task.cache))
+
+    def _sessions_held(self) -> int:
+        with self._lock:
+            return len(self.caches)
 
     @torch.inference_mode()
     def render_batch(self, tasks: list[RenderTask]) -> list[FrameDone | TaskFailed]:
@@ -233,11 +325,11 @@ class Worker:
         S. Results in task order; a task whose cache is missing fails alone."""
         if self.settings.jitter_ms > 0:
             time.sleep(random.uniform(0.0, self.settings.jitter_ms) / 1000.0)
+        held = [self._kept(task) for task in tasks]  # a cache still building is waited for
         started = time.monotonic()
         results: dict[int, FrameDone | TaskFailed] = {}
         warps: list[tuple[int, RenderTask, _Kept]] = []
-        for i, task in enumerate(tasks):
-            kept = self.caches.get(task.session, {}).get((task.epoch, task.cache))
+        for i, (task, kept) in enumerate(zip(tasks, held, strict=True)):
             if kept is None:
                 results[i] = self.failure(task, self._missing(task))  # type: ignore[assignment]
             elif task.generated:
@@ -306,12 +398,13 @@ class Worker:
             finished=finished,
             cache_ready=kept.ready,
             stages_ms=stages,
+            drift=task.drift,
         )
 
     @torch.inference_mode()
     def render(self, task: RenderTask) -> FrameDone:
+        kept = self._kept(task)  # a cache still building is waited for: not this frame's time
         started = time.monotonic()
-        kept = self.caches.get(task.session, {}).get((task.epoch, task.cache))
         if kept is None:
             raise self._missing(task)
         stages: dict[str, float] = {}
@@ -331,10 +424,12 @@ class Worker:
         return self._done(task, kept, image, started, stages)
 
     def _ready(self, kept: _Kept) -> _Kept:
-        """`kept` with its cache prepared for warping (prepared now if the idle time did not)."""
-        if not kept.prepared:
-            kept.cache = self.avatar.prepared(kept.cache)
-            kept.prepared = True
+        """`kept` with its cache prepared for warping (prepared now if the idle time or the build
+        thread did not; a preparation under way on the other thread is waited for)."""
+        with self._preparing:
+            if not kept.prepared:
+                kept.cache = self.avatar.prepared(kept.cache)
+                kept.prepared = True
         return kept
 
     @torch.inference_mode()
@@ -342,13 +437,16 @@ class Worker:
         """Prepare the caches built since (newest first) until a task is `waiting`: a cache's
         preparation (3.3 ms on one core) then costs no frame anything. Returns how many."""
         done = 0
-        for held in self.caches.values():
-            for key in sorted(held, reverse=True):
-                if waiting():
-                    return done
-                if not held[key].prepared:
-                    self._ready(held[key])
-                    done += 1
+        with self._lock:  # newest first within each session; a build may add some meanwhile
+            kept = [
+                held[key] for held in self.caches.values() for key in sorted(held, reverse=True)
+            ]
+        for one in kept:
+            if waiting():
+                return done
+            if not one.prepared:
+                self._ready(one)
+                done += 1
         return done
 
     def _jumped(self, cache: NeuralCache, controls: torch.Tensor) -> bool:
@@ -365,14 +463,16 @@ class Worker:
         """A full generator frame instead of a warp too far from its cache, kept as that cache
         from now on: the frames still to come from it warp from the new state."""
         before = time.monotonic()
-        rendered, cache = self.avatar.generate(x, prepare=False)
+        with self._generator_lock:
+            rendered, cache = self.avatar.generate(x, prepare=False)
         self._sync()
         now = time.monotonic()
         stages["generator"] = (now - before) * 1000.0
         kept = _Kept(cache, rendered.image, now)
-        self.caches.setdefault(task.session, {})[(task.epoch, task.cache)] = kept
+        with self._lock:
+            self.caches.setdefault(task.session, {})[(task.epoch, task.cache)] = kept
         done = self._done(task, kept, rendered.image, started, stages)
-        return dataclasses.replace(done, generated=True, distance=0)
+        return dataclasses.replace(done, generated=True, distance=0, drift=0.0)
 
     def _device_mb(self) -> float:
         device = self.avatar.translation.device
@@ -392,6 +492,12 @@ class Worker:
                 self.settings.index, task.session, task.epoch, frame, task.cache, message
             )
         return None
+
+
+def _lower_priority() -> None:
+    """Run the calling thread at BUILD_NICE (Linux: a thread id is a process id to setpriority)."""
+    with contextlib.suppress(OSError, AttributeError):  # elsewhere builds keep the worker's
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BUILD_NICE)
 
 
 def stack_caches(caches: list[NeuralCache]) -> NeuralCache:
@@ -452,8 +558,14 @@ def run_worker(settings: WorkerSettings, tasks: Connection, results: Connection)
     avatar = Avatar.load(settings.avatar_path, settings.device).prepare_for_inference()
     load_backend(avatar, settings.backend, settings.threads)
     ring = FrameRing.attach(settings.ring)
-    worker = Worker(settings, avatar, ring)
-    results.send(WorkerReady(settings.index, os.getpid()))
+    sending = threading.Lock()  # the build thread answers on the same pipe
+
+    def send(message: Any) -> None:
+        with sending:
+            results.send(message)
+
+    worker = Worker(settings, avatar, ring, send)
+    send(WorkerReady(settings.index, os.getpid()))
     try:
         while True:
             if not tasks.poll(POLL_S):  # idle: leave if the parent is gone
@@ -470,10 +582,11 @@ def run_worker(settings: WorkerSettings, tasks: Connection, results: Connection)
                 # Every warp backend takes a batch (OpenVINO compiles each batch size once).
                 batch, task = _queued_renders(task, tasks)
                 for result in _run(worker, batch):
-                    results.send(result)
+                    send(result)
             try:
                 worker.prepare_while_idle(tasks.poll)
             except Exception:  # left unprepared: the task that warps from it fails by name
                 traceback.print_exc()
     finally:
+        worker.close()
         ring.close()

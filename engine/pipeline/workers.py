@@ -84,7 +84,10 @@ class WorkerPool:
                 ring.spec,
                 self.settings.jitter_ms,
                 self.settings.backend,
-                self.settings.jump_limit,
+                # Live by need, the dispatcher keeps caches fresh and never holds a frame back.
+                None if self.settings.builds_by_need else self.settings.jump_limit,
+                background_builds=device == "cpu",
+                prepare_caches=self.settings.schedule.num_warps > 0,
             )
             self.workers.append(WorkerHandle(i, ws, ring, free_slots=list(range(RING_SLOTS))))
         for w in self.workers:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pytorch3d.transforms import matrix_to_euler_angles
 
 from engine.camera import Camera, project
+from engine.controls import ANGLE_SCALE_DEG
 from engine.head.model import (
     EULER_CONVENTION,
     HeadControls,
@@ -25,7 +26,6 @@ from engine.head.model import (
 )
 from engine.render.raster import Fragments, uv_map
 
-ANGLE_SCALE_DEG = 45.0  # pose and view angles are divided by this in the control vector
 NUM_ANGLES = 5  # yaw, pitch, roll, view yaw, view pitch
 
 
