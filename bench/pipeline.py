@@ -5,7 +5,9 @@ For each mode (schedule, workers, NUM_WARPS) two runs over the same control traj
   paper measured frames per second; `frames` of them after `WARMUP_FRAMES`.
 - latency (`latency_ms_p50`, `latency_ms_p95`): live mode with controls arriving at `PACE_HZ` (a
   camera's or a browser's rate), control submitted -> picture ready in shared memory, over the
-  same number of frames; `live_fps` is the rate frames came out at.
+  same number of frames; `live_fps` is the rate frames came out at; `live_warped_share`,
+  `live_warp_distance_mean` and `live_beyond_jump_limit` (the share of frames whose controls lay
+  past the jump limit from their cache's) say what those frames were.
 On a CPU machine the cores are split between the workers (torch threads per process).
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 from engine.controls import Controls
 from engine.pipeline.dispatcher import Frame, Pipeline, PipelineSettings
 from engine.pipeline.schedule import Schedule
+from engine.pipeline.worker import JUMP_LIMIT
 from engine.render.backends.select import choose
 
 WARMUP_FRAMES = 30
@@ -102,6 +105,7 @@ def measure_mode(
         live, live_fps = _paced(p, controls, frames)
     latency = [f.latency_ms for f in live]
     warped = [f for f in replayed if not f.generated]
+    live_warped = [f for f in live if not f.generated]
     return {
         "name": schedule.label,
         "workers": schedule.workers,
@@ -118,6 +122,12 @@ def measure_mode(
         if warped
         else 0,
         "backend": selection.choice.label,
+        # Live, a parallel schedule builds by need (engine.pipeline.schedule): what it served.
+        "live_warped_share": round(len(live_warped) / len(live), 3),
+        "live_warp_distance_mean": round(statistics.mean(f.distance for f in live_warped), 2)
+        if live_warped
+        else 0,
+        "live_beyond_jump_limit": round(sum(f.drift > JUMP_LIMIT for f in live) / len(live), 3),
     }
 
 

@@ -8,11 +8,12 @@ itself, after building them (tasks run in the order sent); a render that names a
 does not hold fails loudly instead of using another. The worker exits on `Stop`, and by itself
 when its parent is gone (no orphan keeps a device busy).
 
-On the CPU a worker builds its caches on a thread of its own at a lower priority (`BUILD_NICE`):
-a generator pass takes 40-55 ms on one core and a warp 7-10, so a warp that arrives while a cache
-builds (another session's, or the next one of its own) starts at once and the build goes on with
-the time left over, instead of the warp waiting behind the whole pass. A render that needs a
-cache still building waits for it, so tasks still take effect in the order sent.
+A one-thread worker on the CPU builds its caches on a thread of its own at a lower priority
+(`BUILD_NICE`): a generator pass takes 40-55 ms on one core and a warp 7-10, so a warp that
+arrives while a cache builds (another session's, or the next one of its own) starts at once and
+the build goes on with the time left over, instead of the warp waiting behind the whole pass. A
+render that needs a cache still building waits for it, so tasks still take effect in the order
+sent.
 """
 
 from __future__ import annotations
