@@ -116,7 +116,7 @@ def test_live_builds_start_by_age_or_by_drift_one_at_a_time() -> None:
 
 def test_a_live_frame_warps_from_the_newest_cache_on_its_builder() -> None:
     plan = Schedule("parallel", 3, 4)
-    step = plan.live_step(20, newest=5, newest_frame=17)
-    assert (step.worker, step.cache, step.distance, step.generated) == (2, 5, 3, False)
-    own = plan.live_step(17, newest=5, newest_frame=17)  # the first cache's own frame
+    step = plan.live_step(20, newest=5, newest_frame=17, worker=1)
+    assert (step.worker, step.cache, step.distance, step.generated) == (1, 5, 3, False)
+    own = plan.live_step(17, newest=5, newest_frame=17, worker=1)  # the first cache's own frame
     assert own.generated and own.distance == 0

@@ -24,6 +24,7 @@ This module is the API and the loop that ties the others together: the processes
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -255,7 +256,8 @@ class Pipeline:
         s.pending.popleft()
         if build is not None:
             builder.send(BuildTask(s.id, s.epoch, build.cache, control.seq, control.controls))
-            s.start_cache(build.cache, position, control.controls)
+            builder.builds += 1
+            s.start_cache(build.cache, position, control.controls, build.worker)
         slot = worker.free_slots.pop()
         worker.in_flight[(s.id, s.next_frame)] = slot
         worker.send(
@@ -282,18 +284,26 @@ class Pipeline:
         """Live mode on a schedule that always warps (`Schedule.live_build`): the frame warped
         from the newest finished cache, the next cache started if the controls need it, and how
         far the frame's controls lie from its cache's."""
-        assert s.plan is not None
+        plan = s.plan
+        assert plan is not None
         newest = max(s.built, 0)  # until the first cache is done, frames wait for it
-        started = s.started.get(newest)
-        newest_frame, drift = (
-            (started[0], change(started[1], controls)) if started else (position, 0.0)
-        )
-        build = s.plan.live_build(
+        newest_frame, drift, holder = position, 0.0, plan.builder(newest)
+        if newest in s.started:
+            newest_frame, old, holder = s.started[newest]
+            drift = change(old, controls)
+        build = plan.live_build(
             position, s.issued, s.built, newest_frame, drift, self.settings.jump_limit
         )
-        if build is not None and build.cache == newest:  # the first cache: this frame's own
-            newest_frame, drift = position, 0.0
-        return s.plan.live_step(position, newest, newest_frame), build, drift
+        if build is not None:
+            # The worker with the fewest builds under way (the turn's on a tie): sessions whose
+            # turns meet on one worker would otherwise queue there while the other's thread idles.
+            turn = build.worker
+            load = [self._pool.workers[s.worker_map[i]].builds for i in range(plan.workers)]
+            least = min(range(plan.workers), key=lambda i: (load[i], i != turn))
+            build = dataclasses.replace(build, worker=least)
+            if build.cache == newest:  # the first cache: this frame is its own
+                newest_frame, drift, holder = position, 0.0, least
+        return plan.live_step(position, newest, newest_frame, holder), build, drift
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, WorkerReady):
@@ -310,9 +320,11 @@ class Pipeline:
             # here is the worker's session count and, in live mode, a cache frames may warp from.
             w = self._pool.workers[msg.worker]
             w.sessions_held, w.device_mb = msg.sessions_held, msg.device_mb
-            built = self._sessions.get(msg.session)
-            if isinstance(msg, BuildDone) and built is not None and msg.epoch == built.epoch:
-                built.cache_built(msg.cache)
+            if isinstance(msg, BuildDone):
+                w.builds = max(0, w.builds - 1)
+                built = self._sessions.get(msg.session)
+                if built is not None and msg.epoch == built.epoch:
+                    built.cache_built(msg.cache)
 
     def _frame_done(self, msg: FrameDone) -> None:
         w = self._pool.workers[msg.worker]
@@ -344,8 +356,10 @@ class Pipeline:
 
     def _task_failed(self, msg: TaskFailed) -> None:
         s = self._sessions.get(msg.session)
-        if msg.frame is not None:
-            w = self._pool.workers[msg.worker]
+        w = self._pool.workers[msg.worker]
+        if msg.frame is None:  # a build's failure is its answer
+            w.builds = max(0, w.builds - 1)
+        else:
             slot = w.in_flight.pop((msg.session, msg.frame), None)
             if slot is not None:
                 w.free_slots.append(slot)

@@ -46,10 +46,11 @@ class SessionState:
     plan: Schedule | None = None  # this epoch's schedule (fewer workers while one restarts)
     worker_map: tuple[int, ...] = ()  # the plan's worker i is worker_map[i]
     # Live mode by need (Schedule.live_build): the newest cache of this epoch started and the
-    # newest known finished, and the output frame and controls each recent one was started from.
+    # newest known finished, and for each recent one the schedule position and controls it was
+    # started from and the plan's worker that builds it.
     issued: int = -1
     built: int = -1
-    started: dict[int, tuple[int, Controls]] = field(default_factory=dict)
+    started: dict[int, tuple[int, Controls, int]] = field(default_factory=dict)
 
     def awaits(self, frame: int) -> bool:
         """True while `frame` is neither handed out nor finished: news of it still counts."""
@@ -73,10 +74,11 @@ class SessionState:
                 while len(self.ready) > READY_FRAMES_KEPT:
                     self.ready.popleft()
 
-    def start_cache(self, cache: int, position: int, controls: Controls) -> None:
-        """Cache `cache` of this epoch is being built from schedule position `position`."""
+    def start_cache(self, cache: int, position: int, controls: Controls, worker: int) -> None:
+        """Cache `cache` of this epoch is being built by the plan's worker `worker`, from schedule
+        position `position`."""
         self.issued = max(self.issued, cache)
-        self.started[cache] = (position, controls)
+        self.started[cache] = (position, controls, worker)
 
     def cache_built(self, cache: int) -> None:
         """Cache `cache` of this epoch is finished; older ones are no longer warped from."""

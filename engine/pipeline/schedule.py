@@ -121,12 +121,12 @@ class Schedule:
         a schedule builds caches as the controls need them (`live_build`)."""
         return self.name == "parallel" and self.workers >= 2
 
-    def live_step(self, frame: int, newest: int, newest_frame: int) -> Step:
+    def live_step(self, frame: int, newest: int, newest_frame: int, worker: int) -> Step:
         """Live mode: `frame` warped from cache `newest` (the newest finished, or the first one
-        while it builds), built from frame `newest_frame`, by the worker that built it; the
+        while it builds), built from frame `newest_frame` by `worker`, which makes the frame; the
         first cache's own frame is output as generated."""
         distance = frame - newest_frame
-        return Step(frame, self.builder(newest), distance == 0, newest, distance)
+        return Step(frame, worker, distance == 0, newest, distance)
 
     def live_build(
         self,
@@ -141,7 +141,8 @@ class Schedule:
         (-1: none yet); `built`: the newest finished, built from frame `built_frame`; `drift`:
         how far the controls have moved from it (`engine.controls.change`); `limit`: the jump
         limit (None: builds by age only). The next cache starts when none is building and the
-        newest is NUM_WARPS frames old or `drift` is past half of `limit`."""
+        newest is NUM_WARPS frames old or `drift` is past half of `limit`, on the next worker in
+        turn (the dispatcher may give it to one with fewer builds under way)."""
         if issued < 0:
             return Build(frame, self.builder(0), 0)
         if issued > built:  # one at a time: the next waits until this one is done

@@ -41,6 +41,7 @@ class WorkerHandle:
     ready: bool = False
     in_flight: dict[tuple[int, int], int] = field(default_factory=dict)  # (session, frame) -> slot
     free_slots: list[int] = field(default_factory=list)
+    builds: int = 0  # build tasks sent and not yet answered
     restarts: int = 0
     sessions_held: int = 0  # sessions the worker keeps caches for, as it last reported
     device_mb: float = 0.0  # CUDA tensor memory it last reported (0 on the CPU)
@@ -120,6 +121,7 @@ class WorkerPool:
         in flight on it (they will never come). It is not ready until it reports WorkerReady."""
         lost = list(w.in_flight)
         w.in_flight.clear()
+        w.builds = 0
         w.free_slots = list(range(RING_SLOTS))
         w.close_pipes()
         w.restarts += 1
