@@ -294,3 +294,37 @@ def test_a_collapsed_texture_samples_like_its_pyramid() -> None:
     flat = texture.collapsed()
     assert torch.allclose(texture(uv, mask, view), flat(uv, mask, view), atol=1e-5)
     assert torch.equal(flat.collapsed().levels[0], flat.levels[0])
+
+
+def test_int8_keeps_the_generators_early_blocks_in_float(
+    referenced_avatar: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    from engine.render.backends.gate import generator_inputs
+    from engine.render.backends.graphs import export_generator
+    from engine.render.backends.quantize import GENERATOR_FLOAT_BLOCKS, convs_in, quantize_int8
+
+    avatar = Avatar.load(referenced_avatar).prepare_for_inference()
+    ref = avatar.reference
+    assert ref is not None
+    with torch.inference_mode():
+        x = ref.inputs(avatar.head, avatar.camera, avatar.resolution, [0, 1])
+        gen_in = generator_inputs(avatar, x)
+    source = export_generator(avatar.generator, gen_in[:1], x.controls[:1], tmp_path)
+    kept = convs_in(source, GENERATOR_FLOAT_BLOCKS)
+    assert kept and all("/encoder.0/" in n or "/encoder.1/" in n for n in kept)
+    feeds = [
+        {"x": gen_in[i : i + 1].float().numpy(), "controls": x.controls[i : i + 1].float().numpy()}
+        for i in range(2)
+    ]
+    target = quantize_int8(source, tmp_path / "int8.onnx", feeds, keep_float=kept, percentile=True)
+    graph = onnx.load(str(target)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    for (
+        name,
+        conv,
+    ) in convs.items():  # a quantized conv reads its weights through a DequantizeLinear
+        assert (conv.input[1] in dequantized) == (name not in kept), name
+    assert len(convs) > len(kept)

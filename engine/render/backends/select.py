@@ -53,7 +53,7 @@ from engine.render.backends.gate import (
 )
 from engine.render.backends.graphs import WARP_INPUTS, export_generator, export_warp
 from engine.render.backends.load import generator_stage, warp_stage
-from engine.render.backends.quantize import quantize_int8
+from engine.render.backends.quantize import GENERATOR_FLOAT_BLOCKS, convs_in, quantize_int8
 from engine.render.backends.runtimes import (
     PRECISIONS_OF,
     as_array,
@@ -80,7 +80,7 @@ WARMUP_RUNS = 3
 CHOICES = ("auto", *PRECISIONS)
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 SELECTION_FILE = "selection.json"
-SELECTION_VERSION = 6  # bump when what is measured or how it is chosen changes: old caches go
+SELECTION_VERSION = 7  # bump when what is measured or how it is chosen changes: old caches go
 # A measurement during which other processes kept more than this many cores busy is used for the
 # run that made it but not cached: a choice timed beside a training run had picked a generator
 # that took 44.6 ms there and is twice as slow as the one chosen on the idle machine.
@@ -500,8 +500,13 @@ def _export(
         _, cache = generated(avatar, fp32_gen, cache_x, cal_in, i)
         tensors = _warp_tensors(cache, frame_rows(target_x, [i]))
         warp_feeds.append({name: as_array(t) for name, t in zip(WARP_INPUTS, tensors, strict=True)})
+    gen_fp32 = model_file(folder, "generator", "fp32")
     quantize_int8(
-        model_file(folder, "generator", "fp32"), model_file(folder, "generator", "int8"), gen_feeds
+        gen_fp32,
+        model_file(folder, "generator", "int8"),
+        gen_feeds,
+        keep_float=convs_in(gen_fp32, GENERATOR_FLOAT_BLOCKS),
+        percentile=True,
     )
     if avatar.config.warp_kind == "implicit":
         quantize_int8(
