@@ -1,6 +1,7 @@
 """Start the server: `python run.py` serves the shipped avatar at http://127.0.0.1:8080.
 
 python run.py [--host H] [--port P] [--avatar A] [--device D] [--workers N] [--num-warps W]
+              [--jumps rebuild|generate]
               [--precision auto|fp32|bf16|fp16|int8] [--runtime auto|torch|onnxruntime|openvino]
               [--codec vp8|h264] [--max-bitrate BPS] [--ice-server URL ...]
               [--max-sessions S] [--session-ttl SECONDS] [--token T] [--metrics-token M]
@@ -23,6 +24,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from engine.pipeline.schedule import Schedule
+from engine.pipeline.settings import JUMPS
 from engine.render.avatar import DEFAULT_AVATAR, Avatar
 from engine.render.backends.select import CHOICES, RUNTIME_CHOICES
 from engine.runtime import limit_arenas, tune_allocator
@@ -62,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="render worker processes")
     parser.add_argument(
         "--num-warps", type=int, default=4, help="warped frames per cache (0: generator only)"
+    )
+    parser.add_argument(
+        "--jumps",
+        choices=JUMPS,
+        default="rebuild",
+        help="a frame whose controls lie past the jump limit from its cache's: warped while a new "
+        "cache starts at once (rebuild: the frame rate holds under load) or generated (generate: "
+        "the face asked for, the frames behind it wait)",
     )
     parser.add_argument(
         "--precision",
@@ -146,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         allowed_origins=tuple(args.allowed_origin),
         precision=args.precision,
         runtime=args.runtime,
+        jumps=args.jumps,
     )
     if args.cluster:  # each node chooses its own backends, for its own machine
         from server.cluster.front import ClusterHost

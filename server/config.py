@@ -44,11 +44,19 @@ class ServerConfig:
     # Stills (GET /still.png) render in a niced process of their own (server.stills); at most
     # this many wait or render at once, the next is answered 429.
     stills_queue: int = 4
+    # Live, a frame whose controls lie past the jump limit from its cache's: warped while a cache
+    # starts early ("rebuild") or generated ("generate"); engine.pipeline.settings.JUMPS.
+    jumps: str = "rebuild"
 
     def pipeline_settings(self, backend: BackendChoice = FP32) -> PipelineSettings:
         devices = None if self.device is None else (self.device,) * self.schedule.workers
         return PipelineSettings(
-            self.avatar_path, self.schedule, mode="live", devices=devices, backend=backend
+            self.avatar_path,
+            self.schedule,
+            mode="live",
+            devices=devices,
+            backend=backend,
+            jumps=self.jumps,
         )
 
     def choose_backend(self) -> Selection:

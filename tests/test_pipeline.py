@@ -456,3 +456,16 @@ def test_a_worker_builds_in_the_background_and_renders_wait_for_their_cache(
     finally:
         worker.close()
         ring.close()
+
+
+def test_what_a_frame_past_the_jump_limit_gets_is_a_setting(tiny_avatar: Path) -> None:
+    by_need = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 4), mode="live")
+    assert by_need.builds_by_need and by_need.worker_jump_limit is None  # caches start early
+    generate = dataclasses.replace(by_need, jumps="generate")
+    assert generate.worker_jump_limit == by_need.jump_limit  # the worker generates such frames
+    replay = dataclasses.replace(by_need, mode="replay")
+    assert not replay.builds_by_need and replay.worker_jump_limit == by_need.jump_limit
+    one = PipelineSettings(tiny_avatar, Schedule("sequential", 1, 4), mode="live")
+    assert one.worker_jump_limit == one.jump_limit
+    with pytest.raises(ValueError, match="jumps must be one of"):
+        PipelineSettings(tiny_avatar, Schedule("parallel", 2, 4), jumps="skip")

@@ -17,6 +17,7 @@ from engine.pipeline.worker import JUMP_LIMIT
 from engine.render.backends.stages import FP32, BackendChoice
 
 Mode = Literal["live", "replay"]
+JUMPS = ("rebuild", "generate")  # live by need: what a frame past the jump limit gets
 RING_SLOTS = 8  # frames in flight or waiting to be read, per worker
 
 
@@ -29,7 +30,10 @@ class PipelineSettings:
     jitter_ms: random delay before every worker task, for ordering tests only;
     backend: how the workers run the generator and warp (engine.render.backends.select);
     jump_limit: controls this far from a warp's cache are generated instead (worker.JUMP_LIMIT;
-    None: always warp, as the schedule says)."""
+    None: always warp, as the schedule says);
+    jumps: live by need (`builds_by_need`), a frame past the jump limit is still warped while a
+    cache starts early ("rebuild": the frame rate holds) or is generated ("generate": the picture
+    is the one asked for, and the frames behind it wait)."""
 
     avatar_path: Path
     schedule: Schedule
@@ -40,8 +44,11 @@ class PipelineSettings:
     jitter_ms: float = 0.0
     backend: BackendChoice = FP32
     jump_limit: float | None = JUMP_LIMIT
+    jumps: str = "rebuild"
 
     def __post_init__(self) -> None:
+        if self.jumps not in JUMPS:
+            raise ValueError(f"jumps must be one of {JUMPS}, got {self.jumps!r}")
         if self.mode not in ("live", "replay"):
             raise ValueError(f"mode must be 'live' or 'replay', got {self.mode!r}")
         if self.devices is not None and len(self.devices) != self.schedule.workers:
@@ -65,6 +72,14 @@ class PipelineSettings:
         if self.threads is not None:
             return self.threads
         return max(1, (os.cpu_count() or 1) // self.schedule.workers)
+
+    @property
+    def worker_jump_limit(self) -> float | None:
+        """The limit past which a worker generates a frame instead of warping it: off live by
+        need unless `jumps` asks for generating (the dispatcher then starts caches early)."""
+        if self.builds_by_need and self.jumps == "rebuild":
+            return None
+        return self.jump_limit
 
     @property
     def builds_by_need(self) -> bool:

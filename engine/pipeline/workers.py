@@ -85,8 +85,7 @@ class WorkerPool:
                 ring.spec,
                 self.settings.jitter_ms,
                 self.settings.backend,
-                # Live by need, the dispatcher keeps caches fresh and never holds a frame back.
-                None if self.settings.builds_by_need else self.settings.jump_limit,
+                self.settings.worker_jump_limit,
                 # One thread each only: two OpenMP teams in one process (the build thread's and
                 # the warps') spin against each other; a 2-thread generator pass went 32 -> 40 ms.
                 background_builds=device == "cpu" and threads == 1,
