@@ -240,9 +240,9 @@ class Pipeline:
         position = s.next_frame - s.base
         control = s.pending[0]
         if self.settings.mode == "live" and s.plan.builds_by_need:
-            step, build, drift = self._by_need(s, position, control.controls)
+            step, build = self._by_need(s, position, control.controls)
         else:
-            step, build, drift = s.plan.step(position), s.plan.build(position), 0.0
+            step, build = s.plan.step(position), s.plan.build(position)
         workers = self._pool.workers
         worker = workers[s.worker_map[step.worker]]
         builder = workers[s.worker_map[build.worker]] if build is not None else worker
@@ -272,7 +272,6 @@ class Pipeline:
                 controls=control.controls,
                 slot=slot,
                 submitted=control.submitted,
-                drift=drift,
             ),
         )
         s.next_frame += 1
@@ -280,10 +279,9 @@ class Pipeline:
 
     def _by_need(
         self, s: SessionState, position: int, controls: Controls
-    ) -> tuple[Step, Build | None, float]:
+    ) -> tuple[Step, Build | None]:
         """Live mode on a schedule that always warps (`Schedule.live_build`): the frame warped
-        from the newest finished cache, the next cache started if the controls need it, and how
-        far the frame's controls lie from its cache's."""
+        from the newest finished cache, and the next cache started if the controls need it."""
         plan = s.plan
         assert plan is not None
         newest = max(s.built, 0)  # until the first cache is done, frames wait for it
@@ -302,8 +300,8 @@ class Pipeline:
             least = min(range(plan.workers), key=lambda i: (load[i], i != turn))
             build = dataclasses.replace(build, worker=least)
             if build.cache == newest:  # the first cache: this frame is its own
-                newest_frame, drift, holder = position, 0.0, least
-        return plan.live_step(position, newest, newest_frame, holder), build, drift
+                newest_frame, holder = position, least
+        return plan.live_step(position, newest, newest_frame, holder), build
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, WorkerReady):

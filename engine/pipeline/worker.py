@@ -108,7 +108,6 @@ class RenderTask:
     controls: Controls
     slot: int
     submitted: float  # time.monotonic() when the control arrived (one clock for all processes)
-    drift: float = 0.0  # how far `controls` lie from the cache's (engine.controls.change)
 
 
 @dataclass(frozen=True)
@@ -145,6 +144,8 @@ class FrameDone:
     finished: float
     cache_ready: float  # when the cache this frame came from finished building
     stages_ms: dict[str, float]
+    # A warp's largest change of one control-vector entry from its cache's (as the jump rule
+    # measures it, against the cache as it is now: re-anchored or not); 0 for a generated frame.
     drift: float = 0.0
 
 
@@ -362,7 +363,8 @@ class Worker:
                 "batch": float(len(warps)),
             }
             for b, (i, task, kept) in enumerate(warps):
-                results[i] = self._done(task, kept, images[b : b + 1], started, dict(stages))
+                drift = _drift(kept.cache, x.controls[b : b + 1])
+                results[i] = self._done(task, kept, images[b : b + 1], started, dict(stages), drift)
         return [results[i] for i in range(len(tasks))]
 
     def _missing(self, task: RenderTask) -> LookupError:
@@ -378,6 +380,7 @@ class Worker:
         image: torch.Tensor,
         started: float,
         stages: dict[str, float],
+        drift: float = 0.0,
     ) -> FrameDone:
         """Write `image` into the task's ring slot; the record that says so."""
         before_copy = time.monotonic()
@@ -399,7 +402,7 @@ class Worker:
             finished=finished,
             cache_ready=kept.ready,
             stages_ms=stages,
-            drift=task.drift,
+            drift=drift,
         )
 
     @torch.inference_mode()
@@ -409,6 +412,7 @@ class Worker:
         if kept is None:
             raise self._missing(task)
         stages: dict[str, float] = {}
+        drift = 0.0
         if task.generated:
             image = kept.image
         else:
@@ -419,10 +423,11 @@ class Worker:
             if self._jumped(kept.cache, x.controls):
                 return self._reanchor(task, x, started, stages)
             kept = self._ready(kept)
+            drift = _drift(kept.cache, x.controls)
             image = self.avatar.warp(kept.cache, x).image
             self._sync()
             stages["warp"] = (time.monotonic() - inputs_done) * 1000.0
-        return self._done(task, kept, image, started, stages)
+        return self._done(task, kept, image, started, stages, drift)
 
     def _ready(self, kept: _Kept) -> _Kept:
         """`kept` with its cache prepared for warping (prepared now if the idle time or the build
@@ -455,8 +460,7 @@ class Worker:
         limit = self.settings.jump_limit
         if limit is None:
             return False
-        change = (controls.float() - cache.controls.float()).abs().max()
-        return bool(change > limit)
+        return bool(_change(cache, controls) > limit)  # in float32, as the control vector is
 
     def _reanchor(
         self, task: RenderTask, x: FrameInputs, started: float, stages: dict[str, float]
@@ -473,7 +477,7 @@ class Worker:
         with self._lock:
             self.caches.setdefault(task.session, {})[(task.epoch, task.cache)] = kept
         done = self._done(task, kept, rendered.image, started, stages)
-        return dataclasses.replace(done, generated=True, distance=0, drift=0.0)
+        return dataclasses.replace(done, generated=True, distance=0)
 
     def _device_mb(self) -> float:
         device = self.avatar.translation.device
@@ -493,6 +497,15 @@ class Worker:
                 self.settings.index, task.session, task.epoch, frame, task.cache, message
             )
         return None
+
+
+def _change(cache: NeuralCache, controls: torch.Tensor) -> torch.Tensor:
+    """The largest change of one control-vector entry from the cache's to `controls` (1, D)."""
+    return (controls.float() - cache.controls.float()).abs().max()
+
+
+def _drift(cache: NeuralCache, controls: torch.Tensor) -> float:
+    return float(_change(cache, controls))
 
 
 def _lower_priority() -> None:
