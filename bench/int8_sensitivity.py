@@ -32,7 +32,7 @@ from engine.cpu import cpu_info
 from engine.render.avatar import Avatar
 from engine.render.backends.gate import generator_inputs
 from engine.render.backends.graphs import export_generator
-from engine.render.backends.quantize import GENERATOR_FLOAT_BLOCKS, convs_in
+from engine.render.backends.quantize import GENERATOR_FLOAT_BLOCKS, GENERATOR_OP_TYPES, convs_in
 from engine.render.backends.runtimes import as_array
 
 DEFAULT_AVATAR = Path("static/default_avatar.pt")
@@ -120,7 +120,7 @@ def measure(avatar_path: Path) -> dict[str, Any]:
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
                 calibrate_method=method,
-                op_types_to_quantize=["Conv", "Gemm"],
+                op_types_to_quantize=list(GENERATOR_OP_TYPES),
             )
             run = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
             out = [dict(zip(names, run.run(None, f), strict=True)) for f in evaluation]

@@ -303,7 +303,12 @@ def test_int8_keeps_the_generators_early_blocks_in_float(
 
     from engine.render.backends.gate import generator_inputs
     from engine.render.backends.graphs import export_generator
-    from engine.render.backends.quantize import GENERATOR_FLOAT_BLOCKS, convs_in, quantize_int8
+    from engine.render.backends.quantize import (
+        GENERATOR_FLOAT_BLOCKS,
+        GENERATOR_OP_TYPES,
+        convs_in,
+        quantize_int8,
+    )
 
     avatar = Avatar.load(referenced_avatar).prepare_for_inference()
     ref = avatar.reference
@@ -318,13 +323,19 @@ def test_int8_keeps_the_generators_early_blocks_in_float(
         {"x": gen_in[i : i + 1].float().numpy(), "controls": x.controls[i : i + 1].float().numpy()}
         for i in range(2)
     ]
-    target = quantize_int8(source, tmp_path / "int8.onnx", feeds, keep_float=kept, percentile=True)
+    target = quantize_int8(
+        source,
+        tmp_path / "int8.onnx",
+        feeds,
+        keep_float=kept,
+        percentile=True,
+        op_types=GENERATOR_OP_TYPES,
+    )
     graph = onnx.load(str(target)).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
-    for (
-        name,
-        conv,
-    ) in convs.items():  # a quantized conv reads its weights through a DequantizeLinear
+    for name, conv in convs.items():  # a quantized conv reads through DequantizeLinear nodes
         assert (conv.input[1] in dequantized) == (name not in kept), name
+    # The activations between the float blocks stay float: only what enters a quantized conv is.
+    assert all(convs[name].input[0] not in dequantized for name in kept)
     assert len(convs) > len(kept)

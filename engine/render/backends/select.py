@@ -53,7 +53,12 @@ from engine.render.backends.gate import (
 )
 from engine.render.backends.graphs import WARP_INPUTS, export_generator, export_warp
 from engine.render.backends.load import generator_stage, warp_stage
-from engine.render.backends.quantize import GENERATOR_FLOAT_BLOCKS, convs_in, quantize_int8
+from engine.render.backends.quantize import (
+    GENERATOR_FLOAT_BLOCKS,
+    GENERATOR_OP_TYPES,
+    convs_in,
+    quantize_int8,
+)
 from engine.render.backends.runtimes import (
     PRECISIONS_OF,
     as_array,
@@ -80,7 +85,7 @@ WARMUP_RUNS = 3
 CHOICES = ("auto", *PRECISIONS)
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
 SELECTION_FILE = "selection.json"
-SELECTION_VERSION = 7  # bump when what is measured or how it is chosen changes: old caches go
+SELECTION_VERSION = 8  # bump when what is measured or how it is chosen changes: old caches go
 # A measurement during which other processes kept more than this many cores busy is used for the
 # run that made it but not cached: a choice timed beside a training run had picked a generator
 # that took 44.6 ms there and is twice as slow as the one chosen on the idle machine.
@@ -507,6 +512,7 @@ def _export(
         gen_feeds,
         keep_float=convs_in(gen_fp32, GENERATOR_FLOAT_BLOCKS),
         percentile=True,
+        op_types=GENERATOR_OP_TYPES,
     )
     if avatar.config.warp_kind == "implicit":
         quantize_int8(
