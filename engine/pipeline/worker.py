@@ -215,9 +215,13 @@ class Worker:
         self.caches: dict[int, dict[tuple[int, int], _Kept]] = {}  # session -> (epoch, id) -> kept
         self._send = send
         self._lock = threading.Lock()  # `caches` and `_building`, shared with the build thread
-        # One generator pass at a time: the build thread's and a re-anchor's would otherwise share
-        # a runtime's single inference request.
-        self._generator_lock = threading.Lock()
+        # A runtime's generator has one inference request: its passes (the build thread's, a
+        # re-anchor's) take turns. Torch's may overlap, so that a re-anchor never waits behind a
+        # build the warps are starving of CPU.
+        exported = settings.backend.generator.runtime != "torch"
+        self._generator_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if exported else contextlib.nullcontext()
+        )
         self._preparing = threading.Lock()  # a cache is prepared once, by one thread
         self._building: dict[tuple[int, int, int], Future[None]] = {}  # (session, epoch, cache)
         self._builder: ThreadPoolExecutor | None = None
