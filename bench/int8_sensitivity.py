@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,12 @@ from engine.cpu import cpu_info
 from engine.render.avatar import Avatar
 from engine.render.backends.gate import generator_inputs
 from engine.render.backends.graphs import export_generator
-from engine.render.backends.quantize import GENERATOR_FLOAT_BLOCKS, GENERATOR_OP_TYPES, convs_in
+from engine.render.backends.quantize import (
+    GENERATOR_FLOAT_BLOCKS,
+    GENERATOR_OP_TYPES,
+    convs_in,
+    quantize_int8,
+)
 from engine.render.backends.runtimes import as_array
 
 DEFAULT_AVATAR = Path("static/default_avatar.pt")
@@ -68,13 +72,6 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def measure(avatar_path: Path) -> dict[str, Any]:
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
     torch.set_num_threads(1)
     avatar = Avatar.load(avatar_path).prepare_for_inference()
@@ -101,26 +98,14 @@ def measure(avatar_path: Path) -> dict[str, Any]:
         convs = [n.name for n in nodes if n.op_type == "Conv"]
         gemms = [n.name for n in nodes if n.op_type == "Gemm"]
 
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.rows: Iterator[dict[str, np.ndarray]] = iter(calibration)
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self.rows, None)
-
-        def trial(name: str, exclude: list[str], method: Any = CalibrationMethod.MinMax) -> None:
-            target = folder / f"{len(trials)}.onnx"
-            quantize_static(
-                str(source),
-                str(target),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude,
-                calibrate_method=method,
-                op_types_to_quantize=list(GENERATOR_OP_TYPES),
+        def trial(name: str, exclude: list[str], percentile: bool = False) -> None:
+            target = quantize_int8(  # as the server quantizes, but for what is left in float
+                source,
+                folder / f"{len(trials)}.onnx",
+                calibration,
+                keep_float=exclude,
+                percentile=percentile,
+                op_types=GENERATOR_OP_TYPES,
             )
             run = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
             out = [dict(zip(names, run.run(None, f), strict=True)) for f in evaluation]
@@ -141,7 +126,7 @@ def measure(avatar_path: Path) -> dict[str, Any]:
             print(trials[-1], flush=True)
 
         trial("every conv and gemm, min/max ranges (as served before)", [])
-        trial("every conv and gemm, percentile ranges", [], CalibrationMethod.Percentile)
+        trial("every conv and gemm, percentile ranges", [], percentile=True)
         for conv in convs:
             short = conv.split("/")[-2]
             trial(f"only {short}", [c for c in convs if c != conv] + gemms)
@@ -151,7 +136,7 @@ def measure(avatar_path: Path) -> dict[str, Any]:
         trial(
             "all but the first two encoder blocks, percentile ranges (as served)",
             early,
-            CalibrationMethod.Percentile,
+            percentile=True,
         )
     return {
         "cpu": cpu_info(),
