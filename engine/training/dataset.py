@@ -29,6 +29,7 @@ from engine.render.frame_inputs import (
     inputs_from_mesh,
     warp_image,
 )
+from engine.training.body import BODY_DIM
 from engine.training.framing import FRAMING_DIM, Framing
 from engine.training.mirror import (
     IDENTITY_AFFINE,
@@ -79,6 +80,7 @@ class CaptureFrames:
         self.head = head
         self.crop_boxes = data.crop_boxes  # (N, 3) x0, y0, side in source pixels
         self.framing: torch.Tensor | None = None  # (N, P) once `use_framing` is called
+        self.framing_body = False  # whether the framing ends with the body's numbers
         self._partners: np.ndarray | None = None  # the head's mirror vertex pairs, when needed
 
     def at_median(self) -> CaptureFrames:
@@ -87,10 +89,21 @@ class CaptureFrames:
         plain.framing = None
         return plain
 
-    def use_framing(self, framing: Framing, dim: int = FRAMING_DIM) -> None:
+    def use_framing(
+        self, framing: Framing, dim: int = FRAMING_DIM, body: np.ndarray | None = None
+    ) -> None:
         """From now on each frame's inputs say where its crop sat (engine/training/framing.py),
-        in `dim` numbers (FRAMING_DIM + 1: with the mirror mark)."""
-        self.framing = torch.from_numpy(framing.normalise(self.crop_boxes, dim))
+        in `dim` numbers (FRAMING_DIM + 1: with the mirror mark), followed by the body's
+        normalised numbers when `body` (N, BODY_DIM) is given (engine/training/body.py)."""
+        numbers = framing.normalise(self.crop_boxes, dim)
+        if body is not None:
+            if body.shape != (len(self), BODY_DIM):
+                raise ValueError(
+                    f"body numbers must be ({len(self)}, {BODY_DIM}), got {body.shape}"
+                )
+            numbers = np.concatenate((numbers, body.astype(np.float32)), axis=1)
+        self.framing = torch.from_numpy(numbers)
+        self.framing_body = body is not None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -164,7 +177,7 @@ class CaptureFrames:
                 ),
             )
             if framing is not None:
-                framing = torch.where(m, mirror_framing(framing), framing)
+                framing = torch.where(m, mirror_framing(framing, self.framing_body), framing)
         eye = torch.eye(3, device=dev).expand(b, 3, 3)
         x = inputs_from_mesh(
             self.head, verts, centre, controls, eye, angles, self.camera, self.resolution, moved

@@ -54,6 +54,7 @@ from engine.render.avatar import Avatar
 from engine.render.backends.select import choose
 from engine.render.frame_inputs import FrameInputs
 from engine.runtime import tune_allocator
+from engine.training.body import BODY_DIM, Body, body_shares
 from engine.training.dataset import CaptureFrames
 from engine.training.framing import Framing
 from engine.training.readback import (
@@ -207,7 +208,13 @@ def capture_frames(avatar: Avatar, capture: CaptureData) -> CaptureFrames:
     frames = CaptureFrames(capture, avatar.head, avatar.resolution, preload=False)
     if avatar.config.generator_framing:
         framing = Framing.from_dict(avatar.summary.get("framing"))
-        frames.use_framing(framing, avatar.config.generator_framing)
+        dim, numbers = avatar.config.generator_framing, None
+        if "body" in avatar.summary:
+            # Read from each crop with the key colour fitted on the training frames.
+            body = Body.from_dict(avatar.summary["body"])
+            numbers = body.normalise(body_shares(frames.uint8, len(frames), body.key))
+            dim -= BODY_DIM
+        frames.use_framing(framing, dim, numbers)
     return frames
 
 

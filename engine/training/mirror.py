@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.camera import Camera
+from engine.training.body import BODY_DIM, mirror_body
 from engine.training.framing import MIRROR_MARK
 
 FLIP_X = (-1.0, 1.0, 1.0)  # the world mirror: x -> -x
@@ -107,13 +108,16 @@ def mirror_rotation(rotation: torch.Tensor, camera: Camera) -> torch.Tensor:
     return h @ rotation @ flip
 
 
-def mirror_framing(framing: torch.Tensor) -> torch.Tensor:
+def mirror_framing(framing: torch.Tensor, body: bool = False) -> torch.Tensor:
     """(B, P) normalised framing (engine/training/framing.py: centre x first) -> that of the
     mirrored source frame: a crop left of the usual place sits as far right of it; where the
-    framing carries the mirror mark, it is set."""
+    framing carries the mirror mark, it is set; where it ends with the body's numbers (`body`,
+    engine/training/body.py), they are mirrored too."""
     flipped = framing.clone()
     flipped[:, 0] = -flipped[:, 0]
-    if framing.shape[1] > MIRROR_MARK:
+    if body:
+        flipped[:, -BODY_DIM:] = mirror_body(framing[:, -BODY_DIM:])
+    if framing.shape[1] - (BODY_DIM if body else 0) > MIRROR_MARK:
         flipped[:, MIRROR_MARK] = 1.0
     return flipped
 

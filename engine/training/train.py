@@ -56,6 +56,7 @@ from engine.render.frame_inputs import random_affines, seen_rotation
 from engine.render.networks import PRESETS
 from engine.runtime import tune_allocator
 from engine.training.adversarial import Critic
+from engine.training.body import BODY_DIM, Body
 from engine.training.continuation import (
     load_avatar,
     load_checkpoint,
@@ -190,13 +191,18 @@ def train(
     )
     if settings.generator_controls is not None:
         config = replace(config, generator_control_dim=settings.generator_controls)
+    framing_dim = FRAMING_DIM + int(settings.mirror_mark)
     if settings.framing:
-        config = replace(config, generator_framing=FRAMING_DIM + int(settings.mirror_mark))
+        config = replace(config, generator_framing=framing_dim + BODY_DIM * int(settings.body))
     frames = CaptureFrames(capture, HeadModel(head_data), config.resolution)
     split = interleaved_split(capture.time_s, gap=settings.max_k)
     framing = Framing.fit(capture.crop_boxes, split.train) if settings.framing else None
+    body, body_numbers = None, None
+    if settings.body:
+        body, shares = Body.fit(frames.uint8, len(frames), split.train)
+        body_numbers = body.normalise(shares)
     if framing is not None:
-        frames.use_framing(framing, config.generator_framing)
+        frames.use_framing(framing, framing_dim, body_numbers)
     starts = pair_starts(split.train, settings.max_k)
     avatar = Avatar(config, head_data, capture.camera, frames.median_translation(split.train))
     with torch.no_grad():
@@ -295,6 +301,7 @@ def train(
         ),
         "settings": settings.to_dict(),
         **({"framing": framing.to_dict()} if framing is not None else {}),
+        **({"body": body.to_dict()} if body is not None else {}),
         "steps": step,
         "minutes": round(elapsed / 60.0, 2),
         "device": str(device),
@@ -413,6 +420,14 @@ def main(argv: list[str] | None = None) -> int:
         "may be turned on over an avatar trained without it",
     )
     parser.add_argument(
+        "--body",
+        action="store_true",
+        help="the framing also says where the shoulders are (four numbers read from each crop "
+        "against its plain background; served at the training median), so that the body is "
+        "not the average of every pose it took; with --init it may be turned on over an "
+        "avatar trained without it",
+    )
+    parser.add_argument(
         "--warp-only",
         action="store_true",
         help="train the warp alone (texture, generator and background frozen, caches made as "
@@ -447,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mirror must be in [0, 1]: a share of the training pairs")
     if args.mirror_mark and not (args.framing and args.mirror > 0):
         parser.error("--mirror-mark needs --framing and --mirror above 0: it marks mirrored pairs")
+    if args.body and not args.framing:
+        parser.error("--body needs --framing: its numbers join the framing's")
     if not 1 <= args.min_k <= args.max_k:
         parser.error(f"--min-k must be in 1..--max-k ({args.max_k})")
     if args.warp_only and args.init is None and not args.resume:
@@ -477,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         framing=args.framing,
         mirror=args.mirror,
         mirror_mark=args.mirror_mark,
+        body=args.body,
         warp_only=args.warp_only,
         min_k=args.min_k,
         precision=choose_precision(args.precision, args.device),
