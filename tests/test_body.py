@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from engine.capture.store import load_capture
+from engine.render.avatar import Avatar, served_framing_matrix
 from engine.training import train as train_module
 from engine.training.body import (
     BODY_DIM,
     Body,
     body_shares,
+    fit_served,
     key_colour,
     mirror_body,
     strip_shares,
@@ -91,6 +93,29 @@ def test_a_malformed_body_is_refused(bad: object) -> None:
         Body.from_dict(bad)
 
 
+def test_the_served_body_follows_the_pose() -> None:
+    gen = np.random.default_rng(0)
+    angles = gen.normal(size=(400, 5))
+    truth = np.array([[1.0, 0, 0, 0, 0], [0, 2.0, 0, 0, 0], [0, 0, -1.0, 0, 0], [0, 0, 0, 0, 0.5]])
+    numbers = angles @ truth.T + [0.5, 0.0, -0.5, 1.0]
+    weights, bias = fit_served(angles, numbers, np.arange(300))
+    np.testing.assert_allclose(weights, truth, atol=0.02)
+    np.testing.assert_allclose(bias, [0.5, 0.0, -0.5, 1.0], atol=0.02)
+    body = Body((0.0, 0.0, 1.0), (0.1, 0.5), (0.1, 0.2), weights, bias)
+    assert Body.from_dict(body.to_dict()) == body
+    # In the generator: the body's rows of the framing from the control vector's angles.
+    matrix = served_framing_matrix(body.to_dict()["served"], width=8, control_dim=57)
+    controls = torch.zeros(1, 57)
+    controls[0, -5:] = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0])
+    framing = controls @ matrix[:, :-1].T + matrix[:, -1]
+    np.testing.assert_allclose(framing[0, :4].numpy(), 0.0)
+    np.testing.assert_allclose(framing[0, 4:].numpy(), [1.5, 0.0, -0.5, 2.0], atol=0.05)
+    with pytest.raises(ValueError, match="served"):
+        served_framing_matrix({"weights": [[1.0] * 5], "bias": [0.0, 1.0]}, 8, 57)
+    with pytest.raises(ValueError, match="served"):
+        Body.from_dict(body.to_dict() | {"served": {"weights": [[1.0]], "bias": [0.0]}})
+
+
 def test_body_numbers_of_the_wrong_shape_are_refused() -> None:
     body = Body(key=(0.0, 0.0, 1.0), centre=(0.1, 0.5), spread=(0.1, 0.2))
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
@@ -139,6 +164,21 @@ def test_the_body_is_turned_on_over_a_finished_avatar(short_capture: Path, tmp_p
     assert x.framing is not None
     assert torch.equal(x.framing[0, -BODY_DIM:], frames.framing[0, -BODY_DIM:].flip(-1))
     assert torch.equal(x.framing[1], frames.framing[3])
+    # Served, with no crop: the body its pose predicts, the rest of the framing 0.
+    loaded = Avatar.load(tmp_path / "same.pt")
+    served = Body.from_dict(loaded.summary["body"])
+    assert served.served_weights is not None and served.served_bias is not None
+    assert loaded.generator.served_framing is not None
+    plain_rows = capture_frames(loaded, capture).at_median().inputs(rows)
+    explicit = torch.zeros(2, width)
+    angles = plain_rows.controls[:, -5:]
+    explicit[:, -BODY_DIM:] = angles @ torch.tensor(served.served_weights).T + torch.tensor(
+        served.served_bias
+    )
+    with torch.inference_mode():
+        by_controls = loaded.generate(plain_rows)[0].image
+        by_hand = loaded.generate(dataclasses.replace(plain_rows, framing=explicit))[0].image
+    torch.testing.assert_close(by_controls, by_hand)
     with pytest.raises(ValueError, match=r"other settings: \['body'\]"):
         train_module.train(
             short_capture, tmp_path / "x.pt", dataclasses.replace(settings, steps=4), cpu,

@@ -36,6 +36,7 @@ from engine.render.backends.reference import ReferenceFrames
 from engine.render.backends.stages import FP32, BackendChoice, GeneratorFn, WarpFn
 from engine.render.frame import to_image
 from engine.render.frame_inputs import (
+    NUM_ANGLES,
     FrameInputs,
     angles_from_rotation,
     facing_rotation,
@@ -102,6 +103,19 @@ class Avatar(nn.Module):
         self._facing: torch.Tensor | None = None  # `facing`'s rotation, once asked for
 
     translation: torch.Tensor
+
+    def serve_framing(self) -> None:
+        """Served frames read the framing their controls predict, where the summary's `body`
+        holds a fit of the body's numbers to the pose (engine/training/body.py); otherwise 0, the
+        training median."""
+        served = (self.summary.get("body") or {}).get("served")
+        width = self.config.generator_framing
+        if served is None or not width:
+            self.generator.served_framing = None
+            return
+        self.generator.served_framing = served_framing_matrix(
+            served, width, self.config.control_dim
+        ).to(self.translation.device)
 
     def _torch_generator(
         self, x: torch.Tensor, controls: torch.Tensor, framing: torch.Tensor | None = None
@@ -377,6 +391,7 @@ class Avatar(nn.Module):
                 config, head, camera, payload["state"]["translation"], payload.get("summary")
             )
             missing, unexpected = avatar.load_state_dict(payload["state"], strict=False)
+            avatar.serve_framing()
             if "reference" in payload:
                 avatar.reference = ReferenceFrames.from_payload(payload["reference"])
             _ = avatar.rest  # bad names or weights in its rest fail here, not in every session
@@ -389,6 +404,27 @@ class Avatar(nn.Module):
                 f"{path} does not match its config: missing {missing}, unexpected {unexpected}"
             )
         return avatar.to(device).eval()
+
+
+def served_framing_matrix(served: Any, width: int, control_dim: int) -> torch.Tensor:
+    """(width, control_dim + 1) framing from controls: the body's numbers (the framing's last
+    rows) as `served` {'weights': (K, 5), 'bias': (K,)} makes them from the control vector's
+    five angles (its last entries); every other number 0."""
+    try:
+        weights = torch.tensor(served["weights"], dtype=torch.float32)
+        bias = torch.tensor(served["bias"], dtype=torch.float32)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"summary body.served must be {{'weights', 'bias'}}: {exc}") from exc
+    k = bias.shape[0] if bias.ndim == 1 else -1
+    if weights.shape != (k, NUM_ANGLES) or not 0 < k <= width:
+        raise ValueError(
+            f"summary body.served needs (K, {NUM_ANGLES}) weights and (K,) bias, K <= {width}: "
+            f"got {tuple(weights.shape)} and {tuple(bias.shape)}"
+        )
+    out = torch.zeros(width, control_dim + 1)
+    out[width - k :, control_dim - NUM_ANGLES : control_dim] = weights
+    out[width - k :, control_dim] = bias
+    return out
 
 
 def _head_to_payload(d: HeadModelData) -> dict[str, Any]:

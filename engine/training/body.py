@@ -17,20 +17,25 @@ shoulder that rises fills more of its strips. The left and right strips share on
 is the same numbers in reverse order (engine/training/mirror.py).
 
 Like the framing (engine/training/framing.py), the numbers join the generator's control embedding
-through zero-initialised weights and a served frame reads none: it sits at 0, the training
-frames' median body, drawn as one body rather than the average of many. In front of a busy
-background the numbers measure clutter rather than shoulders; the generator then learns to
-ignore them.
+through zero-initialised weights. A served frame has no crop to read them from: it gets the body
+its head pose predicts, a ridge fit of the four numbers to the five angles of the control vector
+over the (filmed) training frames, which the generator evaluates from the controls it is given
+(engine/render/avatar.py `served_framing_matrix`): one body, drawn sharp, that leans and shrugs
+with the head as the man's did, rather than the average of every pose he took. The angles alone,
+not the expression: a smile should not move the shoulders. In front of a busy background the
+numbers measure clutter rather than shoulders; the generator then learns to ignore them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
+
+from engine.render.frame_inputs import NUM_ANGLES as SERVED_ANGLES
 
 BODY_DIM = 4  # outer-left, inner-left, inner-right, outer-right strip
 STRIPS = 8  # the crop's width in strips; the body numbers read the two outermost a side
@@ -41,6 +46,7 @@ KEY_FRAMES = 256  # training crops the key colour is taken from
 CHUNK = 64  # crops read at a time when the frames are not in memory
 MAD_TO_SD = 1.4826
 MIN_SPREAD = 1e-2  # a body that never moves: its numbers stay near 0, not infinite
+SERVED_RIDGE = 1.0  # ridge weight of the served body's fit to the angles (normalised numbers)
 
 ReadCrops = Callable[[torch.Tensor], torch.Tensor]  # rows (B,) -> (B, 3, R, R) uint8
 
@@ -85,19 +91,38 @@ def body_shares(read: ReadCrops, count: int, key: tuple[float, float, float]) ->
     return torch.cat(out).numpy() if out else np.zeros((0, BODY_DIM), np.float32)
 
 
+def fit_served(
+    angles: np.ndarray, numbers: np.ndarray, rows: np.ndarray
+) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
+    """Ridge fit of the normalised body numbers (N, BODY_DIM) to the control vector's angles
+    (N, 5: degrees / ANGLE_SCALE_DEG) over `rows`: weights (BODY_DIM, 5) and bias (BODY_DIM,)."""
+    x = np.asarray(angles, dtype=np.float64)[np.asarray(rows)]
+    y = np.asarray(numbers, dtype=np.float64)[np.asarray(rows)]
+    xa = np.concatenate((x, np.ones((len(x), 1))), axis=1)
+    coef = np.linalg.solve(xa.T @ xa + SERVED_RIDGE * np.eye(xa.shape[1]), xa.T @ y)  # (6, K)
+    weights = tuple(tuple(float(v) for v in row) for row in coef[:-1].T)
+    return weights, tuple(float(v) for v in coef[-1])
+
+
 @dataclass(frozen=True)
 class Body:
     """Fitted on training frames: the key colour (3,), and per strip distance from the edge
-    (outer, inner) the centre (2,) and spread (2,) its shares are normalised by."""
+    (outer, inner) the centre (2,) and spread (2,) its shares are normalised by; and, when fitted
+    with the angles, the served body's fit to them: weights (BODY_DIM, 5) and bias (BODY_DIM,)."""
 
     key: tuple[float, float, float]
     centre: tuple[float, float]
     spread: tuple[float, float]
+    served_weights: tuple[tuple[float, ...], ...] | None = None
+    served_bias: tuple[float, ...] | None = None
 
     @staticmethod
-    def fit(read: ReadCrops, count: int, rows: np.ndarray) -> tuple[Body, np.ndarray]:
+    def fit(
+        read: ReadCrops, count: int, rows: np.ndarray, angles: np.ndarray | None = None
+    ) -> tuple[Body, np.ndarray]:
         """The body's normalisation from the crops at `rows`, and the shares of all `count`
-        crops (B, BODY_DIM) under its key."""
+        crops (B, BODY_DIM) under its key; with `angles` (count, 5, the control vector's), the
+        served body's fit to them too."""
         key = key_colour(read, rows)
         shares = body_shares(read, count, key)
         train = shares[np.asarray(rows)]
@@ -111,7 +136,11 @@ class Body:
             max(MIN_SPREAD, float(MAD_TO_SD * np.median(np.abs(v - c))))
             for v, c in zip(pooled, centre, strict=True)
         ]
-        return Body(key=key, centre=(centre[0], centre[1]), spread=(spread[0], spread[1])), shares
+        body = Body(key=key, centre=(centre[0], centre[1]), spread=(spread[0], spread[1]))
+        if angles is not None:
+            weights, bias = fit_served(angles, body.normalise(shares), rows)
+            body = replace(body, served_weights=weights, served_bias=bias)
+        return body, shares
 
     def normalise(self, shares: np.ndarray) -> np.ndarray:
         """(N, BODY_DIM) strip shares -> (N, BODY_DIM) float32, 0 at the training median."""
@@ -124,7 +153,17 @@ class Body:
         return ((shares - centre) / spread).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": list(self.key), "centre": list(self.centre), "spread": list(self.spread)}
+        out: dict[str, Any] = {
+            "key": list(self.key),
+            "centre": list(self.centre),
+            "spread": list(self.spread),
+        }
+        if self.served_weights is not None and self.served_bias is not None:
+            out["served"] = {
+                "weights": [list(row) for row in self.served_weights],
+                "bias": list(self.served_bias),
+            }
+        return out
 
     @staticmethod
     def from_dict(d: Any) -> Body:
@@ -133,16 +172,36 @@ class Body:
             key = tuple(float(v) for v in d["key"])
             centre = tuple(float(v) for v in d["centre"])
             spread = tuple(float(v) for v in d["spread"])
-        except (KeyError, TypeError, ValueError) as exc:
+            served = d.get("served")
+            weights = (
+                None
+                if served is None
+                else tuple(tuple(float(v) for v in row) for row in served["weights"])
+            )
+            bias = None if served is None else tuple(float(v) for v in served["bias"])
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(
                 f"body must be {{'key': [3], 'centre': [2], 'spread': [2]}}: {exc}"
             ) from exc
         if len(key) != 3 or len(centre) != 2 or len(spread) != 2 or min(spread) <= 0:
             raise ValueError(f"body needs 3 key values, 2 centres and 2 positive spreads: {d!r}")
+        if (
+            weights is not None
+            and bias is not None
+            and (
+                len(bias) != BODY_DIM or [len(row) for row in weights] != [SERVED_ANGLES] * BODY_DIM
+            )
+        ):
+            raise ValueError(
+                f"body's served fit needs ({BODY_DIM}, {SERVED_ANGLES}) weights and {BODY_DIM} "
+                f"biases: {served!r}"
+            )
         return Body(
             key=(key[0], key[1], key[2]),
             centre=(centre[0], centre[1]),
             spread=(spread[0], spread[1]),
+            served_weights=weights,
+            served_bias=bias,
         )
 
 

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from engine.camera import Camera
 from engine.capture.store import load_capture
-from engine.controls import pose_range, rest_expression
+from engine.controls import ANGLE_SCALE_DEG, pose_range, rest_expression
 from engine.cpu import has_native_bf16
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.head.default import build_default_head
@@ -199,7 +199,8 @@ def train(
     framing = Framing.fit(capture.crop_boxes, split.train) if settings.framing else None
     body, body_numbers = None, None
     if settings.body:
-        body, shares = Body.fit(frames.uint8, len(frames), split.train)
+        angles = frames.angles.numpy() / ANGLE_SCALE_DEG  # as the control vector holds them
+        body, shares = Body.fit(frames.uint8, len(frames), split.train, angles)
         body_numbers = body.normalise(shares)
     if framing is not None:
         frames.use_framing(framing, framing_dim, body_numbers)
@@ -311,6 +312,7 @@ def train(
     }
     if stages:
         avatar.summary["stages"] = [*stages, stage_record(settings.to_dict(), step, elapsed)]
+    avatar.serve_framing()  # served frames: the body the pose predicts (engine/training/body)
     avatar.eval()
     avatar.reference = build_reference(frames, split)
     avatar.save(out)

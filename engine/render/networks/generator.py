@@ -149,11 +149,23 @@ class Generator(nn.Module):
                 config.generator_framing, config.control_hidden, bias=False
             )
             nn.init.zeros_(self.framing_embedding.weight)
+        # The framing a served frame reads, made from its controls: (P, D + 1), weights then
+        # bias, or None for framing 0 (engine/training/body.py: the body its head pose predicts).
+        # Not saved with the weights: the avatar sets it from its summary.
+        self.served_framing: torch.Tensor | None
+        self.register_buffer("served_framing", None, persistent=False)
         self.head = nn.Conv2d(config.c5_channels, RGBA_CHANNELS, 1)
 
     def embed(self, controls: torch.Tensor, framing: torch.Tensor | None) -> torch.Tensor:
         """(B, D) controls and (B, P) framing or None -> (B, G) embedding."""
         assert self.control_embedding is not None
+        if (
+            framing is None
+            and self.framing_embedding is not None
+            and self.served_framing is not None
+        ):
+            served = self.served_framing.to(controls.dtype)
+            framing = controls @ served[:, :-1].T + served[:, -1]
         if framing is None or self.framing_embedding is None:
             out: torch.Tensor = self.control_embedding(controls)
             return out
