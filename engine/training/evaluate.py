@@ -13,7 +13,8 @@ by controls alone (all-zero expression, then from its rest: jaw, smile, blink, h
   (the pixels the mesh covers) beside the whole frame's, and `regions`: how the squared error
   splits between the face, the frame's bottom quarter off the face (the body below the head)
   and the rest; an avatar that reads each frame's framing (engine/training/framing.py) is also
-  scored with every frame at the training median's (`generator_median_framing`: as served);
+  scored with every frame at the training median's (`generator_median_framing`: as served; an
+  avatar that reads the body's pose too gets the body its head pose predicts, as served);
 - warp_distance: for k = 1..8, frame t + k warped from the cache of frame t, both in one test
   block (supplemental Fig. 2); the server's default schedule serves k = 4..7;
 - median_baseline: the per-pixel median of training crops, scored like a renderer (the trivial
@@ -246,7 +247,8 @@ def evaluate(avatar: Avatar, frames: CaptureFrames, split: Split) -> dict[str, A
 
     report["median_baseline"] = score(frames, test, 0, constant)
     if frames.framing is not None:
-        # As served: no source frame, every picture at the training median's framing.
+        # As served: no source frame, every picture at the training median's framing (and the
+        # body the pose predicts, engine/training/body.py).
         plain = frames.at_median()
         report["generator_median_framing"] = score(
             plain, test, 0, generator_renderer(avatar, plain)
@@ -392,7 +394,8 @@ def markdown(report: dict[str, Any]) -> str:
     if served:
         lines += [
             "",
-            f"Generator with every frame at the training median's framing (as served): "
+            "Generator with every frame at the training median's framing and, where the avatar "
+            "reads the body, with the body its head pose predicts (as served): "
             f"{served['psnr']:.2f} dB, face {served['face_psnr']:.2f} dB, SSIM {served['ssim']:.4f}.",
         ]
     if report.get("backends"):

@@ -16,6 +16,9 @@ the filmed ones share the same framings (a flipped crop's centre x is negated ab
 at the median, where frames are served, the generator paints their average: a blurred body. With it
 the served frame (mark 0) asks for the body as filmed, while the heads of both halves still train
 the same networks.
+
+Where the shoulders are is not where the crop sat (he leans and shrugs under a still head): the
+body's own numbers (engine/training/body.py) follow the framing's in the same vector.
 """
 
 from __future__ import annotations
