@@ -409,6 +409,28 @@ def test_live_frames_warp_from_the_newest_cache_and_a_jump_starts_one_early(
     assert all(f.drift == 0.0 for f in after[after.index(settled[0]) :])
 
 
+def test_a_still_control_is_rendered_again_from_the_cache_made_for_it(tiny_avatar: Path) -> None:
+    # A page sends its sliders only when they move: one jawOpen message, then nothing. Its frame
+    # is warped from the rest cache; once the cache started at the jump is done, the same control
+    # comes again from it, so the picture does not stay a mouth stretched from a closed one.
+    settings = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 1000), mode="live", threads=1)
+    rest = neutral(NAMES)
+    opened = update(rest, NAMES, expression={"jawOpen": 1.0})
+    with Pipeline(settings) as p:
+        session = p.open_session()
+        p.submit(session, 1, rest)
+        first = p.get(session, timeout=GET_TIMEOUT_S)
+        assert first is not None and first.generated
+        p.submit(session, 2, opened)
+        jump = p.get(session, timeout=GET_TIMEOUT_S)
+        assert jump is not None and jump.seq == 2 and jump.drift == pytest.approx(1.0)
+        again = p.get(session, timeout=GET_TIMEOUT_S)
+        assert again is not None and again.seq == 2 and again.drift == 0.0
+        assert again.worker != first.worker  # from the cache built on the other worker
+        # Then nothing more: a picture from its own cache is not refreshed.
+        assert p.get(session, timeout=1.0) is None
+
+
 def test_a_worker_builds_in_the_background_and_renders_wait_for_their_cache(
     tiny_avatar: Path,
 ) -> None:

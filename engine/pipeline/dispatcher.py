@@ -53,6 +53,10 @@ from engine.pipeline.workers import STOP_TIMEOUT_S, WATCH_S, WorkerPool
 __all__ = ["Frame", "Pipeline", "PipelineSettings"]  # the pipeline's API, importable from here
 
 LOG = logging.getLogger(__name__)
+# Live by need: controls this long unchanged are settled, and their frame is rendered again from
+# a cache finished after it (SessionState.refresh). Three frames at 30 Hz: a page streaming its
+# sliders or a camera never waits that long, so only a still picture is refreshed.
+SETTLED_S = 0.1
 
 
 class Pipeline:
@@ -224,6 +228,11 @@ class Pipeline:
     def _dispatch(self) -> None:
         """Hand out every frame that can start now, one per session per round."""
         sessions = list(self._sessions.values())
+        if self.settings.mode == "live":
+            now = time.monotonic()
+            for s in sessions:
+                if s.plan is not None and s.plan.builds_by_need:
+                    s.refresh(now, SETTLED_S)
         progress = True
         while progress and sessions:
             progress = False
@@ -254,6 +263,7 @@ class Pipeline:
         if mine >= self.settings.tasks_in_flight() or not worker.free_slots:
             return False
         s.pending.popleft()
+        s.last, s.last_cache = control, step.cache
         if build is not None:
             builder.send(BuildTask(s.id, s.epoch, build.cache, control.seq, control.controls))
             builder.builds += 1

@@ -11,6 +11,7 @@ workers that are up, with results of the old epoch still taken if they come.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,6 +52,12 @@ class SessionState:
     issued: int = -1
     built: int = -1
     started: dict[int, tuple[int, Controls, int]] = field(default_factory=dict)
+    # The newest control dispatched and the cache its frame warps from: when a newer cache
+    # finishes and no control is pending, that control is rendered again from it (a page sends
+    # controls only when they change, so otherwise the picture would stay a warp from the cache
+    # before the change: a jaw opened from a closed one, until the next slider move).
+    last: Control | None = None
+    last_cache: int = -1
 
     def awaits(self, frame: int) -> bool:
         """True while `frame` is neither handed out nor finished: news of it still counts."""
@@ -86,6 +93,18 @@ class SessionState:
         for old in [c for c in self.started if c < self.built]:
             del self.started[old]
 
+    def refresh(self, now: float, settled_s: float) -> bool:
+        """Live by need: where the newest control dispatched came at least `settled_s` before
+        `now` (time.monotonic()), its frame warps from an older cache than the newest finished
+        and nothing is pending, queue that control again, so that the picture catches up with
+        the cache made for it. True when one was queued."""
+        if self.last is None or self.pending or self.last_cache >= self.built:
+            return False
+        if now - self.last.submitted < settled_s:
+            return False  # controls still arriving: the next one renders from the new cache
+        self.pending.append(Control(self.last.seq, self.last.controls, time.monotonic()))
+        return True
+
     def new_epoch(self, lost: set[int], full: Schedule, up: tuple[int, ...]) -> None:
         """Start the schedule again from the next frame, with new caches, on the workers `up`.
         `lost`: frames that will never come (they were on a dead worker); frames still in flight
@@ -93,6 +112,7 @@ class SessionState:
         self.epoch += 1
         self.issued, self.built = -1, -1
         self.started.clear()
+        self.last_cache = -1
         for frame in lost:
             self.write_off(frame)
         self.base = self.next_frame
