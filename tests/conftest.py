@@ -49,3 +49,19 @@ def save_untrained_avatar(
     avatar.summary = dict(summary or {})
     avatar.save(path)
     return path
+
+
+def assert_draws_as_before(first: Any, same: Any, capture: Any, rows: Any) -> None:
+    """`same`, an avatar continued from `first` with a part whose weights start at zero (the
+    mirror mark, the body), draws on the captured frames at `rows` (as filmed, each with its own
+    framing) exactly what `first` drew."""
+    import torch
+
+    from engine.training.evaluate import capture_frames
+
+    before_frames = capture_frames(first.eval(), capture)
+    after_frames = capture_frames(same.eval(), capture)
+    with torch.inference_mode():
+        before = first.generate(before_frames.inputs(rows))[0].image
+        after = same.generate(after_frames.inputs(rows))[0].image
+    assert torch.equal(before, after)

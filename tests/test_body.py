@@ -26,6 +26,7 @@ from engine.training.body import (
 from engine.training.evaluate import capture_frames
 from engine.training.framing import FRAMING_DIM, MIRROR_MARK
 from engine.training.mirror import flip_images, mirror_framing
+from tests.conftest import assert_draws_as_before
 
 BLUE = (40, 120, 250)
 GREY = (90, 90, 100)
@@ -154,11 +155,7 @@ def test_the_body_is_turned_on_over_a_finished_avatar(short_capture: Path, tmp_p
     assert torch.all(frames.framing[:, MIRROR_MARK] == 0)
     # The body's weights start at zero: the avatar draws what it drew before.
     rows = torch.tensor([0, 3])
-    plain = capture_frames(first.eval(), capture)
-    with torch.inference_mode():
-        before = first.generate(plain.inputs(rows))[0].image
-        after = same.generate(frames.inputs(rows))[0].image
-    assert torch.equal(before, after)
+    assert_draws_as_before(first, same, capture, rows)
     # A mirrored pair's body is its strips in reverse order.
     x = frames.inputs(rows, mirrored=torch.tensor([True, False]))
     assert x.framing is not None

@@ -35,6 +35,7 @@ from engine.training.mirror import (
     vertex_partners,
 )
 from engine.training.split import interleaved_split
+from tests.conftest import assert_draws_as_before
 
 
 def test_names_pair_left_with_right() -> None:
@@ -188,11 +189,7 @@ def test_the_mirror_mark_tells_mirrored_pairs_apart(short_capture: Path, tmp_pat
     assert frames.framing is not None and frames.framing.shape == (len(frames), FRAMING_DIM + 1)
     assert torch.all(frames.framing[:, MIRROR_MARK] == 0)
     rows = torch.tensor([0, 3])
-    plain = capture_frames(first.eval(), capture)
-    with torch.inference_mode():
-        before = first.generate(plain.inputs(rows))[0].image
-        after = same.generate(frames.inputs(rows))[0].image
-    assert torch.equal(before, after)
+    assert_draws_as_before(first, same, capture, rows)
     # Mirrored pairs carry the mark and the negated centre; the others are untouched.
     mirrored = torch.tensor([True, False])
     x = frames.inputs(rows, mirrored=mirrored)
