@@ -27,8 +27,8 @@ from bench.local_server import write_report
 from engine.capture.store import load_capture
 from engine.cpu import cpu_info
 from engine.render.avatar import Avatar
-from engine.render.frame_inputs import control_vector
-from engine.training.body import BODY_DIM, SERVED_RIDGE
+from engine.render.frame_inputs import NUM_ANGLES, control_vector
+from engine.training.body import BODY_DIM, fit_served
 from engine.training.compare import DEFAULT_FRAMES, WARP_K
 from engine.training.dataset import CaptureFrames
 from engine.training.evaluate import capture_frames, generator_renderer, score, split_of
@@ -36,12 +36,10 @@ from engine.training.split import held_out_pairs
 
 
 def ridge(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """y (N, K) fitted on x (N, F) at `rows` with SERVED_RIDGE; the fit at every row."""
-    xa = np.concatenate((x, np.ones((len(x), 1))), axis=1)
-    coef = np.linalg.solve(
-        xa[rows].T @ xa[rows] + SERVED_RIDGE * np.eye(xa.shape[1]), xa[rows].T @ y[rows]
-    )
-    out: np.ndarray = xa @ coef
+    """y (N, K) fitted on x (N, F) at `rows` as the avatar's served body is (`fit_served`, any
+    number of columns); the fit at every row."""
+    weights, bias = fit_served(x, y, rows)
+    out: np.ndarray = x @ np.asarray(weights).T + np.asarray(bias)
     return out
 
 
@@ -73,7 +71,7 @@ def measure(avatar_path: Path, data: Path, count: int) -> dict[str, Any]:
     bodies = {
         "0 (training median)": np.zeros_like(own),
         "training mean": np.tile(own[train].mean(0), (len(own), 1)),
-        "ridge fit to the angles (served)": ridge(controls[:, -5:], own, train),
+        "ridge fit to the angles (served)": ridge(controls[:, -NUM_ANGLES:], own, train),
         "ridge fit to all controls": ridge(controls, own, train),
         "the frame's own (not servable)": own,
     }

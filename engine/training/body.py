@@ -95,7 +95,8 @@ def fit_served(
     angles: np.ndarray, numbers: np.ndarray, rows: np.ndarray
 ) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
     """Ridge fit of the normalised body numbers (N, BODY_DIM) to the control vector's angles
-    (N, 5: degrees / ANGLE_SCALE_DEG) over `rows`: weights (BODY_DIM, 5) and bias (BODY_DIM,)."""
+    (N, 5: degrees / ANGLE_SCALE_DEG) over `rows`: weights (BODY_DIM, 5) and bias (BODY_DIM,).
+    (Any (N, F) inputs fit alike: bench/served_body.py fits the whole control vector too.)"""
     x = np.asarray(angles, dtype=np.float64)[np.asarray(rows)]
     y = np.asarray(numbers, dtype=np.float64)[np.asarray(rows)]
     xa = np.concatenate((x, np.ones((len(x), 1))), axis=1)
