@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "--body",
         action="store_true",
         help="the framing also says where the shoulders are (four numbers read from each crop "
-        "against its plain background; served at the training median), so that the body is "
+        "against its plain background; served as the head pose predicts them), so that the body is "
         "not the average of every pose it took; with --init it may be turned on over an "
         "avatar trained without it",
     )
