@@ -110,12 +110,12 @@ class Avatar(nn.Module):
         training median."""
         served = (self.summary.get("body") or {}).get("served")
         width = self.config.generator_framing
-        if served is None or not width:
-            self.generator.served_framing = None
-            return
-        self.generator.served_framing = served_framing_matrix(
-            served, width, self.config.control_dim
-        ).to(self.translation.device)
+        matrix = None
+        if served is not None and width:
+            matrix = served_framing_matrix(served, width, self.config.control_dim)
+            matrix = matrix.to(self.translation.device)
+        self.generator.served_framing = matrix
+        self.warp_net.trunk.embedding.served_framing = matrix  # the warp reads the same body
 
     def _torch_generator(
         self, x: torch.Tensor, controls: torch.Tensor, framing: torch.Tensor | None = None
@@ -130,8 +130,9 @@ class Avatar(nn.Module):
         mask: torch.Tensor,
         controls: torch.Tensor,
         motion: PixelMotion | None,
+        framing: torch.Tensor | None = None,
     ) -> WarpOutput:
-        out: WarpOutput = self.warp_net(cache, uv, mask, controls, motion)
+        out: WarpOutput = self.warp_net(cache, uv, mask, controls, motion, framing)
         return out
 
     def use_backend(self, choice: BackendChoice, generator: GeneratorFn, warp: WarpFn) -> Avatar:
@@ -293,8 +294,16 @@ class Avatar(nn.Module):
         """The neural cache a generator pass on `x` leaves; served (inference), prepared by the
         warp stage once for the frames it will serve (`WarpFn.prepare`) unless `prepare` is
         False."""
+        framing = x.framing if self.config.warp_framing else None
         cache = make_cache(
-            out, self.config.cache_layers, x.uv, x.mask, x.controls, x.screen, self.cache_blocks
+            out,
+            self.config.cache_layers,
+            x.uv,
+            x.mask,
+            x.controls,
+            x.screen,
+            self.cache_blocks,
+            framing,
         )
         return self.prepared(cache) if prepare else cache
 
@@ -321,7 +330,12 @@ class Avatar(nn.Module):
             motion = pixel_motion(
                 x.fragments, cache.screen, self.head.faces, self.resolution, self.resolution
             )
-        out = self.run_warp(cache, x.uv, x.mask, x.controls, motion)
+        if x.framing is not None and cache.framing is not None:
+            # Captured frames (training, evaluation): torch reads their framing, as the
+            # generator's; served frames make it from the controls whatever the backend.
+            out = self._torch_warp(cache, x.uv, x.mask, x.controls, motion, x.framing)
+        else:
+            out = self.run_warp(cache, x.uv, x.mask, x.controls, motion)
         return self.composite(out.rgb, out.alpha, x.mirrored)
 
     @torch.inference_mode()

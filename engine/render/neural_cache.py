@@ -34,6 +34,8 @@ class NeuralCache:
         cache (4-7 of them: 0.3 ms each at 256^2 on two cores); None: the warp pools them itself
     terms what the torch implicit warp's convolutions make of c3/c4/c5 (`CacheTerms`), made once
         with a served cache by the warp stage's `prepare`; None: the warp makes them itself
+    framing (B, P) where a captured frame's crop and body sat (`FrameInputs.framing`), for a warp
+        that reads it; None when served (the warp makes it from `controls`)
     """
 
     c3: torch.Tensor
@@ -45,6 +47,7 @@ class NeuralCache:
     screen: torch.Tensor
     blocks: torch.Tensor | None = None
     terms: CacheTerms | None = None
+    framing: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from engine.training.split import held_out_pairs
 SETTING_KEYS = (
     "face_weight", "gradient_weight", "generator_controls", "geometry", "basis", "max_k",
     "batch", "seed", "precision", "adversarial", "lr_final", "framing", "mirror", "mirror_mark",
-    "body",
+    "body", "warp_framing", "warp_only", "min_k",
 )  # fmt: skip
 WARP_K = 4
 TURN_YAWS = (-25.0, -20.0, -15.0, -10.0, 0.0, 10.0, 20.0, 25.0)  # viewer's frame, degrees

@@ -55,20 +55,29 @@ def stage_record(settings: dict[str, Any], steps: int, elapsed_s: float) -> dict
     }
 
 
+FRAMING_WEIGHTS = ("generator.framing_embedding.weight", "warp_net.trunk.embedding.framing.weight")
+
+
 def extend_framing(
     state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """A finished avatar's weights with its framing embedding widened to `target`'s: the numbers
-    it did not read (the mirror mark) get zero weights, so it makes the pictures it made."""
-    key = "generator.framing_embedding.weight"
-    if key not in state or key not in target or state[key].shape == target[key].shape:
-        return state
-    old, new = state[key], target[key]
-    if old.shape[0] != new.shape[0] or old.shape[1] > new.shape[1]:
-        return state  # load_state_dict names the mismatch
-    wider = torch.zeros_like(new)
-    wider[:, : old.shape[1]] = old
-    return state | {key: wider}
+    """A finished avatar's weights with its framing embeddings widened to `target`'s: the numbers
+    it did not read (the mirror mark, the body) get zero weights, so it makes the pictures it
+    made. The warp reads [framing, framing - cached framing]: each half widens on its own."""
+    out = dict(state)
+    for key in FRAMING_WEIGHTS:
+        if key not in state or key not in target or state[key].shape == target[key].shape:
+            continue
+        old, new = state[key], target[key]
+        if old.shape[0] != new.shape[0] or old.shape[1] > new.shape[1]:
+            continue  # load_state_dict names the mismatch
+        halves = 2 if key.startswith("warp_net.") else 1
+        was, now = old.shape[1] // halves, new.shape[1] // halves
+        wider = torch.zeros_like(new)
+        for half in range(halves):
+            wider[:, half * now : half * now + was] = old[:, half * was : (half + 1) * was]
+        out[key] = wider
+    return out
 
 
 def load_avatar(
@@ -93,7 +102,7 @@ def load_avatar(
         raise ValueError(f"--init: {path} was trained on another capture or split")
     state = extend_framing(done.state_dict(), avatar.state_dict())
     missing, unexpected = avatar.load_state_dict(state, strict=False)
-    added = [k for k in missing if not k.startswith("generator.framing_embedding.")]
+    added = [k for k in missing if k not in FRAMING_WEIGHTS]
     if added or unexpected:
         raise ValueError(f"--init: {path} does not fit: missing {added}, unexpected {unexpected}")
     steps, elapsed = int(summary["steps"]), float(summary["minutes"]) * 60.0

@@ -38,6 +38,7 @@ class TrainSettings:
     mirror: float = 0.0  # share of training pairs seen in a mirror (engine/training/mirror)
     mirror_mark: bool = False  # the framing says which pairs were mirrored (training/framing)
     body: bool = False  # the framing ends with where the shoulders are (engine/training/body)
+    warp_framing: bool = False  # the warp reads the framing too, its frame's and its cache's
     # Train the warp alone (texture, generator and background frozen, the caches made as served)
     # on distances min_k..max_k: a finished avatar's warp fitted to the distances served.
     warp_only: bool = False
@@ -51,11 +52,16 @@ class TrainSettings:
 # What the weights mean: an avatar continued with --init must agree on these.
 MODEL_KEYS = (
     "preset", "cache_layers", "warp_kind", "batch", "max_k", "seed", "generator_controls",
-    "geometry", "basis", "framing", "mirror_mark", "body",
+    "geometry", "basis", "framing", "mirror_mark", "body", "warp_framing",
 )  # fmt: skip
 # Model settings an --init run may turn on over a finished avatar: the parts they add start at
 # zero, so the avatar continues from exactly the pictures it made.
-EXTENSIONS = {"framing": (False, True), "mirror_mark": (False, True), "body": (False, True)}
+EXTENSIONS = {
+    "framing": (False, True),
+    "mirror_mark": (False, True),
+    "body": (False, True),
+    "warp_framing": (False, True),
+}
 # The loss weights and the data's augmentation may change on --init (fine-tuning a trained avatar
 # with a new loss is a recipe of its own, recorded in the summary's `stages`); --resume continues
 # one run, so they may not.

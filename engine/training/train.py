@@ -193,7 +193,11 @@ def train(
         config = replace(config, generator_control_dim=settings.generator_controls)
     framing_dim = FRAMING_DIM + int(settings.mirror_mark)
     if settings.framing:
-        config = replace(config, generator_framing=framing_dim + BODY_DIM * int(settings.body))
+        config = replace(
+            config,
+            generator_framing=framing_dim + BODY_DIM * int(settings.body),
+            warp_framing=settings.warp_framing,
+        )
     frames = CaptureFrames(capture, HeadModel(head_data), config.resolution)
     split = interleaved_split(capture.time_s, gap=settings.max_k)
     framing = Framing.fit(capture.crop_boxes, split.train) if settings.framing else None
@@ -430,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         "avatar trained without it",
     )
     parser.add_argument(
+        "--warp-framing",
+        action="store_true",
+        help="the warp reads the framing too (its frame's and its cache's: the shoulders move "
+        "between them and the controls do not say how; served as the head pose predicts them); "
+        "with --init it may be turned on over an avatar trained without it",
+    )
+    parser.add_argument(
         "--warp-only",
         action="store_true",
         help="train the warp alone (texture, generator and background frozen, caches made as "
@@ -466,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mirror-mark needs --framing and --mirror above 0: it marks mirrored pairs")
     if args.body and not args.framing:
         parser.error("--body needs --framing: its numbers join the framing's")
+    if args.warp_framing and not args.framing:
+        parser.error("--warp-framing needs --framing: the warp reads the generator's numbers")
     if not 1 <= args.min_k <= args.max_k:
         parser.error(f"--min-k must be in 1..--max-k ({args.max_k})")
     if args.warp_only and args.init is None and not args.resume:
@@ -497,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         mirror=args.mirror,
         mirror_mark=args.mirror_mark,
         body=args.body,
+        warp_framing=args.warp_framing,
         warp_only=args.warp_only,
         min_k=args.min_k,
         precision=choose_precision(args.precision, args.device),

@@ -69,6 +69,9 @@ class RendererConfig:
                         in its source frame (engine/training/framing.py) join the control
                         embedding: the body below the head (shoulders that rise into the crop when
                         the head drops) follows them. Zero when served (the training median)
+      warp_framing      the warp reads the same numbers, its frame's and its cache's: the body
+                        moves between the cached frame and the warped one, and the controls do not
+                        say how (needs generator_framing)
     """
 
     resolution: int = 256
@@ -91,6 +94,7 @@ class RendererConfig:
     control_embed_dim: int = 32
     generator_control_dim: int = 0
     generator_framing: int = 0
+    warp_framing: bool = False
 
     def __post_init__(self) -> None:
         positive = {
@@ -122,6 +126,12 @@ class RendererConfig:
         if self.generator_framing and not self.generator_control_dim:
             raise ValueError(
                 "generator_framing joins the control embedding: it needs generator_control_dim > 0"
+            )
+        if not isinstance(self.warp_framing, bool):
+            raise ValueError(f"warp_framing must be true or false, got {self.warp_framing!r}")
+        if self.warp_framing and not self.generator_framing:
+            raise ValueError(
+                "warp_framing reads the generator's framing: it needs generator_framing > 0"
             )
         if len(self.generator_widths) < MIN_DOWNSAMPLES + 1:
             raise ValueError(

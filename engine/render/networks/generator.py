@@ -83,12 +83,14 @@ def make_cache(
     controls: torch.Tensor,
     screen: torch.Tensor,
     blocks: bool = False,
+    framing: torch.Tensor | None = None,
 ) -> NeuralCache:
     """The neural cache of a generator pass: the features named in `cache_layers` (the others are
     None) with the UV map (B, H, W, 2), mask (B, H, W), controls (B, D) and mesh screen points
     (B, V, 3) of that frame, and with `blocks` their block means for the implicit warp (a cache
-    that serves several warped frames). Tensors are kept as they are (not detached), so a warp
-    loss can train through the generator; detach or run under inference mode to cut that."""
+    that serves several warped frames), and a captured frame's `framing` (B, P). Tensors are
+    kept as they are (not detached), so a warp loss can train through the generator; detach or
+    run under inference mode to cut that."""
     return NeuralCache(
         c3=out.c3,
         c4=out.c4 if "c4" in cache_layers else None,
@@ -98,7 +100,18 @@ def make_cache(
         controls=controls,
         screen=screen,
         blocks=block_means(uv, mask) if blocks else None,
+        framing=framing,
     )
+
+
+def served_framing(controls: torch.Tensor, served: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, D) controls -> (B, P) the framing a served frame reads, made from its controls by
+    `served` (P, D + 1: weights, then bias; engine/training/body.py); None where there is no such
+    fit (framing 0, the training median)."""
+    if served is None:
+        return None
+    served = served.to(controls.dtype)
+    return controls @ served[:, :-1].T + served[:, -1]
 
 
 def _format_of(x: torch.Tensor) -> torch.memory_format:
@@ -159,13 +172,8 @@ class Generator(nn.Module):
     def embed(self, controls: torch.Tensor, framing: torch.Tensor | None) -> torch.Tensor:
         """(B, D) controls and (B, P) framing or None -> (B, G) embedding."""
         assert self.control_embedding is not None
-        if (
-            framing is None
-            and self.framing_embedding is not None
-            and self.served_framing is not None
-        ):
-            served = self.served_framing.to(controls.dtype)
-            framing = controls @ served[:, :-1].T + served[:, -1]
+        if framing is None and self.framing_embedding is not None:
+            framing = served_framing(controls, self.served_framing)
         if framing is None or self.framing_embedding is None:
             out: torch.Tensor = self.control_embedding(controls)
             return out

@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.render.networks.config import RendererConfig
-from engine.render.networks.generator import LEAKY_SLOPE, RGBA_CHANNELS, conv_block, upsample2
+from engine.render.networks.generator import (
+    LEAKY_SLOPE,
+    RGBA_CHANNELS,
+    conv_block,
+    served_framing,
+    upsample2,
+)
 from engine.render.neural_cache import C3_FACTOR, C4_FACTOR, NeuralCache, block_means
 from engine.render.raster import PixelMotion
 
@@ -116,7 +122,15 @@ def warp_features(features: torch.Tensor, grid: torch.Tensor, valid: torch.Tenso
 
 
 class ControlEmbedding(nn.Module):
-    """[new controls, new - cached controls] (B, 2D) -> (B, E): what changed since the cache."""
+    """[new controls, new - cached controls] (B, 2D) -> (B, E): what changed since the cache.
+
+    With `config.warp_framing` the framing joins the first layer the same way, [new, new -
+    cached] (B, 2P), through weights that start at zero (a warp trained without it goes on
+    drawing what it drew): where the shoulders went between the cached frame and this one is
+    not in the controls. A served frame has no framing: it reads the one its controls predict
+    (`served_framing`, set with the generator's by `Avatar.serve_framing`), so every runtime
+    the warp is exported to computes it in-graph from the controls.
+    """
 
     def __init__(self, config: RendererConfig) -> None:
         super().__init__()
@@ -126,10 +140,38 @@ class ControlEmbedding(nn.Module):
             nn.Linear(config.control_hidden, config.control_embed_dim),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
+        self.framing: nn.Linear | None = None
+        if config.warp_framing:
+            self.framing = nn.Linear(
+                2 * config.generator_framing, config.control_hidden, bias=False
+            )
+            nn.init.zeros_(self.framing.weight)
+        self.served_framing: torch.Tensor | None  # (P, D + 1), as the generator's
+        self.register_buffer("served_framing", None, persistent=False)
 
-    def forward(self, controls: torch.Tensor, cached_controls: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        controls: torch.Tensor,
+        cached_controls: torch.Tensor,
+        framing: torch.Tensor | None = None,
+        cached_framing: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """controls, cached_controls (B, D); framing, cached_framing (B, P) of a captured frame
+        and its cache frame, or None (served: made from the controls) -> (B, E)."""
         x = torch.cat((controls, controls - cached_controls), dim=1)  # (B, 2D)
-        return self.mlp(x)  # (B, E)
+        if self.framing is None:
+            return self.mlp(x)  # (B, E)
+        if framing is None or cached_framing is None:
+            framing = served_framing(controls, self.served_framing)
+            cached_framing = served_framing(cached_controls, self.served_framing)
+        first, *rest = self.mlp.children()
+        h = first(x)  # (B, hidden)
+        if framing is not None and cached_framing is not None:
+            framing, cached_framing = framing.to(x.dtype), cached_framing.to(x.dtype)
+            h = h + self.framing(torch.cat((framing, framing - cached_framing), dim=1))
+        for layer in rest:
+            h = layer(h)
+        return h  # (B, E)
 
 
 class WarpTrunk(nn.Module):
@@ -162,12 +204,15 @@ class WarpTrunk(nn.Module):
         cached_controls: torch.Tensor,
         skip4: tuple[torch.Tensor, ...],
         skip5: tuple[torch.Tensor, ...],
+        framing: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> WarpOutput:
         """x (B, in, H/4, W/4), controls and cached_controls (B, D), skip4: tensors at H/2 with s4
-        channels in all, skip5: tensors at H with s5 channels in all -> WarpOutput at H x W. The
-        skips come as tuples so that each resolution has a single concatenation."""
+        channels in all, skip5: tensors at H with s5 channels in all, framing: the new frame's and
+        the cache frame's (B, P) or None -> WarpOutput at H x W. The skips come as tuples so that
+        each resolution has a single concatenation."""
         x = self.stem(x)  # (B, w3, H/4, W/4)
-        scale, shift = self.film(self.embedding(controls, cached_controls)).chunk(2, dim=1)
+        embedded = self.embedding(controls, cached_controls, *framing)  # (B, E)
+        scale, shift = self.film(embedded).chunk(2, dim=1)
         x = x * (1.0 + scale[:, :, None, None]) + shift[:, :, None, None]  # (B, w3, H/4, W/4)
         if self.body is not None:
             x = self.body(x)  # (B, w3, H/4, W/4)
@@ -241,9 +286,11 @@ class ImplicitWarp(nn.Module):
         mask: torch.Tensor,
         controls: torch.Tensor,
         motion: PixelMotion | None = None,
+        framing: torch.Tensor | None = None,
     ) -> WarpOutput:
-        """cache of an earlier frame; uv (B, H, W, 2), mask (B, H, W) bool and controls (B, D) of
-        the new frame. `motion` is accepted for a uniform call with `ExplicitWarp` and unused."""
+        """cache of an earlier frame; uv (B, H, W, 2), mask (B, H, W) bool, controls (B, D) and
+        framing (B, P) or None (served) of the new frame. `motion` is accepted for a uniform call
+        with `ExplicitWarp` and unused."""
         _check_frame(cache, uv, mask, self.config)
         dtype = cache.c3.dtype
         size = self.config.resolution
@@ -272,7 +319,7 @@ class ImplicitWarp(nn.Module):
             c5 = _zeros_like(cache.c3, self.config.c5_channels, size)
         skip4 = (c4, covered4)  # (B, C4 | 1, H/2, W/2)
         skip5 = (c5, new_mask)  # (B, C5 | 1, H, W)
-        return self.trunk(x, controls, cache.controls, skip4, skip5)
+        return self.trunk(x, controls, cache.controls, skip4, skip5, (framing, cache.framing))
 
     @staticmethod
     def _change_pooled_each(
@@ -314,6 +361,7 @@ class ExplicitWarp(nn.Module):
         mask: torch.Tensor,
         controls: torch.Tensor,
         motion: PixelMotion | None = None,
+        framing: torch.Tensor | None = None,
     ) -> WarpOutput:
         """As `ImplicitWarp`, plus `motion`: the full-resolution pixel motion from the cache frame
         to the new frame (`engine.render.raster.pixel_motion(new fragments, cache.screen, ...)`)."""
@@ -346,7 +394,7 @@ class ExplicitWarp(nn.Module):
             )  # (B, C5 + 1, H, W)
         skip4 = (moved4, pool_map(new_mask, C4_FACTOR))  # (B, C4 + 1 | 1, H/2, W/2)
         skip5 = (moved5, new_mask)  # (B, C5 + 1 | 1, H, W)
-        return self.trunk(x, controls, cache.controls, skip4, skip5)
+        return self.trunk(x, controls, cache.controls, skip4, skip5, (framing, cache.framing))
 
 
 def make_warp(config: RendererConfig) -> ImplicitWarp | ExplicitWarp:
