@@ -204,7 +204,7 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert not refused.exists()
     # The candidates' table and strip score validation frames alike.
     table, picture = tmp_path / "compare.json", tmp_path / "compare.png"
-    argv = [str(out), str(out), "--data", str(short_capture), "--json", str(table)]
+    argv = [str(out), str(out), "--data", str(short_capture), "--json", str(table), "--warp-k", "1"]
     turns = tmp_path / "turns.png"
     assert (
         compare_module.main(
@@ -215,6 +215,9 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     rows = json.loads(table.read_text())
     assert len(rows) == 2 and rows[0] == rows[1] and rows[0]["steps"] == 6
     assert rows[0]["val_frames"] <= 4 and rows[0]["detail_ratio"] > 0
+    # Where the warp falls behind the generator: the whole frame, and each region.
+    regions = [f"warp_k1_{r}_below_generator_db" for r in ("face", "below", "around")]
+    assert all(isinstance(rows[0][key], float) for key in regions)
     res = resumed.resolution
     assert Image.open(picture).size == (compare_module.STRIP_FRAMES * res, 3 * res)
     found, asked = map(int, rows[0]["turns_found"].split("/"))

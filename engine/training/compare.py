@@ -143,14 +143,22 @@ def row(
 
 def _warp_gap(avatar: Avatar, data: Any, split: Any, k: int, frames: int) -> dict[str, float]:
     """The warp at distance k on validation pairs, and its PSNR below the generator's on the
-    same later frames."""
+    same later frames, over the whole frame and in each region (`Scores.regions`: the face,
+    below the head, around it): where the warp falls behind."""
     starts = held_out_pairs(split.validation, k)
     rows = starts[np.linspace(0, len(starts) - 1, min(frames, len(starts))).round().astype(int)]
-    warp = score(data, rows, k, warp_renderer(avatar, data, k))
-    generator = score(data, rows + k, 0, generator_renderer(avatar, data))
+    warp = score(data, rows, k, warp_renderer(avatar, data, k), regions=True)
+    generator = score(data, rows + k, 0, generator_renderer(avatar, data), regions=True)
+    below = {
+        f"warp_k{k}_{region}_below_generator_db": round(
+            generator["regions"][region]["psnr"] - warp["regions"][region]["psnr"], 3
+        )
+        for region in generator["regions"]
+    }
     return {
         f"warp_k{k}_psnr": warp["psnr"],
         f"warp_k{k}_below_generator_db": round(generator["psnr"] - warp["psnr"], 3),
+        **below,
     }
 
 
