@@ -3,6 +3,7 @@
     python -m engine capture VIDEO --out DIR        # a face video -> training data
     python -m engine basis --capture DIR            # captured scores -> expression basis
     python -m engine train --data DIR --out A.pt    # a capture -> an avatar
+    python -m engine response --avatar A.pt         # how its jaw, smile, blink read back
     python -m engine evaluate --avatar A.pt ...     # an avatar -> quality report
     python -m engine preview --capture DIR --out P  # UV maps over a capture's crops
     python -m engine reference --avatar A.pt --data DIR  # frames to calibrate and gate backends
@@ -19,6 +20,7 @@ COMMANDS = {  # subcommand -> module whose main(argv) runs it
     "capture": "engine.capture.capture",
     "basis": "engine.training.basis",
     "train": "engine.training.train",
+    "response": "engine.training.response",
     "evaluate": "engine.training.evaluate",
     "preview": "engine.training.preview",
     "reference": "engine.training.reference_frames",

@@ -53,6 +53,7 @@ from engine.render.networks.generator import GeneratorOutput, generator_input, m
 from engine.render.networks.warp import WarpOutput
 from engine.render.neural_cache import NeuralCache
 from engine.render.raster import PixelMotion, pixel_motion
+from engine.render.response import Response
 
 DEFAULT_AVATAR = Path(__file__).resolve().parents[2] / "static" / "default_avatar.pt"
 AVATAR_FORMAT = "neural-avatar"
@@ -101,6 +102,7 @@ class Avatar(nn.Module):
         self.run_warp = WarpFn(self._torch_warp)
         self.backend = FP32
         self._facing: torch.Tensor | None = None  # `facing`'s rotation, once asked for
+        self._response: tuple[object, Response] | None = None  # `response`, parsed once
 
     translation: torch.Tensor
 
@@ -223,6 +225,18 @@ class Avatar(nn.Module):
         return None if limits is None else view_range(limits)
 
     @property
+    def response(self) -> Response | None:
+        """The measured response of its jaw, smile and blink (engine/render/response.py), which
+        served scores are mapped through so that the score sent is the score seen; None when
+        its file has none (scores drawn as sent)."""
+        value = self.summary.get("response")
+        if value is None:
+            return None
+        if self._response is None or self._response[0] is not value:
+            self._response = (value, Response.from_dict(value))
+        return self._response[1]
+
+    @property
     def pose_frame(self) -> str:
         """What a pose's zero means: "viewer" (the head looks at the camera, as a webcam user
         who looks at theirs sends) or "camera" (the head looks down the camera's axis: avatars
@@ -249,6 +263,9 @@ class Avatar(nn.Module):
         head, turned by its pose and the view orbit, is held within `pose_range_deg`: past it the
         picture would come apart. Poses are the viewer's where the avatar says so (`pose_frame`):
         turned to the camera first; the networks read the world's angles they learned from."""
+        response = self.response
+        if response is not None:
+            controls = [response.apply(c, self.expression_names) for c in controls]
         limits = self.pose_range_deg
         if limits is not None:
             controls = [hold_in_range(c, limits) for c in controls]
@@ -409,6 +426,7 @@ class Avatar(nn.Module):
             if "reference" in payload:
                 avatar.reference = ReferenceFrames.from_payload(payload["reference"])
             _ = avatar.rest  # bad names or weights in its rest fail here, not in every session
+            _ = avatar.response
             _ = avatar.pose_frame
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{path} is a damaged avatar file: {exc}") from exc

@@ -38,17 +38,14 @@ from engine.capture.geometry import nearest_rotation
 from engine.capture.landmarks import detect, landmarker
 from engine.head.canonical_mesh import NUM_VERTICES
 from engine.render.frame_inputs import angles_from_rotation
+from engine.render.response import CHANNELS
 
 SWEEP_STEPS = 9  # commanded angles per sweep
 REENACT_FRAMES = 120  # source frames sent as states, spread over the clip (60 missed every
 # blink of a 53 s webcam clip: one frame in 22, a blink lasting 5)
 REFERENCE_FRAMES = 40  # real frames of the reference clip for the sharpness figure
 SHARPNESS_PX = 128  # face boxes are resized to this before the Laplacian
-PAIRS = {  # read-back channel -> the expression names it averages
-    "jawOpen": ("jawOpen",),
-    "smile": ("mouthSmileLeft", "mouthSmileRight"),
-    "blink": ("eyeBlinkLeft", "eyeBlinkRight"),
-}
+PAIRS = CHANNELS  # read-back channel -> the expression names it averages
 
 State = dict[str, dict[str, float]]  # {"expression": {...}, "pose": {...}}: a still's state
 Render = Callable[[State], np.ndarray]
