@@ -108,7 +108,7 @@ avatar: $(STAMP)
 		--max-minutes 710 --threads 2 $(BODY_STAGE)
 	$(PY) -m engine train --data data/franck --out data/avatar_joint_warp.pt --init data/avatar_joint.pt \
 		--max-minutes 730 --threads 2 $(BODY_STAGE) --warp-only --min-k 4
-	$(PY) -m engine response --avatar data/avatar_joint_warp.pt
+	$(PY) -m engine response --avatar data/avatar_joint_warp.pt --strip docs/eval/blink_response.png
 	$(PY) -m engine evaluate --avatar data/avatar_joint_warp.pt --data data/franck --out docs/eval
 
 # Re-fetch web/vendor/tasks-vision (pinned npm, hash-checked); `make run` needs none: it's committed.

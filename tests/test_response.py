@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from engine.controls import neutral, update
 from engine.render.avatar import Avatar
@@ -113,9 +114,12 @@ def test_the_command_measures_the_avatars_own_stills(
     # The file it was measured from is untouched; by default only the blink is measured.
     assert Avatar.load(path).response == Response((BLINK,))
     monkeypatch.setattr(ScriptedReader, "read", _rising_blink)
-    assert response_module.main(["--avatar", str(path)]) == 0
+    picture = tmp_path / "blink.png"
+    assert response_module.main(["--avatar", str(path), "--strip", str(picture)]) == 0
     response = Avatar.load(path).response
     assert response is not None and [c.channel for c in response.curves] == ["blink"]
+    size = Avatar.load(path).resolution
+    assert Image.open(picture).size == (len(response_module.STRIP_SCORES) * size, 2 * size)
 
 
 def _rising_blink(self: ScriptedReader, rgb: np.ndarray) -> Reading:

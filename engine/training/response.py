@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from engine.controls import update
 from engine.render.avatar import Avatar
@@ -33,6 +34,7 @@ from engine.training.readback import Reader
 
 WEIGHTS = tuple(float(w) for w in np.linspace(0.0, 1.0, 11).round(3))  # weights measured at
 DEFAULT_CHANNELS = ("blink",)
+STRIP_SCORES = (0.0, 0.15, 0.3, 0.45, 0.6, 1.0)  # scores sent in the --strip picture
 
 
 @torch.inference_mode()
@@ -69,6 +71,32 @@ def measure_response(
     return Response(tuple(curves)), skipped
 
 
+@torch.inference_mode()
+def strip(avatar: Avatar, response: Response, out: Path) -> None:
+    """A PNG of the eye and mouth band: each measured channel at STRIP_SCORES, a row drawn as
+    sent above a row drawn through its curve."""
+    names = avatar.expression_names
+    rows = []
+    saved = avatar.summary.pop("response", None)
+    try:
+        for curve in response.curves:
+            members = CHANNELS[curve.channel]
+            for through in (False, True):
+                pictures = []
+                for score in STRIP_SCORES:
+                    controls = update(avatar.rest, names, {n: score for n in members})
+                    if through:
+                        controls = Response((curve,)).apply(controls, names)
+                    pictures.append(avatar.render(controls))
+                rows.append(np.concatenate(pictures, axis=1))
+    finally:
+        if saved is not None:
+            avatar.summary["response"] = saved
+    if rows:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m engine response", description=__doc__.split("\n\n")[0]
@@ -85,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the channels whose response is measured and served (default: the blink; the "
         "module's docstring says why)",
     )
+    parser.add_argument(
+        "--strip",
+        type=Path,
+        default=None,
+        help=f"PNG: each channel sent at {', '.join(map(str, STRIP_SCORES))}, drawn as sent "
+        "(upper row) and through its curve (lower row)",
+    )
     args = parser.parse_args(argv)
     try:
         avatar = Avatar.load(args.avatar)
@@ -99,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for curve in response.curves:
         knots = ", ".join(f"{w:g}->{s:.3f}" for w, s in zip(curve.weight, curve.score, strict=True))
         print(f"{curve.channel}: {knots}")
+    if args.strip is not None:
+        strip(served, response, args.strip)
     avatar.summary["response"] = response.to_dict()
     avatar.save(args.out or args.avatar)  # atomic: a failed write leaves the old file
     return 0
