@@ -25,7 +25,9 @@ by controls alone (all-zero expression, then from its rest: jaw, smile, blink, h
   truth) on the avatar's held-out reference frames, and the choice (`--backends none`: left out);
 - readback: the avatar's stills read back by MediaPipe (engine/training/readback.py), reenacted
   from `--source` (another person's clip, default the Pexels sample) with the sharpness of its
-  face against the capture's own clip when that is a sample (`--reference` names another).
+  face against the capture's own clip when that is a sample (`--reference` names another); the
+  stills are drawn as served, through the avatar's measured response (`response`, copied from
+  its file: engine/render/response.py) where it has one.
 Metrics come from torchmetrics (L1 is the plain mean absolute error of [0, 1] images; PSNR pools
 the squared error of all frames, as torchmetrics does over a batch).
 """
@@ -597,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = args.reference or capture.source.get("sample")
         strip_path = args.out / "reenact.png"
         report["readback"] = readback(avatar, args.source, reference, strip_path)
+        report["response"] = avatar.summary.get("response")
         (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "report.md").write_text(
         markdown(report)
