@@ -4,6 +4,7 @@ with a malformed one is refused, and the command measures it on the avatar's own
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -126,4 +127,38 @@ def _rising_blink(self: ScriptedReader, rgb: np.ndarray) -> Reading:
     weight = response_module.WEIGHTS[self.calls]
     self.calls += 1
     scores = {n: 0.05 + 0.7 * weight**2 for n in CHANNELS["blink"]}
+    return Reading(True, scores, (0.0, 0.0, 0.0), (0, 0, 1, 1))
+
+
+def test_the_reenactment_comparison_reads_back_each_response_in_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save_untrained_avatar(tmp_path / "a.pt")
+    monkeypatch.setattr(response_module, "Reader", ScriptedReader)
+    monkeypatch.setattr(ScriptedReader, "read", _rising_blink_every_channel)
+    seen: list[object] = []
+
+    def fake_readback(avatar: Avatar, sources: list[str], reference: object) -> dict[str, object]:
+        seen.append(avatar.summary.get("response"))
+        channels = sorted(avatar.summary.get("response") or {})
+        corr = {"blink": 0.5 + 0.1 * len(channels)}
+        return {"rise": {}, "rest": {}, "reenact": [{"source": s, "corr": corr} for s in sources]}
+
+    monkeypatch.setattr(response_module, "readback", fake_readback)
+    table = tmp_path / "response.json"
+    argv = ["--avatar", str(path), "--reenact", "cap12", "--json", str(table)]
+    assert response_module.main(argv) == 0
+    rows = json.loads(table.read_text())
+    assert [r["response"] for r in rows] == ["as sent", "measured", "all channels"]
+    assert [r["channels"] for r in rows] == [[], ["blink"], ["jawOpen", "smile", "blink"]]
+    assert [r["reenact"]["cap12"]["blink"] for r in rows] == pytest.approx([0.5, 0.6, 0.8])
+    assert seen[0] is None  # drawn as sent: no curve in the avatar while it was read back
+    with pytest.raises(SystemExit):
+        response_module.main(["--avatar", str(path), "--reenact", "cap12"])  # no --json
+
+
+def _rising_blink_every_channel(self: ScriptedReader, rgb: np.ndarray) -> Reading:
+    weight = response_module.WEIGHTS[self.calls % len(response_module.WEIGHTS)]
+    self.calls += 1
+    scores = {n: 0.05 + 0.7 * weight**2 for names in CHANNELS.values() for n in names}
     return Reading(True, scores, (0.0, 0.0, 0.0), (0, 0, 1, 1))

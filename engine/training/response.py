@@ -20,8 +20,10 @@ blink's rose from 0.90 to 0.97 (README, the shipped avatar's read-back).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from PIL import Image
 from engine.controls import update
 from engine.render.avatar import Avatar
 from engine.render.response import CHANNELS, Curve, Response
+from engine.training.evaluate import readback
 from engine.training.readback import Reader
 
 WEIGHTS = tuple(float(w) for w in np.linspace(0.0, 1.0, 11).round(3))  # weights measured at
@@ -69,6 +72,34 @@ def measure_response(
         if saved is not None:
             avatar.summary["response"] = saved
     return Response(tuple(curves)), skipped
+
+
+def compare(
+    avatar: Avatar, responses: dict[str, Response], sources: list[str]
+) -> list[dict[str, Any]]:
+    """The read-back (rises, rest, reenactment from `sources`) of `avatar` drawn as sent and
+    through each of `responses`: one row each, named."""
+    rows = []
+    saved = avatar.summary.pop("response", None)
+    try:
+        for name, response in {"as sent": None, **responses}.items():
+            if response is not None:
+                avatar.summary["response"] = response.to_dict()
+            report = readback(avatar, sources, None)
+            avatar.summary.pop("response", None)
+            rows.append(
+                {
+                    "response": name,
+                    "channels": [c.channel for c in response.curves] if response else [],
+                    "rise": report["rise"],
+                    "rest": report["rest"],
+                    "reenact": {r["source"]: r["corr"] for r in report.get("reenact", [])},
+                }
+            )
+    finally:
+        if saved is not None:
+            avatar.summary["response"] = saved
+    return rows
 
 
 @torch.inference_mode()
@@ -120,7 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"PNG: each channel sent at {', '.join(map(str, STRIP_SCORES))}, drawn as sent "
         "(upper row) and through its curve (lower row)",
     )
+    parser.add_argument(
+        "--reenact",
+        nargs="+",
+        default=[],
+        help="also read back the avatar reenacted from these clips (sample names or paths) drawn "
+        "as sent, through the measured curves, and through all three channels' curves (--json)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="the --reenact comparison")
     args = parser.parse_args(argv)
+    if bool(args.reenact) != (args.json is not None):
+        parser.error("--reenact and --json go together")
     try:
         avatar = Avatar.load(args.avatar)
         served = Avatar.load(args.avatar).prepare_for_inference()
@@ -136,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{curve.channel}: {knots}")
     if args.strip is not None:
         strip(served, response, args.strip)
+    if args.reenact:
+        with Reader() as reader:
+            everything, _ = measure_response(served, reader, tuple(CHANNELS))
+        compared = compare(served, {"measured": response, "all channels": everything}, args.reenact)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(compared, indent=1) + "\n")
     avatar.summary["response"] = response.to_dict()
     avatar.save(args.out or args.avatar)  # atomic: a failed write leaves the old file
     return 0
