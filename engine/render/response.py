@@ -5,9 +5,10 @@ the avatar was trained on the same tracker's scores of its own clip, so ideally 
 read back off the avatar what was sent. It does not, evenly: measured on the 635-minute avatar, a
 blink sent at 0.1 / 0.3 / 0.5 / 0.6 read back 0.08 / 0.14 / 0.30 / 0.51 (flat where a webcam user's
 partial blinks and squints lie, steep above), because partial blinks are brief in the clip and the
-generator draws them nearer open. So each channel (jawOpen, smile, blink) has a measured curve:
-the weights 0..1 sent to the avatar and the score read back off its stills at each
-(`engine/training/response.py`, fitted on the avatar's own renders only). A served score is mapped
+generator draws them nearer open. So a channel (jawOpen, smile or blink; served: the blink alone,
+`engine/training/response.py` says why) can have a measured curve: the weights 0..1 sent to the
+avatar and the score read back off its stills at each (fitted on the avatar's own renders only,
+by that module). A served score is mapped
 through its inverse, so a score sent is the score seen, within the range the avatar can show:
 below the channel's read-back at weight 0 it is drawn at 0, above its read-back at 1 at 1.
 
