@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +42,30 @@ DEFAULT_CHANNELS = ("blink",)
 STRIP_SCORES = (0.0, 0.15, 0.3, 0.45, 0.6, 1.0)  # scores sent in the --strip picture
 
 
+@contextmanager
+def drawn_with(avatar: Avatar, response: Response | None) -> Iterator[None]:
+    """Within the block the avatar draws through `response` (None: scores as sent), whatever its
+    file holds; after it, through its own again."""
+    saved = avatar.summary.pop("response", None)
+    try:
+        if response is not None:
+            avatar.summary["response"] = response.to_dict()
+        yield
+    finally:
+        avatar.summary.pop("response", None)
+        if saved is not None:
+            avatar.summary["response"] = saved
+
+
 @torch.inference_mode()
 def measure_response(
     avatar: Avatar, reader: Reader, channels: tuple[str, ...] = DEFAULT_CHANNELS
 ) -> tuple[Response, dict[str, str]]:
     """The avatar's curves of `channels`, measured with scores drawn as sent (any response in
     its file is set aside while measuring), and why any channel was left out."""
-    saved = avatar.summary.pop("response", None)
     curves, skipped = [], {}
-    try:
-        names = avatar.expression_names
+    names = avatar.expression_names
+    with drawn_with(avatar, None):
         rest = avatar.rest
         for channel in channels:
             members = CHANNELS[channel]
@@ -68,9 +84,6 @@ def measure_response(
                 curves.append(Curve.measured(channel, weights, scores))
             except ValueError as exc:
                 skipped[channel] = str(exc)
-    finally:
-        if saved is not None:
-            avatar.summary["response"] = saved
     return Response(tuple(curves)), skipped
 
 
@@ -80,49 +93,37 @@ def compare(
     """The read-back (rises, rest, reenactment from `sources`) of `avatar` drawn as sent and
     through each of `responses`: one row each, named."""
     rows = []
-    saved = avatar.summary.pop("response", None)
-    try:
-        for name, response in {"as sent": None, **responses}.items():
-            if response is not None:
-                avatar.summary["response"] = response.to_dict()
+    for name, response in {"as sent": None, **responses}.items():
+        with drawn_with(avatar, response):
             report = readback(avatar, sources, None)
-            avatar.summary.pop("response", None)
-            rows.append(
-                {
-                    "response": name,
-                    "channels": [c.channel for c in response.curves] if response else [],
-                    "rise": report["rise"],
-                    "rest": report["rest"],
-                    "reenact": {r["source"]: r["corr"] for r in report.get("reenact", [])},
-                }
-            )
-    finally:
-        if saved is not None:
-            avatar.summary["response"] = saved
+        rows.append(
+            {
+                "response": name,
+                "channels": [c.channel for c in response.curves] if response else [],
+                "rise": report["rise"],
+                "rest": report["rest"],
+                "reenact": {r["source"]: r["corr"] for r in report.get("reenact", [])},
+            }
+        )
     return rows
 
 
 @torch.inference_mode()
 def strip(avatar: Avatar, response: Response, out: Path) -> None:
-    """A PNG of the eye and mouth band: each measured channel at STRIP_SCORES, a row drawn as
-    sent above a row drawn through its curve."""
+    """A PNG: for each of the response's channels, the avatar with it sent at STRIP_SCORES, a
+    row drawn as sent above a row drawn through the channel's curve."""
     names = avatar.expression_names
     rows = []
-    saved = avatar.summary.pop("response", None)
-    try:
-        for curve in response.curves:
-            members = CHANNELS[curve.channel]
-            for through in (False, True):
-                pictures = []
-                for score in STRIP_SCORES:
-                    controls = update(avatar.rest, names, {n: score for n in members})
-                    if through:
-                        controls = Response((curve,)).apply(controls, names)
-                    pictures.append(avatar.render(controls))
-                rows.append(np.concatenate(pictures, axis=1))
-    finally:
-        if saved is not None:
-            avatar.summary["response"] = saved
+    for curve in response.curves:
+        members = CHANNELS[curve.channel]
+        for through in (None, Response((curve,))):
+            with drawn_with(avatar, through):
+                rest = avatar.rest
+                pictures = [
+                    avatar.render(update(rest, names, {n: score for n in members}))
+                    for score in STRIP_SCORES
+                ]
+            rows.append(np.concatenate(pictures, axis=1))
     if rows:
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate(rows, axis=0)).save(out)
