@@ -226,6 +226,59 @@ def rest_expression(weights: np.ndarray, names: Sequence[str]) -> dict[str, floa
     }
 
 
+# How far past the widest expressions it was trained on an avatar is still asked to go, in weight,
+# and the share (percent) of its training frames left out at the top first (a tracker's glitch).
+# On the talking clip (jawOpen: 99.9th percentile 0.40, largest 0.44) the mouth is clean up to
+# jawOpen 0.5, gains a dark rim at 0.6 and smears from 0.7 (`engine evaluate`'s
+# expression_limits.png draws the sweep).
+EXPRESSION_MARGIN = 0.1
+EXPRESSION_COVERAGE_PERCENT = 0.1
+
+
+def expression_limits(
+    weights: np.ndarray,
+    names: Sequence[str],
+    partners: np.ndarray | None = None,
+    margin: float = EXPRESSION_MARGIN,
+    outliers_percent: float = EXPRESSION_COVERAGE_PERCENT,
+) -> dict[str, float]:
+    """(N, E) expression weights of the frames an avatar learned from -> {name: the largest weight
+    it is drawn at}: the (100 - outliers_percent)-th percentile plus `margin`, rounded up to 0.01;
+    names whose limit reaches EXPRESSION_RANGE's top are left out (not held). `partners` (E,):
+    each name's mirror image, for an avatar trained on mirrored frames too (a name is then held
+    where the wider of the two is). Past the limit the mesh opens further than any picture the
+    networks learned from, and the mouth comes apart."""
+    w = np.asarray(weights, dtype=np.float64)  # (N, E)
+    if w.ndim != 2 or w.shape[1] != len(names) or w.shape[0] == 0:
+        raise ValueError(f"expected ({len(names)},)-wide weights of some frames, got {w.shape}")
+    top = np.percentile(w, 100.0 - outliers_percent, axis=0)  # (E,)
+    if partners is not None:
+        top = np.maximum(top, top[partners])
+    hi = EXPRESSION_RANGE[1]
+    out = {}
+    for name, value in zip(names, top, strict=True):
+        limit = math.ceil(round((float(value) + margin) * 100.0, 6)) / 100.0
+        if limit < hi:
+            out[name] = limit
+    return out
+
+
+def hold_expression(
+    controls: Controls, names: Sequence[str], limits: Mapping[str, float]
+) -> Controls:
+    """Controls whose expression weights stay at or below `limits` ({name: weight}, names left
+    out unheld)."""
+    if not limits:
+        return controls
+    held = tuple(
+        min(w, limits[name]) if name in limits else w
+        for name, w in zip(names, controls.expression, strict=True)
+    )
+    return (
+        controls if held == controls.expression else dataclasses.replace(controls, expression=held)
+    )
+
+
 def clamp_pose(controls: Controls, limits: Mapping[str, Sequence[float]]) -> Controls:
     """Controls with yaw, pitch, roll held within `limits` ({"yaw": [lo, hi], ...})."""
     changes = {}

@@ -250,6 +250,9 @@ class Node:
             "expression_names": list(avatar.expression_names),
             "inert": _inert(avatar),
             "expression_range": [0.0, 1.0],
+            # Weights the avatar draws no further ({name: weight}; a score past it is drawn
+            # there): past its clip's widest mouth the pictures come apart.
+            "expression_limits": avatar.expression_limits,
             # Where a session starts (names left out at 0): the avatar's training median.
             "rest_expression": avatar.rest_expression,
             # What to offer: the poses and orbits this avatar renders (held at the edge past

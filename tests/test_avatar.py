@@ -134,6 +134,8 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     )
     assert resumed.summary["steps"] == 6
     assert set(resumed.summary["pose_range_deg"]) == {"yaw", "pitch", "roll"}
+    limits = resumed.summary["expression_limits"]
+    assert set(limits) <= set(resumed.expression_names) and all(0 < w < 1 for w in limits.values())
     rest = resumed.summary["rest_expression"]
     assert set(rest) <= set(resumed.expression_names) and all(0.05 <= w <= 1 for w in rest.values())
     assert resumed.rest.expression == tuple(rest.get(n, 0.0) for n in resumed.expression_names)
@@ -190,6 +192,7 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
         "strip.png",
         "warp_distance.png",
         "controls.png",
+        "expression_limits.png",
         "report.md",
         "validation.png",
         "reenact.png",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.training.step import SSIM_WEIGHT, losses
+from engine.training.settings import DEFAULT_SSIM_WEIGHT
+from engine.training.step import losses
 
 
 def _pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -22,7 +23,7 @@ def test_defaults_are_l1_and_ssim() -> None:
     pred[..., :4, :4] += 0.3
     loss, l1 = losses(pred, target, face)
     assert float(l1) == pytest.approx(float((pred - target).abs().mean()))
-    assert float(loss) > float(l1) and float(loss) < float(l1) + SSIM_WEIGHT
+    assert float(loss) > float(l1) and float(loss) < float(l1) + DEFAULT_SSIM_WEIGHT
 
 
 def test_an_error_on_the_face_costs_more_with_a_face_weight() -> None:
@@ -42,3 +43,13 @@ def test_the_gradient_term_punishes_blur_more_than_l1_does() -> None:
     plain, _ = losses(blurred, target, face)
     sharp, _ = losses(blurred, target, face, gradient_weight=1.0)
     assert float(sharp) > float(plain) + 0.1
+
+
+def test_a_heavier_structural_term_costs_more_for_the_same_picture() -> None:
+    target, face, pred = _pair()
+    pred[..., 4:20, 4:20] = pred[..., 4:20, 4:20].mean()  # structure gone, colour about kept
+    light, l1 = losses(pred, target, face, ssim_weight=0.2)
+    heavy, _ = losses(pred, target, face, ssim_weight=1.0)
+    none, _ = losses(pred, target, face, ssim_weight=0.0)
+    assert float(none) == pytest.approx(float(l1))
+    assert float(heavy) - float(none) == pytest.approx(5 * (float(light) - float(none)), rel=1e-4)

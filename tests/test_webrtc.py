@@ -136,6 +136,7 @@ async def test_api_avatar(client: TestClient) -> None:
     assert info["resolution"] == 256 and "jawOpen" in info["expression_names"]
     assert info["pose_limits_deg"]["yaw"] == [-45.0, 45.0]
     assert info["rest_expression"] == {}  # an avatar that does not know its rest starts neutral
+    assert info["expression_limits"] == {}  # nor its limits: every weight is drawn as sent
     assert info["source"] is None  # nor where its face came from
     # How the workers run the networks: as trained here (the tests' ServerConfig asks for it).
     assert info["backend"]["runtime"] == "torch" and info["backend"]["precision"] == "fp32"
@@ -151,11 +152,14 @@ async def test_api_avatar(client: TestClient) -> None:
 async def test_a_session_starts_at_the_avatars_rest_expression(tmp_path: Path) -> None:
     rest = {"mouthSmileLeft": 0.68, "eyeSquintLeft": 0.35}
     source = {"video": "franck.mp4", "licence": "for research"}
+    limits = {"jawOpen": 0.5}
     summary = {"rest_expression": rest, "source": source, "frames": 4800}
+    summary |= {"expression_limits": limits}
     avatar = save_untrained_avatar(tmp_path / "rest.pt", 256, summary)
     async with TestClient(TestServer(create_app(_config(avatar)))) as c:
         info = await (await c.get("/api/avatar")).json()
         assert info["rest_expression"] == rest
+        assert info["expression_limits"] == limits  # the page's sliders say where they hold
         assert info["source"] == {"clip": "franck.mp4", "frames": 4800, "licence": "for research"}
         peer = await connect(c)
         expression = (await peer.message("stats"))["state"]["expression"]

@@ -59,6 +59,7 @@ function slider(parent, group, name, min, max, step, value, inert = false) {
   label.append(name, input, out);
   parent.append(label);
   sliders.set(`${group}.${name}`, { input, out });
+  return label;
 }
 
 // Show a value on its slider without sending it (the camera sends its own controls).
@@ -89,7 +90,10 @@ function buildControls() {
     const fs = document.createElement("fieldset");
     fs.innerHTML = `<legend>${title}</legend>`;
     for (const name of info.expression_names.filter(test)) {
-      slider(fs, "expression", name, 0, 1, 0.01, rest(name), inert.has(name));
+      const label = slider(fs, "expression", name, 0, 1, 0.01, rest(name), inert.has(name));
+      // Past its limit a score is drawn at the limit: the clip never showed more.
+      const held = (info.expression_limits ?? {})[name];
+      if (held !== undefined) label.title = `drawn up to ${held}: the avatar's clip went no further`;
     }
     $("expressions").append(fs);
   }

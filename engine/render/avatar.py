@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from torch import nn
 
 from engine.camera import Camera
 from engine.controls import (
+    EXPRESSION_RANGE,
     Controls,
+    hold_expression,
     hold_in_range,
     neutral,
     to_head_controls,
@@ -199,6 +202,25 @@ class Avatar(nn.Module):
         return dict(value) if isinstance(value, dict) else {}
 
     @property
+    def expression_limits(self) -> dict[str, float]:
+        """The largest weight each expression is drawn at ({name: weight}, names left out not
+        held): those of its training frames and a margin (`engine.controls.expression_limits`);
+        empty when its file does not say."""
+        value = self.summary.get("expression_limits")
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"expression_limits must be {{name: weight}}, got {value!r}")
+        known = set(self.expression_names)
+        lo, hi = EXPRESSION_RANGE
+        for name, weight in value.items():
+            if name not in known:
+                raise ValueError(f"expression_limits names {name!r}, not one of its expressions")
+            if not isinstance(weight, (int, float)) or not lo < float(weight) <= hi:
+                raise ValueError(f"expression_limits[{name!r}] = {weight!r}, not in ({lo}, {hi}]")
+        return {str(k): float(v) for k, v in value.items()}
+
+    @property
     def rest(self) -> Controls:
         """Controls at rest: `rest_expression`, head and view straight ahead."""
         names = self.expression_names
@@ -262,10 +284,15 @@ class Avatar(nn.Module):
         """Live controls -> renderer inputs (the head sits at the capture's median place). The
         head, turned by its pose and the view orbit, is held within `pose_range_deg`: past it the
         picture would come apart. Poses are the viewer's where the avatar says so (`pose_frame`):
-        turned to the camera first; the networks read the world's angles they learned from."""
+        turned to the camera first; the networks read the world's angles they learned from.
+        Expression scores are drawn through the avatar's measured `response`, then held within
+        its `expression_limits` (past them its mouth comes apart)."""
         response = self.response
         if response is not None:
             controls = [response.apply(c, self.expression_names) for c in controls]
+        held = self.expression_limits
+        if held:
+            controls = [hold_expression(c, self.expression_names, held) for c in controls]
         limits = self.pose_range_deg
         if limits is not None:
             controls = [hold_in_range(c, limits) for c in controls]
@@ -427,6 +454,7 @@ class Avatar(nn.Module):
                 avatar.reference = ReferenceFrames.from_payload(payload["reference"])
             _ = avatar.rest  # bad names or weights in its rest fail here, not in every session
             _ = avatar.response
+            _ = avatar.expression_limits
             _ = avatar.pose_frame
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{path} is a damaged avatar file: {exc}") from exc
@@ -436,6 +464,21 @@ class Avatar(nn.Module):
                 f"{path} does not match its config: missing {missing}, unexpected {unexpected}"
             )
         return avatar.to(device).eval()
+
+
+@contextmanager
+def summary_as(avatar: Avatar, key: str, value: Any) -> Iterator[None]:
+    """Within the block the avatar's summary holds `value` at `key` (None: no entry), whatever
+    its file holds; after it, its own again."""
+    saved = avatar.summary.pop(key, None)
+    try:
+        if value is not None:
+            avatar.summary[key] = value
+        yield
+    finally:
+        avatar.summary.pop(key, None)
+        if saved is not None:
+            avatar.summary[key] = saved
 
 
 def served_framing_matrix(served: Any, width: int, control_dim: int) -> torch.Tensor:

@@ -44,7 +44,7 @@ from engine.training.readback import Reader
 from engine.training.split import held_out_pairs
 
 SETTING_KEYS = (
-    "face_weight", "gradient_weight", "generator_controls", "geometry", "basis", "max_k",
+    "face_weight", "gradient_weight", "ssim_weight", "generator_controls", "geometry", "basis", "max_k",
     "batch", "seed", "precision", "adversarial", "lr_final", "framing", "mirror", "mirror_mark",
     "body", "warp_framing", "warp_only", "min_k",
 )  # fmt: skip

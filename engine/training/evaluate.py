@@ -53,7 +53,7 @@ from engine.capture.store import CaptureData, load_capture
 from engine.controls import POSE_LIMITS_DEG, neutral, update
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.pipeline.schedule import DEFAULT_SCHEDULE
-from engine.render.avatar import Avatar
+from engine.render.avatar import Avatar, summary_as
 from engine.render.backends.select import choose
 from engine.render.frame_inputs import FrameInputs
 from engine.runtime import tune_allocator
@@ -92,6 +92,10 @@ CONTROL_POSES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
     ("pitch -10", {}, {"pitch": -10.0}),
     ("pitch +10", {}, {"pitch": 10.0}),
 )
+
+# The jaw sent from half open to fully open: the limits strip draws it past the avatar's limit
+# (set aside) and as served (held there).
+LIMIT_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 
 
 @dataclass
@@ -300,6 +304,20 @@ def control_strip(avatar: Avatar, out: Path) -> list[str]:
         pictures.append(avatar.render(update(avatar.rest, names, known, pose)))
     Image.fromarray(np.concatenate(pictures, axis=1)).save(out)
     return ["all 0"] + [label for label, _, _ in CONTROL_POSES]
+
+
+def limits_strip(avatar: Avatar, out: Path) -> None:
+    """jawOpen at LIMIT_SWEEP from the rest, side by side: a row drawn with the avatar's
+    expression limits set aside above a row as served (held at its jawOpen limit, if any)."""
+    names = avatar.expression_names
+    rows = []
+    for limits in ({}, avatar.expression_limits):
+        with summary_as(avatar, "expression_limits", limits):
+            pictures = [
+                avatar.render(update(avatar.rest, names, {"jawOpen": w})) for w in LIMIT_SWEEP
+            ]
+        rows.append(np.concatenate(pictures, axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
 
 
 def plot_warp_distance(report: dict[str, Any], out: Path) -> None:
@@ -595,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     strip = image_strip(avatar, frames, split, args.out / "strip.png")
     plot_validation(avatar.summary.get("history") or [], args.out / "validation.png")
     labels = control_strip(avatar, args.out / "controls.png")
+    limits_strip(avatar, args.out / "expression_limits.png")
     if args.source != ["none"]:
         reference = args.reference or capture.source.get("sample")
         strip_path = args.out / "reenact.png"
@@ -605,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         markdown(report)
         + f"\n`strip.png`, columns: {', '.join(strip)}; rows: test frames.\n"
         + f"`controls.png`, left to right: {', '.join(labels)}.\n"
+        + f"`expression_limits.png`: jawOpen {', '.join(map(str, LIMIT_SWEEP))}; top row past "
+        + "the avatar's limits, bottom row as served (jawOpen held at "
+        + f"{avatar.expression_limits.get('jawOpen', 'no limit')}).\n"
     )
     print(markdown(report))
     return 0

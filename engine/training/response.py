@@ -22,8 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from PIL import Image
 
 from engine.controls import update
-from engine.render.avatar import Avatar
+from engine.render.avatar import Avatar, summary_as
 from engine.render.response import CHANNELS, Curve, Response
 from engine.training.evaluate import readback
 from engine.training.readback import Reader
@@ -42,19 +41,10 @@ DEFAULT_CHANNELS = ("blink",)
 STRIP_SCORES = (0.0, 0.15, 0.3, 0.45, 0.6, 1.0)  # scores sent in the --strip picture
 
 
-@contextmanager
-def drawn_with(avatar: Avatar, response: Response | None) -> Iterator[None]:
+def drawn_with(avatar: Avatar, response: Response | None) -> AbstractContextManager[None]:
     """Within the block the avatar draws through `response` (None: scores as sent), whatever its
     file holds; after it, through its own again."""
-    saved = avatar.summary.pop("response", None)
-    try:
-        if response is not None:
-            avatar.summary["response"] = response.to_dict()
-        yield
-    finally:
-        avatar.summary.pop("response", None)
-        if saved is not None:
-            avatar.summary["response"] = saved
+    return summary_as(avatar, "response", None if response is None else response.to_dict())
 
 
 @torch.inference_mode()

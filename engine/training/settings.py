@@ -10,6 +10,7 @@ from engine.render.networks.config import WarpKind
 
 DEFAULT_FACE_WEIGHT = 0.0  # a face pixel counts 1 + this in the L1 and gradient terms
 DEFAULT_GRADIENT_WEIGHT = 0.0  # image-gradient L1 next to L1
+DEFAULT_SSIM_WEIGHT = 0.2  # structural term (1 - SSIM) next to L1
 
 Geometry = Literal["basis", "landmarks"]
 Precision = Literal["fp32", "bf16"]
@@ -29,6 +30,7 @@ class TrainSettings:
     generator_controls: int | None = None
     face_weight: float = DEFAULT_FACE_WEIGHT
     gradient_weight: float = DEFAULT_GRADIENT_WEIGHT
+    ssim_weight: float = DEFAULT_SSIM_WEIGHT
     geometry: Geometry = "basis"
     precision: Precision = "fp32"
     basis: str | None = None  # expression basis file for the default head (None: the shipped one)
@@ -66,7 +68,7 @@ EXTENSIONS = {
 # with a new loss is a recipe of its own, recorded in the summary's `stages`); --resume continues
 # one run, so they may not.
 LOSS_KEYS = (
-    "face_weight", "gradient_weight", "adversarial", "lr", "lr_final", "mirror", "warp_only",
-    "min_k",
+    "face_weight", "gradient_weight", "ssim_weight", "adversarial", "lr", "lr_final", "mirror",
+    "warp_only", "min_k",
 )  # fmt: skip
 RESUME_KEYS = MODEL_KEYS + LOSS_KEYS

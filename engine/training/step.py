@@ -10,9 +10,13 @@ from engine.render.avatar import Avatar
 from engine.render.frame_inputs import FrameInputs
 from engine.training.adversarial import Critic
 from engine.training.dataset import CaptureFrames
-from engine.training.settings import DEFAULT_FACE_WEIGHT, DEFAULT_GRADIENT_WEIGHT, TrainSettings
+from engine.training.settings import (
+    DEFAULT_FACE_WEIGHT,
+    DEFAULT_GRADIENT_WEIGHT,
+    DEFAULT_SSIM_WEIGHT,
+    TrainSettings,
+)
 
-SSIM_WEIGHT = 0.2  # structural term next to L1
 TEXTURE_WEIGHT = 0.5  # texture colour loss, early guidance for the neural texture
 
 
@@ -27,9 +31,11 @@ def losses(
     face: torch.Tensor,
     face_weight: float = DEFAULT_FACE_WEIGHT,
     gradient_weight: float = DEFAULT_GRADIENT_WEIGHT,
+    ssim_weight: float = DEFAULT_SSIM_WEIGHT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, plain L1) of (B, 3, H, W) images in [0, 1]; face (B, 1, H, W) in [0, 1] marks the
-    pixels that count 1 + face_weight times in the L1 and gradient terms."""
+    pixels that count 1 + face_weight times in the L1 and gradient terms; the structural term
+    (1 - SSIM over the whole frame) counts ssim_weight."""
     pred = pred.float()
     weight = 1.0 + face_weight * face  # (B, 1, H, W)
     diff = (pred - target).abs()
@@ -45,7 +51,7 @@ def losses(
         loss = loss + gradient_weight * grad
     ssim = structural_similarity_index_measure(pred, target, data_range=1.0)
     assert isinstance(ssim, torch.Tensor)
-    return loss + SSIM_WEIGHT * (1.0 - ssim), l1
+    return loss + ssim_weight * (1.0 - ssim), l1
 
 
 def train_step(
@@ -73,7 +79,7 @@ def train_step(
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         full, cache = avatar.generate(x_t)
         warped = avatar.warp(cache, x_tk)
-    weights = (settings.face_weight, settings.gradient_weight)
+    weights = (settings.face_weight, settings.gradient_weight, settings.ssim_weight)
     loss_g, l1_g = losses(full.image, y_t, x_t.mask[:, None].float(), *weights)
     loss_w, l1_w = losses(warped.image, y_tk, x_tk.mask[:, None].float(), *weights)
     tex = avatar.texture_rgb(x_t)  # (B, 3, H, W)
@@ -115,7 +121,7 @@ def warp_step(
         with torch.no_grad():
             full, cache = avatar.generate(x_t)
         warped = avatar.warp(cache, x_tk)
-    weights = (settings.face_weight, settings.gradient_weight)
+    weights = (settings.face_weight, settings.gradient_weight, settings.ssim_weight)
     loss, l1_w = losses(warped.image, y_tk, x_tk.mask[:, None].float(), *weights)
     if critic is not None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -8,7 +8,8 @@ Each step takes pairs of frames (t, t + k), k uniform in 1..max_k, from the trai
 generator renders frame t and leaves its cache, the warp network renders frame t + k from that
 cache (as in the paper), and the texture's first three channels are pulled towards the colours
 they cover. max_k defaults to 8, past the distances the served schedule warps over (parallel, two
-workers, four warps: 4..7). Losses: L1 plus a structural term (1 - SSIM, torchmetrics); options:
+workers, four warps: 4..7). Losses: L1 plus a structural term (1 - SSIM, torchmetrics, weighted
+by `--ssim-weight`); options:
 an L1 of image gradients (edges that a blur loses and PSNR forgives), both L1 terms weighted
 towards the face (the pixels the mesh covers count 1 + face_weight times), and an adversarial
 patch loss (engine/training/adversarial.py). No perceptual term, since no VGG weights can be had
@@ -46,7 +47,7 @@ from tqdm import tqdm
 
 from engine.camera import Camera
 from engine.capture.store import load_capture
-from engine.controls import ANGLE_SCALE_DEG, pose_range, rest_expression
+from engine.controls import ANGLE_SCALE_DEG, expression_limits, pose_range, rest_expression
 from engine.cpu import has_native_bf16
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.head.default import build_default_head
@@ -65,11 +66,12 @@ from engine.training.continuation import (
 )
 from engine.training.dataset import CaptureFrames
 from engine.training.framing import FRAMING_DIM, Framing
-from engine.training.mirror import mirror_points, mirror_rotation
+from engine.training.mirror import mirror_points, mirror_rotation, name_partners
 from engine.training.reference_frames import build_reference
 from engine.training.settings import (
     DEFAULT_FACE_WEIGHT,
     DEFAULT_GRADIENT_WEIGHT,
+    DEFAULT_SSIM_WEIGHT,
     Precision,
     TrainSettings,
 )
@@ -304,6 +306,11 @@ def train(
         "rest_expression": rest_expression(
             frames.expression[split.train].numpy(), avatar.expression_names
         ),
+        "expression_limits": expression_limits(
+            frames.expression[split.train].numpy(),
+            avatar.expression_names,
+            name_partners(avatar.expression_names) if settings.mirror > 0 else None,
+        ),
         "settings": settings.to_dict(),
         **({"framing": framing.to_dict()} if framing is not None else {}),
         **({"body": body.to_dict()} if body is not None else {}),
@@ -362,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--face-weight", type=float, default=DEFAULT_FACE_WEIGHT)
     parser.add_argument("--gradient-weight", type=float, default=DEFAULT_GRADIENT_WEIGHT)
+    parser.add_argument(
+        "--ssim-weight",
+        type=float,
+        default=DEFAULT_SSIM_WEIGHT,
+        help=f"weight of the structural term, 1 - SSIM (default {DEFAULT_SSIM_WEIGHT})",
+    )
     parser.add_argument(
         "--geometry",
         choices=("basis", "landmarks"),
@@ -469,8 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.max_k < 1 or not args.max_minutes > 0:
         parser.error("--steps, --batch, --max-k and --max-minutes must be positive")
-    if args.face_weight < 0 or args.gradient_weight < 0 or args.adversarial < 0:
-        parser.error("--face-weight, --gradient-weight and --adversarial must not be negative")
+    if min(args.face_weight, args.gradient_weight, args.ssim_weight, args.adversarial) < 0:
+        parser.error(
+            "--face-weight, --gradient-weight, --ssim-weight and --adversarial must not be negative"
+        )
     if not 0.0 <= args.mirror <= 1.0:
         parser.error("--mirror must be in [0, 1]: a share of the training pairs")
     if args.mirror_mark and not (args.framing and args.mirror > 0):
@@ -503,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         generator_controls=args.generator_controls,
         face_weight=args.face_weight,
         gradient_weight=args.gradient_weight,
+        ssim_weight=args.ssim_weight,
         geometry=args.geometry,
         basis=args.basis,
         adversarial=args.adversarial,
