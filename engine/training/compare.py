@@ -41,13 +41,15 @@ from engine.training.evaluate import (
     warp_renderer,
 )
 from engine.training.readback import Reader
+from engine.training.settings import TrainSettings
 from engine.training.split import held_out_pairs
 
 SETTING_KEYS = (
-    "face_weight", "gradient_weight", "ssim_weight", "generator_controls", "geometry", "basis", "max_k",
-    "batch", "seed", "precision", "adversarial", "lr_final", "framing", "mirror", "mirror_mark",
-    "body", "warp_framing", "warp_only", "min_k",
+    "face_weight", "gradient_weight", "ssim_weight", "generator_controls", "geometry", "basis",
+    "max_k", "batch", "seed", "precision", "adversarial", "lr_final", "framing", "mirror",
+    "mirror_mark", "body", "warp_framing", "warp_only", "min_k",
 )  # fmt: skip
+DEFAULTS = TrainSettings.__dataclass_fields__
 WARP_K = 4
 TURN_YAWS = (-25.0, -20.0, -15.0, -10.0, 0.0, 10.0, 20.0, 25.0)  # viewer's frame, degrees
 DEFAULT_FRAMES = 64
@@ -127,7 +129,8 @@ def row(
         served = {"generator_psnr_median_framing": at_median["psnr"]}
     return {
         "avatar": path.name,
-        **{k: settings.get(k) for k in SETTING_KEYS},
+        # A setting an older file does not record was trained at the default of its time.
+        **{k: settings.get(k, getattr(DEFAULTS.get(k), "default", None)) for k in SETTING_KEYS},
         "steps": summary.get("steps"),
         "minutes": summary.get("minutes"),
         "val_frames": len(rows),
