@@ -47,7 +47,7 @@ from engine.training.split import held_out_pairs
 SETTING_KEYS = (
     "face_weight", "gradient_weight", "ssim_weight", "generator_controls", "geometry", "basis",
     "max_k", "batch", "seed", "precision", "adversarial", "lr_final", "framing", "mirror",
-    "mirror_mark", "body", "warp_framing", "warp_only", "min_k",
+    "mirror_mark", "body", "warp_framing", "warp_flow", "warp_only", "min_k",
 )  # fmt: skip
 DEFAULTS = TrainSettings.__dataclass_fields__
 WARP_K = 4

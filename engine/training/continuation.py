@@ -56,6 +56,8 @@ def stage_record(settings: dict[str, Any], steps: int, elapsed_s: float) -> dict
 
 
 FRAMING_WEIGHTS = ("generator.framing_embedding.weight", "warp_net.trunk.embedding.framing.weight")
+# What `warp_flow` adds: it starts at zero (no flow) when turned on over a finished avatar.
+FLOW_WEIGHTS = ("warp_net.trunk.flow.weight", "warp_net.trunk.flow.bias")
 
 
 def extend_framing(
@@ -102,7 +104,7 @@ def load_avatar(
         raise ValueError(f"--init: {path} was trained on another capture or split")
     state = extend_framing(done.state_dict(), avatar.state_dict())
     missing, unexpected = avatar.load_state_dict(state, strict=False)
-    added = [k for k in missing if k not in FRAMING_WEIGHTS]
+    added = [k for k in missing if k not in FRAMING_WEIGHTS + FLOW_WEIGHTS]
     if added or unexpected:
         raise ValueError(f"--init: {path} does not fit: missing {added}, unexpected {unexpected}")
     steps, elapsed = int(summary["steps"]), float(summary["minutes"]) * 60.0

@@ -41,6 +41,7 @@ class TrainSettings:
     mirror_mark: bool = False  # the framing says which pairs were mirrored (training/framing)
     body: bool = False  # the framing ends with where the shoulders are (engine/training/body)
     warp_framing: bool = False  # the warp reads the framing too, its frame's and its cache's
+    warp_flow: bool = False  # the warp moves its cached skips along a flow it predicts
     # Train the warp alone (texture, generator and background frozen, the caches made as served)
     # on distances min_k..max_k: a finished avatar's warp fitted to the distances served.
     warp_only: bool = False
@@ -54,7 +55,7 @@ class TrainSettings:
 # What the weights mean: an avatar continued with --init must agree on these.
 MODEL_KEYS = (
     "preset", "cache_layers", "warp_kind", "batch", "max_k", "seed", "generator_controls",
-    "geometry", "basis", "framing", "mirror_mark", "body", "warp_framing",
+    "geometry", "basis", "framing", "mirror_mark", "body", "warp_framing", "warp_flow",
 )  # fmt: skip
 # Model settings an --init run may turn on over a finished avatar: the parts they add start at
 # zero, so the avatar continues from exactly the pictures it made.
@@ -63,6 +64,7 @@ EXTENSIONS = {
     "mirror_mark": (False, True),
     "body": (False, True),
     "warp_framing": (False, True),
+    "warp_flow": (False, True),
 }
 # The loss weights and the data's augmentation may change on --init (fine-tuning a trained avatar
 # with a new loss is a recipe of its own, recorded in the summary's `stages`); --resume continues

@@ -189,7 +189,10 @@ def train(
     capture = load_capture(data_dir)
     head_data = build_default_head(Path(settings.basis)) if settings.basis else build_default_head()
     config = replace(
-        PRESETS[settings.preset], cache_layers=settings.cache_layers, warp_kind=settings.warp_kind
+        PRESETS[settings.preset],
+        cache_layers=settings.cache_layers,
+        warp_kind=settings.warp_kind,
+        warp_flow=settings.warp_flow,
     )
     if settings.generator_controls is not None:
         config = replace(config, generator_control_dim=settings.generator_controls)
@@ -454,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         "with --init it may be turned on over an avatar trained without it",
     )
     parser.add_argument(
+        "--warp-flow",
+        action="store_true",
+        help="the implicit warp moves its cached C4 and C5 along a flow it predicts at H/4; with "
+        "--init it may be turned on over an avatar trained without it",
+    )
+    parser.add_argument(
         "--warp-only",
         action="store_true",
         help="train the warp alone (texture, generator and background frozen, caches made as "
@@ -494,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--body needs --framing: its numbers join the framing's")
     if args.warp_framing and not args.framing:
         parser.error("--warp-framing needs --framing: the warp reads the generator's numbers")
+    if args.warp_flow and args.warp_kind != "implicit":
+        parser.error("--warp-flow is the implicit warp's: the explicit one moves its cache")
     if not 1 <= args.min_k <= args.max_k:
         parser.error(f"--min-k must be in 1..--max-k ({args.max_k})")
     if args.warp_only and args.init is None and not args.resume:
@@ -527,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         mirror_mark=args.mirror_mark,
         body=args.body,
         warp_framing=args.warp_framing,
+        warp_flow=args.warp_flow,
         warp_only=args.warp_only,
         min_k=args.min_k,
         precision=choose_precision(args.precision, args.device),

@@ -72,6 +72,10 @@ class RendererConfig:
       warp_framing      the warp reads the same numbers, its frame's and its cache's: the body
                         moves between the cached frame and the warped one, and the controls do not
                         say how (needs generator_framing)
+      warp_flow         the implicit warp predicts a flow at H/4 (zero-initialised) and moves its
+                        cached C4 and C5 along it before it reads them: unmoved, features cached
+                        seven frames ago sit where that frame had them, further than a 3x3 conv
+                        reaches
     """
 
     resolution: int = 256
@@ -95,6 +99,7 @@ class RendererConfig:
     generator_control_dim: int = 0
     generator_framing: int = 0
     warp_framing: bool = False
+    warp_flow: bool = False
 
     def __post_init__(self) -> None:
         positive = {
@@ -129,6 +134,10 @@ class RendererConfig:
             )
         if not isinstance(self.warp_framing, bool):
             raise ValueError(f"warp_framing must be true or false, got {self.warp_framing!r}")
+        if not isinstance(self.warp_flow, bool):
+            raise ValueError(f"warp_flow must be true or false, got {self.warp_flow!r}")
+        if self.warp_flow and self.warp_kind != "implicit":
+            raise ValueError("warp_flow is the implicit warp's: the explicit one moves its cache")
         if self.warp_framing and not self.generator_framing:
             raise ValueError(
                 "warp_framing reads the generator's framing: it needs generator_framing > 0"

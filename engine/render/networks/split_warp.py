@@ -97,7 +97,10 @@ class SplitWarp(nn.Module):
     @staticmethod
     def splits(warp: ImplicitWarp) -> bool:
         """Whether `warp` can be split: its torch form, prepared for inference (the BatchNorms
-        folded into biased convs)."""
+        folded into biased convs), and not one that moves its cached skips per frame
+        (`config.warp_flow`: no per-cache term to keep)."""
+        if warp.trunk.flow is not None:
+            return False
         stem = warp.trunk.stem[0]
         return warp.pool_each and not warp.training and getattr(stem, "bias", None) is not None
 

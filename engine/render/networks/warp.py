@@ -42,6 +42,7 @@ MOTION_CHANNELS = 4  # implicit: uv_new - uv_cached (2), new mask, cached mask, 
 TARGET_CHANNELS = 4  # explicit: invalid (1), new uv (2), new mask (1), pooled to H/4
 INVALID_CHANNELS = 1  # the explicit warp's marker of pixels the cache frame did not see
 MASK_CHANNELS = 1  # the new frame's coverage, given again at H/2 and H for sharp silhouettes
+FLOW_CHANNELS = 2  # the implicit warp's own flow (config.warp_flow): x and y offsets
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,15 @@ class WarpTrunk(nn.Module):
         self.fuse4 = conv_block(w4 + skip4_channels, w4, 1)
         self.reduce5 = conv_block_1x1(w4, w5)
         self.head = nn.Conv2d(w5 + skip5_channels, RGBA_CHANNELS, 3, padding=1)
+        # The flow the cached skips are moved along (config.warp_flow): zero-initialised, so a
+        # warp trained without it goes on drawing what it drew.
+        self.flow: nn.Conv2d | None = None
+        if config.warp_flow:
+            flow = nn.Conv2d(w3, FLOW_CHANNELS, 3, padding=1)
+            nn.init.zeros_(flow.weight)
+            assert flow.bias is not None  # made with one
+            nn.init.zeros_(flow.bias)
+            self.flow = flow
 
     def forward(
         self,
@@ -209,18 +219,41 @@ class WarpTrunk(nn.Module):
         """x (B, in, H/4, W/4), controls and cached_controls (B, D), skip4: tensors at H/2 with s4
         channels in all, skip5: tensors at H with s5 channels in all, framing: the new frame's and
         the cache frame's (B, P) or None -> WarpOutput at H x W. The skips come as tuples so that
-        each resolution has a single concatenation."""
+        each resolution has a single concatenation; with a flow (`config.warp_flow`) the first
+        tensor of each, the cache frame's features, is moved along it first."""
         x = self.stem(x)  # (B, w3, H/4, W/4)
         embedded = self.embedding(controls, cached_controls, *framing)  # (B, E)
         scale, shift = self.film(embedded).chunk(2, dim=1)
         x = x * (1.0 + scale[:, :, None, None]) + shift[:, :, None, None]  # (B, w3, H/4, W/4)
         if self.body is not None:
             x = self.body(x)  # (B, w3, H/4, W/4)
+        if self.flow is not None:
+            flow = self.flow(x)  # (B, 2, H/4, W/4): grid_sample offsets, x then y
+            skip4 = (move_along(skip4[0], flow), *skip4[1:])
+            skip5 = (move_along(skip5[0], flow), *skip5[1:])
         x = upsample2(self.reduce4(x))  # (B, w4, H/2, W/2)
         x = self.fuse4(torch.cat((x, *skip4), dim=1))  # (B, w4, H/2, W/2)
         x = upsample2(self.reduce5(x))  # (B, w5, H, W)
         rgba = torch.sigmoid(self.head(torch.cat((x, *skip5), dim=1)))  # (B, 4, H, W)
         return WarpOutput(rgb=rgba[:, :3], alpha=rgba[:, 3:])  # (B, 3 | 1, H, W)
+
+
+def move_along(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """features (B, C, h, w) moved along `flow` (B, 2, h', w'), grid_sample offsets (x, y) of
+    normalised coordinates, upsampled bilinearly to h x w: each pixel reads the features where
+    the flow says its content was. A zero flow reads every pixel at its own centre (a copy)."""
+    h, w = features.shape[-2:]
+    # Pixel centres in grid_sample's coordinates, built from aranges (affine_grid does not
+    # export to ONNX opset 18).
+    xs = (torch.arange(w, device=features.device, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, device=features.device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
+    offset = F.interpolate(flow.float(), size=(h, w), mode="bilinear", align_corners=False)
+    grid = torch.stack((offset[:, 0] + xs, offset[:, 1] + ys[:, None]), dim=-1)  # (B, h, w, 2)
+    moved = F.grid_sample(
+        features, grid.to(features.dtype), mode="bilinear", padding_mode="border",
+        align_corners=False,
+    )  # fmt: skip
+    return as_channels(moved, features)  # (B, C, h, w)
 
 
 def conv_block_1x1(in_channels: int, out_channels: int) -> nn.Sequential:
