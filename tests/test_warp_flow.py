@@ -24,6 +24,10 @@ def test_a_zero_flow_copies_and_a_flow_moves_the_features_it_names() -> None:
     features = torch.rand(2, 3, 16, 16)
     still = move_along(features, torch.zeros(2, 2, 4, 4))
     torch.testing.assert_close(still, features)
+    # bfloat16 features (a bf16 backend's cache) come back in their type, not NaN.
+    half = features.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    copied = move_along(half, torch.zeros(2, 2, 4, 4, dtype=torch.bfloat16))
+    assert copied.dtype == torch.bfloat16 and torch.equal(copied, half)
     # An offset of two pixels in x (normalised: 2 * 2 / 16): each pixel reads two to its right.
     moved = move_along(
         features, torch.full((2, 2, 4, 4), 0.25) * torch.tensor([1.0, 0.0])[:, None, None]

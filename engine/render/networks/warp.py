@@ -249,11 +249,12 @@ def move_along(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     ys = (torch.arange(h, device=features.device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
     offset = F.interpolate(flow.float(), size=(h, w), mode="bilinear", align_corners=False)
     grid = torch.stack((offset[:, 0] + xs, offset[:, 1] + ys[:, None]), dim=-1)  # (B, h, w, 2)
+    # In fp32: torch 2.13's CPU grid_sample gave NaN on bfloat16 features, and a bfloat16 grid
+    # holds a 256-pixel row's positions to about a pixel.
     moved = F.grid_sample(
-        features, grid.to(features.dtype), mode="bilinear", padding_mode="border",
-        align_corners=False,
-    )  # fmt: skip
-    return as_channels(moved, features)  # (B, C, h, w)
+        features.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return as_channels(moved.to(features.dtype), features)  # (B, C, h, w)
 
 
 def conv_block_1x1(in_channels: int, out_channels: int) -> nn.Sequential:
