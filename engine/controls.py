@@ -228,9 +228,10 @@ def rest_expression(weights: np.ndarray, names: Sequence[str]) -> dict[str, floa
 
 # How far past the widest expressions it was trained on an avatar is still asked to go, in weight,
 # and the share (percent) of its training frames left out at the top first (a tracker's glitch).
-# On the talking clip (jawOpen: 99.9th percentile 0.40, largest 0.44) the mouth is clean up to
-# jawOpen 0.5, gains a dark rim at 0.6 and smears from 0.7 (`engine evaluate`'s
-# expression_limits.png draws the sweep).
+# On the talking clip the mouth is clean up to jawOpen 0.5 (its limit: 0.52), gains a dark rim at
+# 0.6 and smears from 0.7; eyeWide, mouthFunnel, mouthFrown and mouthStretch, which the clip
+# barely shows (limits 0.12-0.16), break into blue patches from 0.5-0.75 (`engine evaluate`'s
+# expression_limits.png draws these sweeps).
 EXPRESSION_MARGIN = 0.1
 EXPRESSION_COVERAGE_PERCENT = 0.1
 

@@ -93,9 +93,16 @@ CONTROL_POSES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
     ("pitch +10", {}, {"pitch": 10.0}),
 )
 
-# The jaw sent from half open to fully open: the limits strip draws it past the avatar's limit
-# (set aside) and as served (held there).
+# What the limits strip sweeps, each past the avatar's limits (set aside) and as served (held):
+# the jaw, and expressions the talking clip barely showed (their limits 0.12-0.16).
 LIMIT_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+LIMIT_CHANNELS: tuple[tuple[str, ...], ...] = (
+    ("jawOpen",),
+    ("eyeWideLeft", "eyeWideRight"),
+    ("mouthFunnel",),
+    ("mouthFrownLeft", "mouthFrownRight"),
+    ("mouthStretchLeft", "mouthStretchRight"),
+)
 
 
 @dataclass
@@ -306,18 +313,28 @@ def control_strip(avatar: Avatar, out: Path) -> list[str]:
     return ["all 0"] + [label for label, _, _ in CONTROL_POSES]
 
 
-def limits_strip(avatar: Avatar, out: Path) -> None:
-    """jawOpen at LIMIT_SWEEP from the rest, side by side: a row drawn with the avatar's
-    expression limits set aside above a row as served (held at its jawOpen limit, if any)."""
+def limits_strip(avatar: Avatar, out: Path) -> list[str]:
+    """For each of LIMIT_CHANNELS (its names at once) at LIMIT_SWEEP from the rest, side by side:
+    a row drawn with the avatar's expression limits set aside above a row as served (held at
+    its limits, if any); returns the rows' labels."""
     names = avatar.expression_names
-    rows = []
-    for limits in ({}, avatar.expression_limits):
-        with summary_as(avatar, "expression_limits", limits):
-            pictures = [
-                avatar.render(update(avatar.rest, names, {"jawOpen": w})) for w in LIMIT_SWEEP
-            ]
-        rows.append(np.concatenate(pictures, axis=1))
+    limits = avatar.expression_limits
+    rows, labels = [], []
+    for channel in LIMIT_CHANNELS:
+        known = [n for n in channel if n in names]
+        if not known:
+            continue
+        for held in ({}, limits):
+            with summary_as(avatar, "expression_limits", held):
+                pictures = [
+                    avatar.render(update(avatar.rest, names, dict.fromkeys(known, w)))
+                    for w in LIMIT_SWEEP
+                ]
+            rows.append(np.concatenate(pictures, axis=1))
+        label = "+".join(known)
+        labels += [f"{label} past its limit", f"{label} held at {limits.get(known[0], 1.0)}"]
     Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+    return labels
 
 
 def plot_warp_distance(report: dict[str, Any], out: Path) -> None:
@@ -613,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     strip = image_strip(avatar, frames, split, args.out / "strip.png")
     plot_validation(avatar.summary.get("history") or [], args.out / "validation.png")
     labels = control_strip(avatar, args.out / "controls.png")
-    limits_strip(avatar, args.out / "expression_limits.png")
+    limit_rows = limits_strip(avatar, args.out / "expression_limits.png")
     if args.source != ["none"]:
         reference = args.reference or capture.source.get("sample")
         strip_path = args.out / "reenact.png"
@@ -624,9 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         markdown(report)
         + f"\n`strip.png`, columns: {', '.join(strip)}; rows: test frames.\n"
         + f"`controls.png`, left to right: {', '.join(labels)}.\n"
-        + f"`expression_limits.png`: jawOpen {', '.join(map(str, LIMIT_SWEEP))}; top row past "
-        + "the avatar's limits, bottom row as served (jawOpen held at "
-        + f"{avatar.expression_limits.get('jawOpen', 'no limit')}).\n"
+        + f"`expression_limits.png`, left to right: {', '.join(map(str, LIMIT_SWEEP))}; rows: "
+        + f"{'; '.join(limit_rows)}.\n"
     )
     print(markdown(report))
     return 0
