@@ -115,7 +115,7 @@ avatar: $(STAMP)
 	$(PY) -m engine train --data data/franck --out data/avatar_joint2.pt --resume \
 		--max-minutes 805 --threads 2 $(BODY_STAGE)
 	$(PY) -m engine train --data data/franck --out data/avatar_joint2_warp.pt --init data/avatar_joint2.pt \
-		--max-minutes 825 --threads 2 $(BODY_STAGE) --warp-only --min-k 4
+		--max-minutes 820 --threads 1 $(BODY_STAGE) --warp-only --min-k 4
 	$(PY) -m engine response --avatar data/avatar_joint2_warp.pt --strip docs/eval/blink_response.png
 	$(PY) -m engine evaluate --avatar data/avatar_joint2_warp.pt --data data/franck --out docs/eval
 
