@@ -106,6 +106,7 @@ class Avatar(nn.Module):
         self.backend = FP32
         self._facing: torch.Tensor | None = None  # `facing`'s rotation, once asked for
         self._response: tuple[object, Response] | None = None  # `response`, parsed once
+        self._limits: tuple[object, dict[str, float]] | None = None  # `expression_limits`, too
 
     translation: torch.Tensor
 
@@ -209,6 +210,12 @@ class Avatar(nn.Module):
         value = self.summary.get("expression_limits")
         if value is None:
             return {}
+        if self._limits is None or self._limits[0] is not value:
+            self._limits = (value, self._checked_limits(value))
+        return self._limits[1]
+
+    def _checked_limits(self, value: object) -> dict[str, float]:
+        """A file's expression_limits, checked once (served frames read them every frame)."""
         if not isinstance(value, dict):
             raise ValueError(f"expression_limits must be {{name: weight}}, got {value!r}")
         known = set(self.expression_names)
