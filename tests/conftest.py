@@ -51,6 +51,46 @@ def save_untrained_avatar(
     return path
 
 
+def continued_with(
+    short_capture: Path, tmp_path: Path, settings: Any, **changes: Any
+) -> tuple[Any, Any]:
+    """A tiny avatar trained on the short capture with `settings` (first.pt), and the same
+    continued from that file (`--init`, same.pt) with `changes` made to the settings (a part
+    turned on, the warp alone, fewer steps): the two avatars."""
+    import dataclasses
+
+    import torch
+
+    from engine.training import train as train_module
+
+    cpu = torch.device("cpu")
+    first = train_module.train(short_capture, tmp_path / "first.pt", settings, cpu, progress=False)
+    same = train_module.train(
+        short_capture, tmp_path / "same.pt", dataclasses.replace(settings, **changes), cpu,
+        progress=False, init=tmp_path / "first.pt",
+    )  # fmt: skip
+    return first, same
+
+
+def assert_warps_as_before(
+    first: Any, same: Any, capture: Any, rows: Any, atol: float = 0.0
+) -> None:
+    """`same`, an avatar continued from `first` with a warp part whose weights start at zero
+    (the framing it reads, its flow), warps the captured frames at `rows` + 1 from caches of
+    `rows` as `first` did (to `atol`; 0: exactly)."""
+    import torch
+
+    from engine.training.evaluate import capture_frames
+
+    frames = capture_frames(first.eval(), capture)
+    with torch.inference_mode():
+        _, cache = first.generate(frames.inputs(rows))
+        before = first.warp(cache, frames.inputs(rows + 1)).image
+        _, cache = same.eval().generate(frames.inputs(rows))
+        after = same.warp(cache, frames.inputs(rows + 1)).image
+    torch.testing.assert_close(after, before, atol=atol, rtol=0.0)
+
+
 def assert_draws_as_before(first: Any, same: Any, capture: Any, rows: Any) -> None:
     """`same`, an avatar continued from `first` with a part whose weights start at zero (the
     mirror mark, the body), draws on the captured frames at `rows` (as filmed, each with its own

@@ -26,7 +26,7 @@ from engine.training.body import (
 from engine.training.evaluate import capture_frames
 from engine.training.framing import FRAMING_DIM, MIRROR_MARK
 from engine.training.mirror import flip_images, mirror_framing
-from tests.conftest import assert_draws_as_before
+from tests.conftest import assert_draws_as_before, continued_with
 
 BLUE = (40, 120, 250)
 GREY = (90, 90, 100)
@@ -140,12 +140,7 @@ def test_the_body_is_turned_on_over_a_finished_avatar(short_capture: Path, tmp_p
         mirror=0.5, mirror_mark=True,
     )  # fmt: skip
     cpu = torch.device("cpu")
-    first = train_module.train(short_capture, tmp_path / "first.pt", settings, cpu, progress=False)
-    with_body = dataclasses.replace(settings, body=True, steps=2)
-    same = train_module.train(
-        short_capture, tmp_path / "same.pt", with_body, cpu, progress=False,
-        init=tmp_path / "first.pt",
-    )  # fmt: skip
+    first, same = continued_with(short_capture, tmp_path, settings, body=True, steps=2)
     width = FRAMING_DIM + 1 + BODY_DIM
     assert same.config.generator_framing == width
     assert Body.from_dict(same.summary["body"]).spread[0] > 0

@@ -35,7 +35,7 @@ from engine.training.mirror import (
     vertex_partners,
 )
 from engine.training.split import interleaved_split
-from tests.conftest import assert_draws_as_before
+from tests.conftest import assert_draws_as_before, continued_with
 
 
 def test_names_pair_left_with_right() -> None:
@@ -175,14 +175,9 @@ def test_the_mirror_mark_tells_mirrored_pairs_apart(short_capture: Path, tmp_pat
         mirror=0.5,
     )  # fmt: skip
     cpu = torch.device("cpu")
-    first = train_module.train(short_capture, tmp_path / "first.pt", settings, cpu, progress=False)
-    marked = dataclasses.replace(settings, mirror_mark=True)
     # Turned on over an avatar trained without it: the mark's weights start at zero, so the
     # frames as filmed (mark 0) render exactly as before.
-    same = train_module.train(
-        short_capture, tmp_path / "same.pt", dataclasses.replace(marked, steps=2), cpu,
-        progress=False, init=tmp_path / "first.pt",
-    )  # fmt: skip
+    first, same = continued_with(short_capture, tmp_path, settings, mirror_mark=True, steps=2)
     assert same.config.generator_framing == FRAMING_DIM + 1
     capture = load_capture(short_capture)
     frames = capture_frames(same.eval(), capture)

@@ -17,7 +17,7 @@ from engine.render.networks.config import RendererConfig
 from engine.render.networks.split_warp import SplitWarp
 from engine.render.networks.warp import ImplicitWarp, move_along
 from engine.training import train as train_module
-from engine.training.evaluate import capture_frames
+from tests.conftest import assert_warps_as_before, continued_with
 
 
 def test_a_zero_flow_copies_and_a_flow_moves_the_features_it_names() -> None:
@@ -49,25 +49,14 @@ def test_the_flow_is_turned_on_over_a_finished_avatar(short_capture: Path, tmp_p
         preset="tiny", steps=2, max_minutes=5.0, batch=2, max_k=2, lr=1e-3, seed=1,
         cache_layers=("c3", "c4", "c5"), warp_kind="implicit",
     )  # fmt: skip
-    cpu = torch.device("cpu")
-    first = train_module.train(short_capture, tmp_path / "first.pt", settings, cpu, progress=False)
-    flowing = dataclasses.replace(settings, warp_flow=True, warp_only=True)
-    same = train_module.train(
-        short_capture, tmp_path / "same.pt", flowing, cpu, progress=False,
-        init=tmp_path / "first.pt",
-    )  # fmt: skip
+    first, same = continued_with(short_capture, tmp_path, settings, warp_flow=True, warp_only=True)
     assert same.config.warp_flow
-    frames = capture_frames(first.eval(), load_capture(short_capture))
-    rows = torch.tensor([0, 2])
-    with torch.inference_mode():
-        _, cache = first.generate(frames.inputs(rows))
-        before = first.warp(cache, frames.inputs(rows + 1)).image
-        _, cache = same.eval().generate(frames.inputs(rows))
-        after = same.warp(cache, frames.inputs(rows + 1)).image
     # Its flow starts at zero: the continued avatar warps what it warped.
-    torch.testing.assert_close(after, before)
+    assert_warps_as_before(first, same, load_capture(short_capture), torch.tensor([0, 2]), 1e-5)
+    flowing = dataclasses.replace(settings, warp_flow=True, warp_only=True, steps=4)
+    cpu = torch.device("cpu")
     train_module.train(
-        short_capture, tmp_path / "on.pt", dataclasses.replace(flowing, steps=4), cpu,
+        short_capture, tmp_path / "on.pt", flowing, cpu,
         progress=False, init=tmp_path / "same.pt",
     )  # fmt: skip
     loaded = Avatar.load(tmp_path / "on.pt")

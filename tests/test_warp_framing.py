@@ -20,6 +20,7 @@ from engine.render.networks.warp import ImplicitWarp
 from engine.training import train as train_module
 from engine.training.continuation import extend_framing
 from engine.training.evaluate import capture_frames
+from tests.conftest import assert_warps_as_before, continued_with
 
 P = 5  # framing numbers in these tests
 CONFIG = dataclasses.replace(
@@ -108,26 +109,20 @@ def test_the_warp_framing_is_turned_on_over_a_finished_avatar(
         cache_layers=("c3", "c4"), warp_kind="implicit", generator_controls=8, framing=True,
         body=True,
     )  # fmt: skip
-    cpu = torch.device("cpu")
-    first = train_module.train(short_capture, tmp_path / "first.pt", settings, cpu, progress=False)
-    framed = dataclasses.replace(settings, warp_framing=True, warp_only=True)
-    same = train_module.train(
-        short_capture, tmp_path / "same.pt", framed, cpu, progress=False,
-        init=tmp_path / "first.pt",
-    )  # fmt: skip
+    first, same = continued_with(
+        short_capture, tmp_path, settings, warp_framing=True, warp_only=True
+    )
     assert same.config.warp_framing
     capture = load_capture(short_capture)
     rows = torch.tensor([0, 2])
-    frames = capture_frames(first.eval(), capture)
     with torch.inference_mode():
-        _, cache = first.generate(frames.inputs(rows))
-        before = first.warp(cache, frames.inputs(rows + 1)).image
-        # Its framing weights start at zero: the continued avatar warps what it warped.
-        _, cache = same.eval().generate(frames.inputs(rows))
-        assert cache.framing is not None
-        assert cache.framing.shape == (2, same.config.generator_framing)
-        after = same.warp(cache, frames.inputs(rows + 1)).image
-    assert torch.equal(before, after)
+        _, cache = same.eval().generate(capture_frames(same, capture).inputs(rows))
+    assert cache.framing is not None
+    assert cache.framing.shape == (2, same.config.generator_framing)
+    # Its framing weights start at zero: the continued avatar warps what it warped.
+    assert_warps_as_before(first, same, capture, rows)
+    framed = dataclasses.replace(settings, warp_framing=True, warp_only=True)
+    cpu = torch.device("cpu")
     # Trained on, its framing weights move, and served frames read the body from the pose.
     train_module.train(
         short_capture, tmp_path / "on.pt", dataclasses.replace(framed, steps=4), cpu,
