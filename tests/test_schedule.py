@@ -112,6 +112,11 @@ def test_live_builds_start_by_age_or_by_drift_one_at_a_time() -> None:
     by_drift = plan.live_build(11, 2, 2, 10, drift=early + 0.01, limit=0.3)
     assert by_drift is not None and (by_drift.cache, by_drift.worker) == (3, 1)
     assert plan.live_build(11, 2, 2, 10, drift=5.0, limit=None) is None  # no limit: by age only
+    # Settled: controls left still away from the newest cache's get a cache of their own,
+    # still one at a time.
+    settled = plan.live_build(11, 2, 2, 10, drift=0.01, limit=0.3, settled=True)
+    assert settled is not None and (settled.cache, settled.worker) == (3, 1)
+    assert plan.live_build(11, 3, 2, 10, drift=0.01, limit=0.3, settled=True) is None
 
 
 def test_a_live_frame_warps_from_the_newest_cache_on_its_builder() -> None:

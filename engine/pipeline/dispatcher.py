@@ -249,7 +249,7 @@ class Pipeline:
         position = s.next_frame - s.base
         control = s.pending[0]
         if self.settings.mode == "live" and s.plan.builds_by_need:
-            step, build = self._by_need(s, position, control.controls)
+            step, build = self._by_need(s, position, control.controls, control.settled)
         else:
             step, build = s.plan.step(position), s.plan.build(position)
         workers = self._pool.workers
@@ -288,7 +288,7 @@ class Pipeline:
         return True
 
     def _by_need(
-        self, s: SessionState, position: int, controls: Controls
+        self, s: SessionState, position: int, controls: Controls, settled: bool = False
     ) -> tuple[Step, Build | None]:
         """Live mode on a schedule that always warps (`Schedule.live_build`): the frame warped
         from the newest finished cache, and the next cache started if the controls need it."""
@@ -300,7 +300,7 @@ class Pipeline:
             newest_frame, old, holder = s.started[newest]
             drift = change(old, controls)
         build = plan.live_build(
-            position, s.issued, s.built, newest_frame, drift, self.settings.jump_limit
+            position, s.issued, s.built, newest_frame, drift, self.settings.jump_limit, settled
         )
         if build is not None:
             # The worker with the fewest builds under way (the turn's on a tie): sessions whose

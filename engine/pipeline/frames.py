@@ -16,8 +16,9 @@ class Frame:
 
     image (H, W, 3) uint8 RGB (a copy: the ring slot is free again); frame: the session's output
     index (increasing, with gaps where frames were lost); seq: the newest control it reflects;
-    generated: a generator frame, else warped from a cache `distance` frames older; times are
-    time.monotonic() seconds; stages_ms: the worker's stage timings.
+    generated: the generator's picture (drawn for this frame, or its cache's own where the
+    frame's controls are exactly the cache's), else warped from a cache `distance` frames older;
+    times are time.monotonic() seconds; stages_ms: the worker's stage timings.
     """
 
     session: int

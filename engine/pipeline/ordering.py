@@ -27,6 +27,9 @@ class Control:
     seq: int
     controls: Controls
     submitted: float
+    # Queued again because the controls settled away from every cache: a cache is to be
+    # built from them (Schedule.live_build's `settled`).
+    settled: bool = False
 
 
 @dataclass
@@ -95,14 +98,22 @@ class SessionState:
 
     def refresh(self, now: float, settled_s: float) -> bool:
         """Live by need: where the newest control dispatched came at least `settled_s` before
-        `now` (time.monotonic()), its frame warps from an older cache than the newest finished
-        and nothing is pending, queue that control again, so that the picture catches up with
-        the cache made for it. True when one was queued."""
-        if self.last is None or self.pending or self.last_cache >= self.built:
-            return False
-        if now - self.last.submitted < settled_s:
+        `now` (time.monotonic()) and nothing is pending, queue that control again when its frame
+        warps from an older cache than the newest finished (the picture catches up with the
+        cache made for it), or, marked `settled`, when no cache was made from exactly these
+        controls and none is building (one is then built from them: a still picture ends as the
+        generator's own, not a warp from a cache near it). True when one was queued."""
+        if self.last is None or self.pending or now - self.last.submitted < settled_s:
             return False  # controls still arriving: the next one renders from the new cache
-        self.pending.append(Control(self.last.seq, self.last.controls, time.monotonic()))
+        if self.last_cache < self.built:
+            self.pending.append(Control(self.last.seq, self.last.controls, time.monotonic()))
+            return True
+        newest = self.started.get(self.built)
+        if self.issued > self.built or newest is None or newest[1] == self.last.controls:
+            return False
+        self.pending.append(
+            Control(self.last.seq, self.last.controls, time.monotonic(), settled=True)
+        )
         return True
 
     def new_epoch(self, lost: set[int], full: Schedule, up: tuple[int, ...]) -> None:

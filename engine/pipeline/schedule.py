@@ -136,20 +136,22 @@ class Schedule:
         built_frame: int,
         drift: float,
         limit: float | None,
+        settled: bool = False,
     ) -> Build | None:
         """Live mode: the cache to start at `frame`, if any. `issued`: the newest cache started
         (-1: none yet); `built`: the newest finished, built from frame `built_frame`; `drift`:
         how far the controls have moved from it (`engine.controls.change`); `limit`: the jump
         limit (None: builds by age only). The next cache starts when none is building and the
-        newest is NUM_WARPS frames old or `drift` is past half of `limit`, on the next worker in
-        turn (the dispatcher may give it to one with fewer builds under way)."""
+        newest is NUM_WARPS frames old, `drift` is past half of `limit` or the controls have
+        `settled` away from the newest cache's, on the next worker in turn (the dispatcher may
+        give it to one with fewer builds under way)."""
         if issued < 0:
             return Build(frame, self.builder(0), 0)
         if issued > built:  # one at a time: the next waits until this one is done
             return None
         stale = frame - built_frame >= self.num_warps
         moved = limit is not None and drift > EARLY_BUILD * limit
-        if not (stale or moved):
+        if not (stale or moved or settled):
             return None
         return Build(frame, self.builder(issued + 1), issued + 1)
 

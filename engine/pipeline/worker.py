@@ -344,15 +344,18 @@ class Worker:
                 warps.append((i, task, self._ready(kept)))
         if warps:
             x = self.avatar.inputs([task.controls for _, task, _ in warps])
-            jumped = [
+            # Rare: frames past the jump limit (generated one by one) and frames of their cache's
+            # own controls (its picture); the rest are still warped in one batched call.
+            apart = [
                 self._jumped(kept.cache, x.controls[b : b + 1])
+                or _same(kept.cache, x.controls[b : b + 1])
                 for b, (_, _, kept) in enumerate(warps)
             ]
-            if any(jumped):  # rare: those are generated one by one, the rest still batched
-                for (i, task, _), jump in zip(warps, jumped, strict=True):
-                    if jump:
+            if any(apart):
+                for (i, task, _), alone in zip(warps, apart, strict=True):
+                    if alone:
                         results[i] = self.render(task)
-                warps = [w for w, jump in zip(warps, jumped, strict=True) if not jump]
+                warps = [w for w, alone in zip(warps, apart, strict=True) if not alone]
                 if not warps:
                     return [results[i] for i in range(len(tasks))]
                 x = self.avatar.inputs([task.controls for _, task, _ in warps])
@@ -426,6 +429,13 @@ class Worker:
             stages["inputs"] = (inputs_done - started) * 1000.0
             if self._jumped(kept.cache, x.controls):
                 return self._reanchor(task, x, started, stages)
+            if _same(kept.cache, x.controls):
+                # The controls its cache was made from (a still picture rendered again from the
+                # cache built for it): the generator's own picture of them. A warp would redraw
+                # it less well: trained from 4 frames apart, it never learned to stand still
+                # (it painted the background into his hair).
+                done = self._done(task, kept, kept.image, started, stages)
+                return dataclasses.replace(done, generated=True, distance=0)
             kept = self._ready(kept)
             drift = _drift(kept.cache, x.controls)
             image = self.avatar.warp(kept.cache, x).image
@@ -510,6 +520,11 @@ def _change(cache: NeuralCache, controls: torch.Tensor) -> torch.Tensor:
 
 def _drift(cache: NeuralCache, controls: torch.Tensor) -> float:
     return float(_change(cache, controls))
+
+
+def _same(cache: NeuralCache, controls: torch.Tensor) -> bool:
+    """Whether `controls` (1, D) are exactly the cache's own."""
+    return bool(_change(cache, controls) == 0)
 
 
 def _lower_priority() -> None:
