@@ -208,13 +208,18 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     # The candidates' table and strip score validation frames alike.
     table, picture = tmp_path / "compare.json", tmp_path / "compare.png"
     argv = [str(out), str(out), "--data", str(short_capture), "--json", str(table), "--warp-k", "1"]
-    turns = tmp_path / "turns.png"
-    assert (
-        compare_module.main(
-            [*argv, "--frames", "4", "--strip", str(picture), "--turns", str(turns)]
-        )
-        == 0
-    )
+    turns, served = tmp_path / "turns.png", tmp_path / "served.png"
+    extra = [
+        "--frames",
+        "4",
+        "--strip",
+        str(picture),
+        "--turns",
+        str(turns),
+        "--served",
+        str(served),
+    ]
+    assert compare_module.main([*argv, *extra]) == 0
     rows = json.loads(table.read_text())
     assert len(rows) == 2 and rows[0] == rows[1] and rows[0]["steps"] == 6
     assert rows[0]["val_frames"] <= 4 and rows[0]["detail_ratio"] > 0
@@ -227,6 +232,9 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert asked == len(compare_module.TURN_YAWS) and 0 <= found <= asked
     assert (rows[0]["turn_error_deg"] is None) == (found == 0)
     assert Image.open(turns).size == (len(compare_module.TURN_YAWS) * res, 2 * res)
+    # The warps over served moves, against the same avatar's generator frames: two rows each.
+    assert 5.0 < rows[0]["served_warp_psnr"] < 100.0
+    assert Image.open(served).size == (len(compare_module.SERVED_MOVES) * res, 2 * 2 * res)
 
 
 def test_same_seed_same_avatar(short_capture: Path, tmp_path: Path) -> None:

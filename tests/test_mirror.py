@@ -3,6 +3,7 @@ flipped with it, and the controls of a head turned the other way."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -202,3 +203,8 @@ def test_the_mirror_mark_needs_framing_and_mirroring(capsys: pytest.CaptureFixtu
         with pytest.raises(SystemExit):
             train_module.main(["--data", "x", "--out", "y", "--mirror-mark", *extra])
         assert "--mirror-mark needs --framing and --mirror" in capsys.readouterr().err
+    # Continuing a marked avatar without mirroring is allowed: every pair is marked as filmed.
+    with contextlib.suppress(SystemExit):
+        train_module.main(["--data", "x", "--out", "y", "--mirror-mark", "--framing",
+                           "--init", "z.pt", "--warp-only"])  # fmt: skip
+    assert "--mirror-mark needs" not in capsys.readouterr().err

@@ -13,6 +13,8 @@ the video; blur scores well on PSNR and low here). `--strip` writes a picture to
 of those validation frames, the real one on top and each candidate's generator below, in order.
 `--turns` writes each candidate at the same head turns (the viewer's yaw, TURN_YAWS, past what
 the clip shows too) and adds to the table how far Face Landmarker's read-back yaw misses them.
+`--served` writes each candidate's warps over small served moves (SERVED_MOVES) under its own
+generator's frames and adds how far they fall from them (`served_warp_psnr`).
 """
 
 from __future__ import annotations
@@ -178,6 +180,57 @@ def turn_pictures(avatar: Avatar) -> list[np.ndarray]:
     ]
 
 
+# Served moves, each within half the jump limit (what live-by-need warps across before it
+# starts a cache): (from, to) as (viewer's yaw, expression weights). The turns reach past what
+# the clip shows the way the page's slider does.
+_SMILE, _BLINK = ("mouthSmileLeft", "mouthSmileRight"), ("eyeBlinkLeft", "eyeBlinkRight")
+SERVED_MOVES: tuple[tuple[tuple[float, dict[str, float]], tuple[float, dict[str, float]]], ...] = (
+    *(((yaw - 5.0, {}), (yaw, {})) for yaw in (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0)),
+    *(((0.0, {"jawOpen": a}), (0.0, {"jawOpen": a + 0.15})) for a in (0.0, 0.15, 0.3)),
+    *(((0.0, dict.fromkeys(_SMILE, a)), (0.0, dict.fromkeys(_SMILE, a + 0.15))) for a in (0.0, 0.3)),
+    *(((0.0, dict.fromkeys(_BLINK, a)), (0.0, dict.fromkeys(_BLINK, a + 0.15))) for a in (0.0, 0.3)),
+)  # fmt: skip
+
+
+@torch.inference_mode()
+def served_warps(avatar: Avatar) -> tuple[float, np.ndarray]:
+    """The warp as served, against its own generator: for each of SERVED_MOVES, the frame
+    warped from the cache of the move's start against the generator's frame of its end (no
+    captured frame: the served framing, the served pose, the rest expression). Returns the mean
+    PSNR and a picture: the generator's frames above, the warped ones below. Validation frames
+    cannot show what this does: a warp that draws the served rest face worse than it draws
+    the clip's frames (it painted the background into his hair)."""
+    rest, names = avatar.rest, avatar.expression_names
+    scores, top, bottom = [], [], []
+    for (yaw0, weights0), (yaw1, weights1) in SERVED_MOVES:
+        start = update(rest, names, pose={"yaw": yaw0}, expression=weights0)
+        end = update(rest, names, pose={"yaw": yaw1}, expression=weights1)
+        _, cache = avatar.generate(avatar.inputs([start]))
+        x = avatar.inputs([end])
+        truth = avatar.generate(x, prepare=False)[0].image.float().clamp(0, 1)
+        warped = avatar.warp(cache, x).image.float().clamp(0, 1)
+        mse = float(((truth - warped) ** 2).mean())
+        scores.append(10.0 * np.log10(1.0 / max(mse, 1e-10)))
+        top.append(_row_image(truth))
+        bottom.append(_row_image(warped))
+    picture = np.concatenate([np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)])
+    return round(float(np.mean(scores)), 3), picture
+
+
+def served(paths: list[Path], rows: list[dict[str, Any]], out: Path | None) -> None:
+    """Adds `served_warp_psnr` (`served_warps`) to each candidate's row; `out`: a PNG with each
+    candidate's two rows, in order."""
+    pictures = []
+    for path, result in zip(paths, rows, strict=True):
+        result["served_warp_psnr"], picture = served_warps(
+            Avatar.load(path).prepare_for_inference()
+        )
+        pictures.append(picture)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(pictures, axis=0)).save(out)
+
+
 def turns(paths: list[Path], rows: list[dict[str, Any]], out: Path | None) -> None:
     """Each candidate turned to TURN_YAWS and read back by Face Landmarker: adds `turn_error_deg`
     (mean |read-back yaw - commanded| where a face is found) and `turns_found` to its row;
@@ -222,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         "gains how far its read-back yaw misses",
     )
     parser.add_argument(
+        "--served",
+        type=Path,
+        default=None,
+        help="PNG: each candidate's generator and served warps over small served moves (turns, "
+        "jaw, smiles, blinks); the table gains the warps' PSNR from those generator frames",
+    )
+    parser.add_argument(
         "--warp-k",
         type=int,
         nargs="*",
@@ -238,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             strip(args.avatars, capture, args.strip)
         if args.turns is not None:
             turns(args.avatars, rows, args.turns)
+        if args.served is not None:
+            served(args.avatars, rows, args.served)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -497,7 +497,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not 0.0 <= args.mirror <= 1.0:
         parser.error("--mirror must be in [0, 1]: a share of the training pairs")
-    if args.mirror_mark and not (args.framing and args.mirror > 0):
+    continued = args.init is not None or args.resume
+    if args.mirror_mark and not (args.framing and (args.mirror > 0 or continued)):
+        # Continued with --mirror 0 an avatar that reads the mark sees every pair marked as
+        # filmed (the warp alone fitted to the unmirrored clip, as it is served).
         parser.error("--mirror-mark needs --framing and --mirror above 0: it marks mirrored pairs")
     if args.body and not args.framing:
         parser.error("--body needs --framing: its numbers join the framing's")
