@@ -23,6 +23,7 @@ from engine.render.networks import PRESETS
 from engine.training import compare as compare_module
 from engine.training import evaluate as evaluate_module
 from engine.training.dataset import CaptureFrames
+from engine.training.served_warps import SERVED_MOVES
 from engine.training.split import interleaved_split
 from engine.training.step import train_step
 from engine.training.train import TrainSettings, lr_factor, make_optimizer, train
@@ -174,6 +175,8 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert sum(r["error"] for r in regions.values()) == pytest.approx(1.0, abs=1e-3)
     assert set(report["median_baseline"]) == {"l1", "psnr", "ssim", "face_psnr"}
     assert report["served_distances"] == [4, 5, 6, 7]
+    own = report["served_warps"]
+    assert own["moves"] == len(SERVED_MOVES) and 5.0 < own["psnr_from_generator"] < 100.0
     readback = report["readback"]  # the tiny untrained avatar's stills are no faces: no claims
     reenacted = readback["reenact"]
     assert readback["stills"] == 1 + 3 + 18 + 120 * len(reenacted) and readback["detected"] <= 1
@@ -193,6 +196,7 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
         "warp_distance.png",
         "controls.png",
         "expression_limits.png",
+        "served_warps.png",
         "report.md",
         "validation.png",
         "reenact.png",
@@ -234,7 +238,7 @@ def test_train_resume_and_evaluate(short_capture: Path, tmp_path: Path) -> None:
     assert Image.open(turns).size == (len(compare_module.TURN_YAWS) * res, 2 * res)
     # The warps over served moves, against the same avatar's generator frames: two rows each.
     assert 5.0 < rows[0]["served_warp_psnr"] < 100.0
-    assert Image.open(served).size == (len(compare_module.SERVED_MOVES) * res, 2 * 2 * res)
+    assert Image.open(served).size == (len(SERVED_MOVES) * res, 2 * 2 * res)
 
 
 def test_same_seed_same_avatar(short_capture: Path, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ the video; blur scores well on PSNR and low here). `--strip` writes a picture to
 of those validation frames, the real one on top and each candidate's generator below, in order.
 `--turns` writes each candidate at the same head turns (the viewer's yaw, TURN_YAWS, past what
 the clip shows too) and adds to the table how far Face Landmarker's read-back yaw misses them.
-`--served` writes each candidate's warps over small served moves (SERVED_MOVES) under its own
-generator's frames and adds how far they fall from them (`served_warp_psnr`).
+`--served` writes each candidate's warps over small served moves (engine/training/served_warps.py)
+under its own generator's frames and adds how far they fall from them (`served_warp_psnr`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from engine.training.evaluate import (
     warp_renderer,
 )
 from engine.training.readback import Reader
+from engine.training.served_warps import served_warps
 from engine.training.settings import TrainSettings
 from engine.training.split import held_out_pairs
 
@@ -178,43 +179,6 @@ def turn_pictures(avatar: Avatar) -> list[np.ndarray]:
     return [
         avatar.render(update(rest, avatar.expression_names, pose={"yaw": yaw})) for yaw in TURN_YAWS
     ]
-
-
-# Served moves, each within half the jump limit (what live-by-need warps across before it
-# starts a cache): (from, to) as (viewer's yaw, expression weights). The turns reach past what
-# the clip shows the way the page's slider does.
-_SMILE, _BLINK = ("mouthSmileLeft", "mouthSmileRight"), ("eyeBlinkLeft", "eyeBlinkRight")
-SERVED_MOVES: tuple[tuple[tuple[float, dict[str, float]], tuple[float, dict[str, float]]], ...] = (
-    *(((yaw - 5.0, {}), (yaw, {})) for yaw in (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0)),
-    *(((0.0, {"jawOpen": a}), (0.0, {"jawOpen": a + 0.15})) for a in (0.0, 0.15, 0.3)),
-    *(((0.0, dict.fromkeys(_SMILE, a)), (0.0, dict.fromkeys(_SMILE, a + 0.15))) for a in (0.0, 0.3)),
-    *(((0.0, dict.fromkeys(_BLINK, a)), (0.0, dict.fromkeys(_BLINK, a + 0.15))) for a in (0.0, 0.3)),
-)  # fmt: skip
-
-
-@torch.inference_mode()
-def served_warps(avatar: Avatar) -> tuple[float, np.ndarray]:
-    """The warp as served, against its own generator: for each of SERVED_MOVES, the frame
-    warped from the cache of the move's start against the generator's frame of its end (no
-    captured frame: the served framing, the served pose, the rest expression). Returns the mean
-    PSNR and a picture: the generator's frames above, the warped ones below. Validation frames
-    cannot show what this does: a warp that draws the served rest face worse than it draws
-    the clip's frames (it painted the background into his hair)."""
-    rest, names = avatar.rest, avatar.expression_names
-    scores, top, bottom = [], [], []
-    for (yaw0, weights0), (yaw1, weights1) in SERVED_MOVES:
-        start = update(rest, names, pose={"yaw": yaw0}, expression=weights0)
-        end = update(rest, names, pose={"yaw": yaw1}, expression=weights1)
-        _, cache = avatar.generate(avatar.inputs([start]))
-        x = avatar.inputs([end])
-        truth = avatar.generate(x, prepare=False)[0].image.float().clamp(0, 1)
-        warped = avatar.warp(cache, x).image.float().clamp(0, 1)
-        mse = float(((truth - warped) ** 2).mean())
-        scores.append(10.0 * np.log10(1.0 / max(mse, 1e-10)))
-        top.append(_row_image(truth))
-        bottom.append(_row_image(warped))
-    picture = np.concatenate([np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)])
-    return round(float(np.mean(scores)), 3), picture
 
 
 def served(paths: list[Path], rows: list[dict[str, Any]], out: Path | None) -> None:

@@ -68,6 +68,7 @@ from engine.training.readback import (
     source_state,
     track_clip,
 )
+from engine.training.served_warps import SERVED_MOVES, served_warps
 from engine.training.split import Split, held_out_pairs, interleaved_split
 
 MAX_K = 8
@@ -427,6 +428,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | {r['pixels']:.3f} | {r['error']:.3f} | {r['psnr']:.2f} |"
             for name, r in regions.items()
         ]
+    own = report.get("served_warps")
+    if own:
+        lines += [
+            "",
+            f"Warps over {own['moves']} small served moves (turns, jaw, smiles, blinks; "
+            "`served_warps.png`: the generator's frames above, the warps below): "
+            f"{own['psnr_from_generator']:.2f} dB from the generator's frames.",
+        ]
     served = report.get("generator_median_framing")
     if served:
         lines += [
@@ -631,6 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     plot_validation(avatar.summary.get("history") or [], args.out / "validation.png")
     labels = control_strip(avatar, args.out / "controls.png")
     limit_rows = limits_strip(avatar, args.out / "expression_limits.png")
+    served_psnr, served_picture = served_warps(avatar)
+    report["served_warps"] = {"moves": len(SERVED_MOVES), "psnr_from_generator": served_psnr}
+    Image.fromarray(served_picture).save(args.out / "served_warps.png")
+    (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.source != ["none"]:
         reference = args.reference or capture.source.get("sample")
         strip_path = args.out / "reenact.png"
