@@ -107,9 +107,11 @@ def _playback(url: str, seconds: float, result: dict[str, Any], stats: Any) -> d
 
 def _served(result: dict[str, Any]) -> dict[str, Any]:
     """The server's view of the session's recent frames: the share warped, how many frames back
-    on average, and the share whose controls lay past the jump limit from their cache's."""
+    on average and how long back (mean, p95), and the share whose controls lay past the jump
+    limit from their cache's."""
     server = result.get("server") or {}
-    return {k: server.get(k) for k in ("warped", "warp_distance", "beyond_jump_limit")}
+    keys = ("warped", "warp_distance", "warp_age_ms", "warp_age_ms_p95", "beyond_jump_limit")
+    return {k: server.get(k) for k in keys}
 
 
 def _latency_tests(

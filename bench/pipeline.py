@@ -6,7 +6,8 @@ For each mode (schedule, workers, NUM_WARPS) two runs over the same control traj
 - latency (`latency_ms_p50`, `latency_ms_p95`): live mode with controls arriving at `PACE_HZ` (a
   camera's or a browser's rate), control submitted -> picture ready in shared memory, over the
   same number of frames; `live_fps` is the rate frames came out at; `live_warped_share`,
-  `live_warp_distance_mean` and `live_beyond_jump_limit` (the share of frames whose controls lay
+  `live_warp_distance_mean`, `live_warp_age_ms_mean` / `_p95` (how long before a warped frame's
+  control its cache's came) and `live_beyond_jump_limit` (the share of frames whose controls lay
   past the jump limit from their cache's) say what those frames were.
 On a CPU machine the cores are split between the workers (torch threads per process).
 """
@@ -128,6 +129,17 @@ def measure_mode(
         if live_warped
         else 0,
         "live_beyond_jump_limit": round(sum(f.drift > JUMP_LIMIT for f in live) / len(live), 3),
+        **warp_ages(live_warped, "live_warp_age_ms"),
+    }
+
+
+def warp_ages(warped: list[Frame], key: str) -> dict[str, float | None]:
+    """`key`_mean and `key`_p95: how far back in time the warped frames' caches lay
+    (Frame.age_ms)."""
+    ages = [f.age_ms for f in warped]
+    return {
+        f"{key}_mean": round(statistics.mean(ages), 1) if ages else None,
+        f"{key}_p95": round(float(np.percentile(ages, 95)), 1) if ages else None,
     }
 
 

@@ -219,6 +219,11 @@ class Session:
             # How far back the warps reach, in frames and in controls: the served quality falls
             # with both, and past the jump limit a warp no longer draws the controls (README).
             out["warp_distance"] = round(statistics.mean(warped), 2) if warped else None
+            ages = sorted(f.age_ms for f in frames if not f.generated)
+            out["warp_age_ms"] = round(statistics.mean(ages), 1) if ages else None
+            out["warp_age_ms_p95"] = (
+                round(ages[min(len(ages) - 1, int(0.95 * len(ages)))], 1) if ages else None
+            )
             drift = sorted(f.drift for f in frames)
             out["drift_p95"] = round(drift[min(len(drift) - 1, int(0.95 * len(drift)))], 3)
             out["beyond_jump_limit"] = round(sum(d > JUMP_LIMIT for d in drift) / len(drift), 3)

@@ -245,6 +245,8 @@ def test_pipeline_benchmark_reports_the_contract_keys(tiny_avatar: Path) -> None
     assert mode["name"] == "parallel-N2-W2" and mode["workers"] == 2 and mode["num_warps"] == 2
     assert mode["frames"] == 12 and mode["fps"] > 0
     assert 0 < mode["latency_ms_p50"] <= mode["latency_ms_p95"]
+    ages = (mode["live_warp_age_ms_mean"], mode["live_warp_age_ms_p95"])
+    assert ages == (None, None) if mode["live_warped_share"] == 0 else min(ages) >= 0
     assert "| parallel-N2-W2 |" in pipeline_bench.table([mode])
 
 
@@ -454,6 +456,8 @@ def test_a_still_control_near_its_cache_gets_a_cache_of_its_own(tiny_avatar: Pat
         near = p.get(session, timeout=GET_TIMEOUT_S)
         assert near is not None and near.seq == 2 and near.drift == pytest.approx(0.1)
         assert "warp" in near.stages_ms
+        # Its cache is the rest's, started from a control that came before this one.
+        assert 0 < near.age_ms <= (near.submitted - first.submitted) * 1000.0 + 1e-6
         later: list[Frame] = []
         deadline = time.monotonic() + GET_TIMEOUT_S
         while time.monotonic() < deadline and not (later and later[-1].drift == 0.0):
@@ -462,6 +466,7 @@ def test_a_still_control_near_its_cache_gets_a_cache_of_its_own(tiny_avatar: Pat
         assert later and all(f.seq == 2 for f in later)
         own = later[-1]
         assert own.drift == 0.0 and own.generated and "warp" not in own.stages_ms
+        assert own.age_ms == 0.0
         assert own.worker != first.worker  # the settled controls' cache, on the next worker
         assert p.get(session, timeout=1.0) is None  # and then nothing more
 

@@ -76,6 +76,7 @@ async def test_controls_drive_the_video_and_the_probe_reads_back(
     assert (await peer.message("pong"))["t"] == 123.5
     stats = await peer.message("stats")
     assert stats["frames"] > 0 and stats["probe"] is True
+    assert {"warp_distance", "warp_age_ms", "warp_age_ms_p95", "beyond_jump_limit"} <= set(stats)
     await peer.pc.close()
 
 

@@ -267,7 +267,7 @@ class Pipeline:
         if build is not None:
             builder.send(BuildTask(s.id, s.epoch, build.cache, control.seq, control.controls))
             builder.builds += 1
-            s.start_cache(build.cache, position, control.controls, build.worker)
+            s.start_cache(build.cache, position, control, build.worker)
         slot = worker.free_slots.pop()
         worker.in_flight[(s.id, s.next_frame)] = slot
         worker.send(
@@ -282,6 +282,7 @@ class Pipeline:
                 controls=control.controls,
                 slot=slot,
                 submitted=control.submitted,
+                cache_submitted=s.cache_times.get(step.cache, control.submitted),
             ),
         )
         s.next_frame += 1
@@ -358,6 +359,7 @@ class Pipeline:
             cache_ready=msg.cache_ready,
             stages_ms=msg.stages_ms,
             drift=msg.drift,
+            cache_submitted=msg.cache_submitted,
         )
         s.done[msg.frame] = frame
         s.release()

@@ -34,6 +34,16 @@ class Frame:
     cache_ready: float
     stages_ms: dict[str, float]
     drift: float = 0.0  # how far its controls lie from its cache's (engine.controls.change)
+    cache_submitted: float = 0.0  # when the control its cache was started from arrived
+
+    @property
+    def age_ms(self) -> float:
+        """A warped frame's cache's age when its control arrived: the time between the two
+        controls (what a warp reaches across; 0 for the generator's pictures). Live only: replay
+        submits its controls at once. A still control rendered again counts from its new turn."""
+        if self.generated:
+            return 0.0
+        return max(0.0, (self.submitted - self.cache_submitted) * 1000.0)
 
     @property
     def latency_ms(self) -> float:

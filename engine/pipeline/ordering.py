@@ -20,6 +20,7 @@ from engine.pipeline.frames import Frame
 from engine.pipeline.schedule import Schedule
 
 READY_FRAMES_KEPT = 64  # a session that never reads keeps only its newest frames
+CACHE_TIMES_KEPT = 16  # caches back whose start times are kept (a schedule warps from few)
 
 
 @dataclass
@@ -55,6 +56,9 @@ class SessionState:
     issued: int = -1
     built: int = -1
     started: dict[int, tuple[int, Controls, int]] = field(default_factory=dict)
+    # When the control each recent cache of this epoch was started from arrived (every
+    # schedule): how old a warped frame's cache is, in time (Frame.age_ms).
+    cache_times: dict[int, float] = field(default_factory=dict)
     # The newest control dispatched and the cache its frame warps from: when a newer cache
     # finishes and no control is pending, that control is rendered again from it (a page sends
     # controls only when they change, so otherwise the picture would stay a warp from the cache
@@ -84,11 +88,14 @@ class SessionState:
                 while len(self.ready) > READY_FRAMES_KEPT:
                     self.ready.popleft()
 
-    def start_cache(self, cache: int, position: int, controls: Controls, worker: int) -> None:
+    def start_cache(self, cache: int, position: int, control: Control, worker: int) -> None:
         """Cache `cache` of this epoch is being built by the plan's worker `worker`, from schedule
-        position `position`."""
+        position `position` and `control`."""
         self.issued = max(self.issued, cache)
-        self.started[cache] = (position, controls, worker)
+        self.started[cache] = (position, control.controls, worker)
+        self.cache_times[cache] = control.submitted
+        for old in [c for c in self.cache_times if c < cache - CACHE_TIMES_KEPT]:
+            del self.cache_times[old]
 
     def cache_built(self, cache: int) -> None:
         """Cache `cache` of this epoch is finished; older ones are no longer warped from."""
@@ -123,6 +130,7 @@ class SessionState:
         self.epoch += 1
         self.issued, self.built = -1, -1
         self.started.clear()
+        self.cache_times.clear()
         self.last_cache = -1
         for frame in lost:
             self.write_off(frame)

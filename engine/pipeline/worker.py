@@ -108,6 +108,7 @@ class RenderTask:
     controls: Controls
     slot: int
     submitted: float  # time.monotonic() when the control arrived (one clock for all processes)
+    cache_submitted: float = 0.0  # when the control `cache` was started from arrived
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class FrameDone:
     # A warp's largest change of one control-vector entry from its cache's (as the jump rule
     # measures it, against the cache as it is now: re-anchored or not); 0 for a generated frame.
     drift: float = 0.0
+    cache_submitted: float = 0.0  # the task's
 
 
 @dataclass(frozen=True)
@@ -405,6 +407,7 @@ class Worker:
             seq=task.seq,
             slot=task.slot,
             submitted=task.submitted,
+            cache_submitted=task.cache_submitted,
             started=started,
             finished=finished,
             cache_ready=kept.ready,
