@@ -208,3 +208,22 @@ def test_the_mirror_mark_needs_framing_and_mirroring(capsys: pytest.CaptureFixtu
         train_module.main(["--data", "x", "--out", "y", "--mirror-mark", "--framing",
                            "--init", "z.pt", "--warp-only"])  # fmt: skip
     assert "--mirror-mark needs" not in capsys.readouterr().err
+
+
+def test_the_offered_range_is_the_generators_whatever_the_warp_alone_saw() -> None:
+    # A warp-only run sees no mirror (the warp fitted to the clip as filmed); the generator it
+    # leaves frozen learned from mirrored pairs, so the avatar still offers the mirrored range.
+    plain = train_module.TrainSettings(
+        preset="tiny", steps=2, max_minutes=5.0, batch=2, max_k=2, lr=1e-3, seed=1,
+        cache_layers=("c3",), warp_kind="implicit", mirror=0.0,
+    )  # fmt: skip
+    warp_alone = dataclasses.replace(plain, warp_only=True, min_k=4)
+    mirrored_stage = {"mirror": 0.5, "warp_only": False}
+    assert train_module.generator_mirrored([mirrored_stage], warp_alone)
+    assert train_module.generator_mirrored([], dataclasses.replace(plain, mirror=0.5))
+    assert not train_module.generator_mirrored([], plain)
+    # Stages older than mirroring record none; a mirrored warp-only stage never mirrored the
+    # generator.
+    assert not train_module.generator_mirrored(
+        [{"mirror": None}, {"mirror": 0.5, "warp_only": True}], warp_alone
+    )

@@ -169,6 +169,15 @@ def make_optimizer(avatar: Avatar, lr: float, warp_only: bool = False) -> torch.
     )
 
 
+def generator_mirrored(stages: list[dict[str, Any]], settings: TrainSettings) -> bool:
+    """Whether the generator was ever trained on mirrored pairs: by an earlier stage (`stages`,
+    each with its `mirror` and `warp_only`) or by this run. The poses and expressions an avatar
+    offers are what its generator learned to draw, so a run of the warp alone (the generator
+    frozen) keeps its mirrored range even when it sees no mirror itself."""
+    runs = [*stages, {"mirror": settings.mirror, "warp_only": settings.warp_only}]
+    return any((run.get("mirror") or 0) > 0 and not run.get("warp_only") for run in runs)
+
+
 def train(
     data_dir: Path,
     out: Path,
@@ -294,6 +303,7 @@ def train(
     save_checkpoint(
         checkpoint, avatar, optimizer, rng, step, elapsed, history, settings, critic, stages
     )
+    drawn_mirrored = generator_mirrored(stages, settings)
     avatar.summary = {
         "data": str(data_dir),
         "source": capture.source | {"frames_captured": len(frames)},
@@ -304,7 +314,7 @@ def train(
             capture.rotation[split.train],
             frames.head_centres(split.train).numpy(),
             capture.camera,
-            settings.mirror > 0,
+            drawn_mirrored,
         ),
         "rest_expression": rest_expression(
             frames.expression[split.train].numpy(), avatar.expression_names
@@ -312,7 +322,7 @@ def train(
         "expression_limits": expression_limits(
             frames.expression[split.train].numpy(),
             avatar.expression_names,
-            name_partners(avatar.expression_names) if settings.mirror > 0 else None,
+            name_partners(avatar.expression_names) if drawn_mirrored else None,
         ),
         "settings": settings.to_dict(),
         **({"framing": framing.to_dict()} if framing is not None else {}),
