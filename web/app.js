@@ -267,7 +267,7 @@ async function statsLoop(pc) {
       if (b.generator_ms) lines.push(`  texture ${b.texture_ms} ms, generator ${b.generator_ms} ms, warp ${b.warp_ms} ms (${b.source})`);
     }
     if (lastStats.stages_ms) lines.push(`server ${Object.entries(lastStats.stages_ms).map(([k, v]) => `${k} ${v}`).join("  ")} ms`);
-    if (lastStats.warped !== undefined) lines.push(`warped ${(100 * lastStats.warped).toFixed(0)}%${lastStats.warp_distance ? ` from ${lastStats.warp_distance} frames back` : ""}${lastStats.beyond_jump_limit ? `, ${(100 * lastStats.beyond_jump_limit).toFixed(0)}% past the jump limit` : ""}  latency ${lastStats.latency_ms} ms`);
+    if (lastStats.warped !== undefined) lines.push(`warped ${(100 * lastStats.warped).toFixed(0)}%${lastStats.warp_distance ? ` from ${lastStats.warp_distance} frames (${lastStats.warp_age_ms} ms) back` : ""}${lastStats.beyond_jump_limit ? `, ${(100 * lastStats.beyond_jump_limit).toFixed(0)}% past the jump limit` : ""}  latency ${lastStats.latency_ms} ms`);
     $("overlay").textContent = lines.join("\n");
     lastTime = now;
     lastFrames = frames;
@@ -314,7 +314,7 @@ async function latencyTest(seconds, hz = null) {
   // fps: new pictures displayed a second (each sample is a new seq seen for the first time).
   const result = { seconds, hz, samples: ms.length, p50: percentile(ms, 50), p95: percentile(ms, 95), fps: ms.length / seconds, latencies_ms: ms };
   result.budget_ms = latencyBudget(result.p50, before, after);
-  result.server = { fps: lastStats.fps ?? null, budget_ms: lastStats.budget_ms ?? null, source: lastStats.source ?? null, warped: lastStats.warped ?? null, warp_distance: lastStats.warp_distance ?? null, drift_p95: lastStats.drift_p95 ?? null, beyond_jump_limit: lastStats.beyond_jump_limit ?? null };
+  result.server = { fps: lastStats.fps ?? null, budget_ms: lastStats.budget_ms ?? null, source: lastStats.source ?? null, warped: lastStats.warped ?? null, warp_distance: lastStats.warp_distance ?? null, warp_age_ms: lastStats.warp_age_ms ?? null, warp_age_ms_p95: lastStats.warp_age_ms_p95 ?? null, drift_p95: lastStats.drift_p95 ?? null, beyond_jump_limit: lastStats.beyond_jump_limit ?? null };
   if (run.driving) {
     // Driven by the camera: the controls were the face's, and camera-to-avatar is measured too.
     result.camera = { ...summarise(run.camera), latencies_ms: run.camera.map((c) => c.total) };
