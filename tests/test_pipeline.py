@@ -417,21 +417,32 @@ def test_live_frames_warp_from_the_newest_cache_and_a_jump_starts_one_early(
     assert all(f.drift == 0.0 for f in after[after.index(settled[0]) :])
 
 
+def _live_by_need(avatar: Path) -> Pipeline:
+    """Two one-thread workers, live by need; NUM_WARPS 1000: no cache is rebuilt by age."""
+    return Pipeline(PipelineSettings(avatar, Schedule("parallel", 2, 1000), mode="live", threads=1))
+
+
+def _rest_then(p: Pipeline, expression: dict[str, float]) -> tuple[int, Frame, Frame]:
+    """A new session at rest (its first frame generated), then one message moving `expression`:
+    the session, the rest's frame and the move's first frame (seq 2)."""
+    session = p.open_session()
+    rest = neutral(NAMES)
+    p.submit(session, 1, rest)
+    first = p.get(session, timeout=GET_TIMEOUT_S)
+    assert first is not None and first.generated
+    p.submit(session, 2, update(rest, NAMES, expression=expression))
+    moved = p.get(session, timeout=GET_TIMEOUT_S)
+    assert moved is not None and moved.seq == 2
+    return session, first, moved
+
+
 def test_a_still_control_is_rendered_again_from_the_cache_made_for_it(tiny_avatar: Path) -> None:
     # A page sends its sliders only when they move: one jawOpen message, then nothing. Its frame
     # is warped from the rest cache; once the cache started at the jump is done, the same control
     # comes again from it, so the picture does not stay a mouth stretched from a closed one.
-    settings = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 1000), mode="live", threads=1)
-    rest = neutral(NAMES)
-    opened = update(rest, NAMES, expression={"jawOpen": 1.0})
-    with Pipeline(settings) as p:
-        session = p.open_session()
-        p.submit(session, 1, rest)
-        first = p.get(session, timeout=GET_TIMEOUT_S)
-        assert first is not None and first.generated
-        p.submit(session, 2, opened)
-        jump = p.get(session, timeout=GET_TIMEOUT_S)
-        assert jump is not None and jump.seq == 2 and jump.drift == pytest.approx(1.0)
+    with _live_by_need(tiny_avatar) as p:
+        session, first, jump = _rest_then(p, {"jawOpen": 1.0})
+        assert jump.drift == pytest.approx(1.0)
         again = p.get(session, timeout=GET_TIMEOUT_S)
         assert again is not None and again.seq == 2 and again.drift == 0.0
         assert again.worker != first.worker  # from the cache built on the other worker
@@ -444,17 +455,9 @@ def test_a_still_control_near_its_cache_gets_a_cache_of_its_own(tiny_avatar: Pat
     # A small slider move (well within the jump limit) starts no cache while controls arrive;
     # once they have settled, one is built from them and the still picture becomes the
     # generator's own: a warp was trained from 4 frames apart and draws a still face worse.
-    settings = PipelineSettings(tiny_avatar, Schedule("parallel", 2, 1000), mode="live", threads=1)
-    rest = neutral(NAMES)
-    moved = update(rest, NAMES, expression={"jawOpen": 0.1})
-    with Pipeline(settings) as p:
-        session = p.open_session()
-        p.submit(session, 1, rest)
-        first = p.get(session, timeout=GET_TIMEOUT_S)
-        assert first is not None and first.generated
-        p.submit(session, 2, moved)
-        near = p.get(session, timeout=GET_TIMEOUT_S)
-        assert near is not None and near.seq == 2 and near.drift == pytest.approx(0.1)
+    with _live_by_need(tiny_avatar) as p:
+        session, first, near = _rest_then(p, {"jawOpen": 0.1})
+        assert near.drift == pytest.approx(0.1)
         assert "warp" in near.stages_ms
         # Its cache is the rest's, started from a control that came before this one.
         assert 0 < near.age_ms <= (near.submitted - first.submitted) * 1000.0 + 1e-6
