@@ -4,6 +4,7 @@ file with malformed limits refused at load."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,9 @@ def test_served_weights_are_held_after_the_response_and_bad_limits_are_refused(
     drawn = update(plain.rest, names, {"jawOpen": 0.5, "eyeBlinkLeft": 0.8, "eyeBlinkRight": 0.6})
     assert torch.equal(held.inputs([sent]).controls, plain.inputs([drawn]).controls)
     assert held.expression_limits == summary["expression_limits"]
+    # The drawing alone (what the pipeline's dispatcher keeps without the model) draws the same.
+    drawing = pickle.loads(pickle.dumps(held.drawing()))
+    assert drawing(sent) == drawn and plain.drawing()(sent) == sent
     for bad, why in (
         ({"notAName": 0.5}, "notAName"),
         ({"jawOpen": 0.0}, r"jawOpen.*not in"),

@@ -73,6 +73,9 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._resolution = 0
+        # Sent controls -> drawn ones (the avatar's response and limits): two controls past a
+        # limit make one picture, so how far a cache is from a frame is measured as drawn.
+        self._drawn: Callable[[Controls], Controls] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -84,7 +87,9 @@ class Pipeline:
 
         if not self.settings.avatar_path.exists():
             raise FileNotFoundError(f"avatar file not found: {self.settings.avatar_path}")
-        self._resolution = Avatar.load(self.settings.avatar_path).resolution
+        avatar = Avatar.load(self.settings.avatar_path)
+        self._resolution, self._drawn = avatar.resolution, avatar.drawing()
+        del avatar
         try:
             self._pool.start(self._resolution, self._handle)
         except BaseException:
@@ -232,7 +237,7 @@ class Pipeline:
             now = time.monotonic()
             for s in sessions:
                 if s.plan is not None and s.plan.builds_by_need:
-                    s.refresh(now, SETTLED_S)
+                    s.refresh(now, SETTLED_S, self._drawn)
         progress = True
         while progress and sessions:
             progress = False
@@ -299,7 +304,8 @@ class Pipeline:
         newest_frame, drift, holder = position, 0.0, plan.builder(newest)
         if newest in s.started:
             newest_frame, old, holder = s.started[newest]
-            drift = change(old, controls)
+            drawn = self._drawn
+            drift = change(old, controls) if drawn is None else change(drawn(old), drawn(controls))
         build = plan.live_build(
             position, s.issued, s.built, newest_frame, drift, self.settings.jump_limit, settled
         )

@@ -103,20 +103,28 @@ class SessionState:
         for old in [c for c in self.started if c < self.built]:
             del self.started[old]
 
-    def refresh(self, now: float, settled_s: float) -> bool:
+    def refresh(
+        self, now: float, settled_s: float, drawn: Callable[[Controls], Controls] | None = None
+    ) -> bool:
         """Live by need: where the newest control dispatched came at least `settled_s` before
         `now` (time.monotonic()) and nothing is pending, queue that control again when its frame
         warps from an older cache than the newest finished (the picture catches up with the
         cache made for it), or, marked `settled`, when no cache was made from exactly these
         controls and none is building (one is then built from them: a still picture ends as the
-        generator's own, not a warp from a cache near it). True when one was queued."""
+        generator's own, not a warp from a cache near it; `drawn`: sent controls -> the drawn
+        ones, so that a control past the avatar's limits does not rebuild the picture it has).
+        True when one was queued."""
         if self.last is None or self.pending or now - self.last.submitted < settled_s:
             return False  # controls still arriving: the next one renders from the new cache
         if self.last_cache < self.built:
             self.pending.append(Control(self.last.seq, self.last.controls, time.monotonic()))
             return True
         newest = self.started.get(self.built)
-        if self.issued > self.built or newest is None or newest[1] == self.last.controls:
+        if (
+            self.issued > self.built
+            or newest is None
+            or _alike(newest[1], self.last.controls, drawn)
+        ):
             return False
         self.pending.append(
             Control(self.last.seq, self.last.controls, time.monotonic(), settled=True)
@@ -145,3 +153,8 @@ class SessionState:
             self.plan, self.worker_map = full, tuple(range(full.workers))
         else:
             self.plan, self.worker_map = Schedule(full.name, len(up), full.num_warps), up
+
+
+def _alike(a: Controls, b: Controls, drawn: Callable[[Controls], Controls] | None) -> bool:
+    """Whether `a` and `b` make the same picture (equal as sent, or as `drawn`)."""
+    return a == b or (drawn is not None and drawn(a) == drawn(b))

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,24 @@ DEFAULT_AVATAR = Path(__file__).resolve().parents[2] / "static" / "default_avata
 AVATAR_FORMAT = "neural-avatar"
 AVATAR_VERSION = 1
 BACKGROUND_INIT = 0.5  # grey, until training learns the real one
+
+
+def draw_controls(
+    controls: Controls,
+    names: Sequence[str],
+    response: Response | None,
+    held: Mapping[str, float],
+    pose_range: Mapping[str, Sequence[float]] | None,
+) -> Controls:
+    """Sent controls as an avatar draws them: expression scores through its measured `response`,
+    then held within its expression limits `held`, the head held within `pose_range`."""
+    if response is not None:
+        controls = response.apply(controls, names)
+    if held:
+        controls = hold_expression(controls, names, held)
+    if pose_range is not None:
+        controls = hold_in_range(controls, pose_range)
+    return controls
 
 
 @dataclass(frozen=True)
@@ -287,6 +306,18 @@ class Avatar(nn.Module):
             )
         return self._facing
 
+    def drawing(self) -> Callable[[Controls], Controls]:
+        """Sent controls -> the controls its networks draw (`draw_controls` with this avatar's
+        response and limits): small and picklable, so a process that drops the model (the
+        pipeline's dispatcher) can still tell whether two controls make different pictures."""
+        return partial(
+            draw_controls,
+            names=tuple(self.expression_names),
+            response=self.response,
+            held=self.expression_limits,
+            pose_range=self.pose_range_deg,
+        )
+
     def inputs(self, controls: Sequence[Controls]) -> FrameInputs:
         """Live controls -> renderer inputs (the head sits at the capture's median place). The
         head, turned by its pose and the view orbit, is held within `pose_range_deg`: past it the
@@ -294,15 +325,8 @@ class Avatar(nn.Module):
         turned to the camera first; the networks read the world's angles they learned from.
         Expression scores are drawn through the avatar's measured `response`, then held within
         its `expression_limits` (past them its mouth comes apart)."""
-        response = self.response
-        if response is not None:
-            controls = [response.apply(c, self.expression_names) for c in controls]
-        held = self.expression_limits
-        if held:
-            controls = [hold_expression(c, self.expression_names, held) for c in controls]
-        limits = self.pose_range_deg
-        if limits is not None:
-            controls = [hold_in_range(c, limits) for c in controls]
+        drawing = self.drawing()
+        controls = [drawing(c) for c in controls]
         head_controls, view = to_head_controls(controls, self.head, self.translation)
         angles = torch.tensor(
             [(c.yaw, c.pitch, c.roll, c.view_yaw, c.view_pitch) for c in controls],
