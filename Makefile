@@ -54,7 +54,7 @@ soak: $(STAMP)
 # expression basis on its training rows, train (100 min on L1 + SSIM, then to 223 min with the patch
 # critic and an annealed rate, then framing, then mirrored pairs, then the warp alone on the served
 # distances, then the body's pose and the warp alone again, then the warp, everything and the warp
-# twice more), measure how its blink reads back (served blinks go through it), evaluate. Hours on a
+# twice more, then everything and the warp once more), measure how its blink reads back (served blinks go through it), evaluate. Hours on a
 # 2-core CPU; data/ is ignored.
 BODY_STAGE := --batch 4 --seed 0 --generator-controls 32 --face-weight 0 --gradient-weight 0 \
 	--adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 --mirror-mark --body --quiet
@@ -116,8 +116,12 @@ avatar: $(STAMP)
 		--max-minutes 805 --threads 2 $(BODY_STAGE)
 	$(PY) -m engine train --data data/franck --out data/avatar_joint2_warp.pt --init data/avatar_joint2.pt \
 		--max-minutes 820 --threads 1 $(BODY_STAGE) --warp-only --min-k 4
-	$(PY) -m engine response --avatar data/avatar_joint2_warp.pt --strip docs/eval/blink_response.png
-	$(PY) -m engine evaluate --avatar data/avatar_joint2_warp.pt --data data/franck --out docs/eval
+	$(PY) -m engine train --data data/franck --out data/avatar_joint3.pt --init data/avatar_joint2_warp.pt \
+		--max-minutes 865 --threads 1 $(BODY_STAGE)
+	$(PY) -m engine train --data data/franck --out data/avatar_joint3_warp.pt --init data/avatar_joint3.pt \
+		--max-minutes 885 --threads 1 $(BODY_STAGE) --warp-only --min-k 4
+	$(PY) -m engine response --avatar data/avatar_joint3_warp.pt --strip docs/eval/blink_response.png
+	$(PY) -m engine evaluate --avatar data/avatar_joint3_warp.pt --data data/franck --out docs/eval
 
 # Re-fetch web/vendor/tasks-vision (pinned npm, hash-checked); `make run` needs none: it's committed.
 vendor:
