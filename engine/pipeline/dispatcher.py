@@ -75,7 +75,7 @@ class Pipeline:
         self._resolution = 0
         # Sent controls -> drawn ones (the avatar's response and limits): two controls past a
         # limit make one picture, so how far a cache is from a frame is measured as drawn.
-        self._drawn: Callable[[Controls], Controls] | None = None
+        self._drawn: Callable[[Controls], Controls] = _as_sent  # until start() reads the avatar
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -304,8 +304,7 @@ class Pipeline:
         newest_frame, drift, holder = position, 0.0, plan.builder(newest)
         if newest in s.started:
             newest_frame, old, holder = s.started[newest]
-            drawn = self._drawn
-            drift = change(old, controls) if drawn is None else change(drawn(old), drawn(controls))
+            drift = change(self._drawn(old), self._drawn(controls))
         build = plan.live_build(
             position, s.issued, s.built, newest_frame, drift, self.settings.jump_limit, settled
         )
@@ -405,3 +404,7 @@ class Pipeline:
                     {frame for sid, frame in lost if sid == s.id}, self.schedule, self._pool.up()
                 )
                 s.release()
+
+
+def _as_sent(controls: Controls) -> Controls:
+    return controls
