@@ -10,6 +10,7 @@ from engine.head import regions as face_regions
 from engine.head.canonical_mesh import load_canonical_mesh
 from engine.head.default import ARKIT_NAMES, build_default_head, load_basis
 from engine.training import basis as eb
+from engine.training.alignment import ALIGNMENTS, skull_weights
 
 MP_NAMES = ("_neutral", *[n for n in ARKIT_NAMES if n != "tongueOut"])
 FRAMES = 200
@@ -18,7 +19,7 @@ FRAMES = 200
 def _truth(template: np.ndarray) -> dict[str, np.ndarray]:
     """Known shapes (V, 3) living inside each name's region, keeping still the points that the
     alignment treats as rigid (as real expressions do, which is why MediaPipe chose them)."""
-    still = (eb.skull_weights(load_canonical_mesh()) == 0)[:, None]
+    still = (skull_weights(load_canonical_mesh()) == 0)[:, None]
     down = np.array([0.0, -1.0, 0.2])
     up = np.array([0.0, 1.0, 0.0])
     out = np.array([1.0, 0.3, 0.0])
@@ -164,7 +165,7 @@ def test_report_beats_mean_shape_on_held_out_frames(
 
 def test_report_compares_alignments(fitted: tuple[eb.FitResult, dict[str, np.ndarray]]) -> None:
     comparison = fitted[0].report["alignment_comparison"]
-    assert isinstance(comparison, dict) and set(comparison) == set(eb.ALIGNMENTS)
+    assert isinstance(comparison, dict) and set(comparison) == set(ALIGNMENTS)
     # The synthetic world landmarks are exact, so the perspective route fits at noise level.
     assert comparison["perspective"]["plain_ridge_cm"] < 0.06
 

@@ -272,14 +272,8 @@ def test_a_batched_warp_of_several_sessions_equals_their_warps_one_by_one(
     import torch
 
     from engine.pipeline.frame_ring import FrameRing
-    from engine.pipeline.worker import (
-        BuildTask,
-        FrameDone,
-        RenderTask,
-        TaskFailed,
-        Worker,
-        WorkerSettings,
-    )
+    from engine.pipeline.messages import BuildTask, FrameDone, RenderTask, TaskFailed
+    from engine.pipeline.worker import Worker, WorkerSettings
     from engine.render.avatar import Avatar
     from engine.render.backends.load import load_backend
     from engine.render.backends.stages import FP32
@@ -350,7 +344,8 @@ def test_a_warp_too_far_from_its_cache_is_generated_and_becomes_the_cache(
     import torch
 
     from engine.pipeline.frame_ring import FrameRing
-    from engine.pipeline.worker import JUMP_LIMIT, BuildTask, RenderTask, Worker, WorkerSettings
+    from engine.pipeline.messages import BuildTask, RenderTask
+    from engine.pipeline.worker import JUMP_LIMIT, Worker, WorkerSettings
     from engine.render.avatar import Avatar
 
     torch.set_num_threads(1)
@@ -480,7 +475,7 @@ def test_a_worker_builds_in_the_background_and_renders_wait_for_their_cache(
     import torch
 
     from engine.pipeline.frame_ring import FrameRing
-    from engine.pipeline.worker import (
+    from engine.pipeline.messages import (
         BuildDone,
         BuildTask,
         DropSession,
@@ -488,9 +483,8 @@ def test_a_worker_builds_in_the_background_and_renders_wait_for_their_cache(
         RenderTask,
         SessionDropped,
         TaskFailed,
-        Worker,
-        WorkerSettings,
     )
+    from engine.pipeline.worker import Worker, WorkerSettings
     from engine.render.avatar import Avatar
 
     torch.set_num_threads(1)

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from engine.head.canonical_mesh import NUM_VERTICES, load_canonical_mesh
+from engine.head.procrustes import fit_similarity
 
 VERTICAL_FOV_DEG = 63.0  # Face Landmarker geometry pipeline's perspective camera, over frame height
 NEAR_PLANE = 1.0  # that camera's near plane: sets the depth of its first pose iteration
@@ -23,31 +24,6 @@ NUM_LANDMARKS = 478  # 468 mesh landmarks + 10 iris points
 def focal_length_px(height: int) -> float:
     """Face Landmarker's focal length in source pixels for a frame `height` pixels tall."""
     return (height / 2) / math.tan(math.radians(VERTICAL_FOV_DEG) / 2)
-
-
-def weighted_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(V, 3) source, (N, V, 3) targets, (V,) weights -> (N, 4, 4) similarity transforms with
-    dst ~ T @ src, the weighted least-squares solution as MediaPipe's procrustes_solver.cc has it."""
-    sw = np.sqrt(weights)[:, None]  # (V, 1)
-    total = float(weights.sum())
-    ws = src * sw  # (V, 3)
-    wd = dst * sw  # (N, V, 3)
-    centre = (ws * sw).sum(0) / total  # (3,)
-    cws = ws - centre * sw  # (V, 3)
-    design = np.einsum("nvi,vj->nij", wd, cws)  # (N, 3, 3)
-    u, _, vt = np.linalg.svd(design)
-    flip = np.linalg.det(u) * np.linalg.det(vt) < 0  # no reflections
-    u[flip, :, 2] *= -1
-    rot = u @ vt  # (N, 3, 3)
-    rotated = np.einsum("nij,vj->nvi", rot, cws)  # (N, V, 3)
-    scale = (rotated * wd).sum((1, 2)) / (cws * ws).sum()  # (N,)
-    moved = np.einsum("nij,vj->nvi", rot, ws) * scale[:, None, None]  # (N, V, 3)
-    trans = ((wd - moved) * sw).sum(1) / total  # (N, 3)
-    out = np.zeros((len(dst), 4, 4))
-    out[:, :3, :3] = rot * scale[:, None, None]
-    out[:, :3, 3] = trans
-    out[:, 3, 3] = 1.0
-    return out
 
 
 def metric_landmarks(norm: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +53,12 @@ def metric_landmarks(norm: np.ndarray, width: int, height: int) -> tuple[np.ndar
         return pts
 
     def scale_of(pts: np.ndarray) -> np.ndarray:
-        fit = weighted_similarity(canon, pts[:, :NUM_VERTICES], weights)
-        return np.linalg.norm(fit[:, :3, 0], axis=1)  # (N,)
+        return fit_similarity(canon, pts[:, :NUM_VERTICES], weights).scale  # (N,)
 
     first = scale_of(lift(None))  # flat: z is only relative, so no perspective yet
     total = first * scale_of(lift(first))
     world = lift(total)
-    pose = weighted_similarity(canon, world[:, :NUM_VERTICES], weights)
+    pose = fit_similarity(canon, world[:, :NUM_VERTICES], weights).matrix()
     return world, pose
 
 

@@ -35,10 +35,7 @@ from typing import Any
 
 from engine.controls import Controls, change
 from engine.pipeline.frames import Frame
-from engine.pipeline.ordering import Control, SessionState
-from engine.pipeline.schedule import Build, Step
-from engine.pipeline.settings import PipelineSettings
-from engine.pipeline.worker import (
+from engine.pipeline.messages import (
     BuildDone,
     BuildTask,
     DropSession,
@@ -48,6 +45,9 @@ from engine.pipeline.worker import (
     TaskFailed,
     WorkerReady,
 )
+from engine.pipeline.ordering import Control, SessionState
+from engine.pipeline.schedule import Build, Step
+from engine.pipeline.settings import PipelineSettings
 from engine.pipeline.workers import STOP_TIMEOUT_S, WATCH_S, WorkerPool
 
 __all__ = ["Frame", "Pipeline", "PipelineSettings"]  # the pipeline's API, importable from here

@@ -2,10 +2,10 @@
 through shared memory.
 
 The parent (`engine.pipeline.workers` starts it, `engine.pipeline.dispatcher` gives it work) sends
-small task records on a queue; the worker answers each with a small result record. Pictures go
-into the worker's `FrameRing` slot named by the task. A worker only ever warps from caches it built
-itself, after building them (tasks run in the order sent); a render that names a cache the worker
-does not hold fails loudly instead of using another. The worker exits on `Stop`, and by itself
+small task records on a queue; the worker answers each with a small result record (both in
+`engine.pipeline.messages`). Pictures go into the worker's `FrameRing` slot named by the task. A
+worker only ever warps from caches it built itself, after building them (tasks run in the order
+sent); a render that names a cache the worker does not hold fails loudly instead of using another. The worker exits on `Stop`, and by itself
 when its parent is gone (no orphan keeps a device busy).
 
 A one-thread worker on the CPU builds its caches on a thread of its own at a lower priority
@@ -34,8 +34,18 @@ from typing import Any
 
 import torch
 
-from engine.controls import Controls
 from engine.pipeline.frame_ring import FrameRing, RingSpec
+from engine.pipeline.messages import (
+    BuildDone,
+    BuildTask,
+    DropSession,
+    FrameDone,
+    RenderTask,
+    SessionDropped,
+    Stop,
+    TaskFailed,
+    WorkerReady,
+)
 from engine.render.avatar import Avatar
 from engine.render.backends.load import load_backend
 from engine.render.backends.stages import FP32, BackendChoice
@@ -80,114 +90,6 @@ class WorkerSettings:
     jump_limit: float | None = JUMP_LIMIT
     background_builds: bool = False
     prepare_caches: bool = True
-
-
-@dataclass(frozen=True)
-class BuildTask:
-    """Run the generator on `controls` and keep the cache as (session, epoch, cache)."""
-
-    session: int
-    epoch: int
-    cache: int
-    seq: int
-    controls: Controls
-
-
-@dataclass(frozen=True)
-class RenderTask:
-    """Make output frame `frame` of a session into ring slot `slot`: the picture of the build of
-    `cache` when `generated`, else a warp from that cache to `controls`."""
-
-    session: int
-    epoch: int
-    frame: int
-    cache: int
-    generated: bool
-    distance: int
-    seq: int
-    controls: Controls
-    slot: int
-    submitted: float  # time.monotonic() when the control arrived (one clock for all processes)
-    cache_submitted: float = 0.0  # when the control `cache` was started from arrived
-
-
-@dataclass(frozen=True)
-class DropSession:
-    session: int
-
-
-@dataclass(frozen=True)
-class Stop:
-    pass
-
-
-@dataclass(frozen=True)
-class WorkerReady:
-    worker: int
-    pid: int
-
-
-@dataclass(frozen=True)
-class FrameDone:
-    """A picture is in `slot`. Times are time.monotonic() seconds; stages_ms per stage."""
-
-    worker: int
-    session: int
-    epoch: int
-    frame: int
-    cache: int
-    generated: bool
-    distance: int
-    seq: int
-    slot: int
-    submitted: float
-    started: float
-    finished: float
-    cache_ready: float  # when the cache this frame came from finished building
-    stages_ms: dict[str, float]
-    # A warp's largest change of one control-vector entry from its cache's (as the jump rule
-    # measures it, against the cache as it is now: re-anchored or not); 0 for a generated frame.
-    drift: float = 0.0
-    cache_submitted: float = 0.0  # the task's
-
-
-@dataclass(frozen=True)
-class BuildDone:
-    """sessions_held: how many sessions the worker keeps caches for after this build;
-    device_mb: tensor memory allocated on its CUDA device (0 on the CPU)."""
-
-    worker: int
-    session: int
-    epoch: int
-    cache: int
-    finished: float
-    generator_ms: float
-    sessions_held: int
-    device_mb: float
-
-
-@dataclass(frozen=True)
-class SessionDropped:
-    """The worker forgot `session`'s caches; it now holds caches for `sessions_held` sessions and
-    `device_mb` of CUDA tensors (what a leak check reads: zero sessions, and the model's memory only,
-    once every session has closed)."""
-
-    worker: int
-    session: int
-    sessions_held: int
-    device_mb: float
-
-
-@dataclass(frozen=True)
-class TaskFailed:
-    """A task raised; `frame` is None for a failed build."""
-
-    worker: int
-    session: int
-    epoch: int
-    frame: int | None
-    cache: int
-    message: str
 
 
 @dataclass

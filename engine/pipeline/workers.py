@@ -20,8 +20,9 @@ from typing import Any
 import torch.multiprocessing as tmp
 
 from engine.pipeline.frame_ring import FrameRing
+from engine.pipeline.messages import Stop
 from engine.pipeline.settings import RING_SLOTS, PipelineSettings
-from engine.pipeline.worker import Stop, WorkerSettings, run_worker
+from engine.pipeline.worker import WorkerSettings, run_worker
 
 WATCH_S = 0.2  # the dispatcher's longest sleep: worker deaths are seen within this
 START_TIMEOUT_S = 120.0  # loading an avatar and warming a device

@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
@@ -46,232 +44,34 @@ from engine.head.default import (
     BASIS_FILE,
     JAW_OPEN_RAD,
     build_default_head,
-    jaw_weights,
 )
 from engine.head.model import HeadModel
 from engine.head.regions import (
     MASK_FLOOR,
-    is_sided,
     mirror_map,
     region_weights,
     report_regions,
-    symmetrise,
+)
+from engine.training.alignment import ALIGNMENTS, align, skull_weights
+from engine.training.basis_checks import blink_side_check, render_sheet
+from engine.training.basis_solve import (
+    TiePlan,
+    mesh_laplacian,
+    plan_ties,
+    solve_basis,
+    split_tied,
+    tied_scores,
 )
 
 SAMPLE_CAPTURE_DIR = Path("data/sample_capture")  # git-ignored: frames are not committed
 FACE_WIDTH_PAIR = (234, 454)  # tragus to tragus: the width that errors are quoted against
 
-INERT_STD = 0.02  # a score that varies less than this in the training frames cannot be learned
-TIE_CORRELATION = 0.9  # scores more correlated than this are fitted as one
 MAX_DISPLACEMENT_CM = 3.0  # how far a blendshape can move a point of the face at weight 1 (the
 # jaw's larger travel belongs to the jaw rig, not to the jawOpen blendshape)
 TEST_FRACTION = 0.2  # the clip's last 20% of frames: held out, as in the probe
 VALIDATION_FRACTION = 0.1  # the end of the training part, for choosing hyper-parameters
 RIDGE_GRID = (1e-4, 1e-3, 1e-2)  # per-frame ridge weights tried
 SMOOTH_GRID = (1e-4, 1e-3, 1e-2)  # per-frame Laplacian weights tried
-
-
-# --------------------------------------------------------------------------------------------
-# Bringing landmarks into the canonical frame
-
-
-def procrustes(
-    points: np.ndarray, template: np.ndarray, weights: np.ndarray, scale: bool
-) -> np.ndarray:
-    """Weighted Procrustes of each frame's (N, L, 3) points onto the (L, 3) template: rotation and
-    translation, and a uniform scale if `scale`. Only points with weight > 0 decide the fit."""
-    w = weights / weights.sum()
-    mu_p = np.einsum("l,nlc->nc", w, points)  # (N, 3)
-    mu_t = w @ template  # (3,)
-    p = points - mu_p[:, None]
-    t = template - mu_t
-    cov = np.einsum("l,nli,lj->nij", w, p, t)  # (N, 3, 3)
-    u, sv, vt = np.linalg.svd(cov)
-    d = np.sign(np.linalg.det(u @ vt))  # (N,) reflection guard
-    fix = np.ones((points.shape[0], 3))
-    fix[:, 2] = d
-    rot = np.einsum("nij,nj,njk->nik", u, fix, vt)  # (N, 3, 3) rotates p onto t
-    factor = (sv * fix).sum(axis=1) / np.einsum("l,nlc->n", w, p**2) if scale else np.ones(len(p))
-    return factor[:, None, None] * np.einsum("nlj,njk->nlk", p, rot) + mu_t
-
-
-def skull_weights(mesh: CanonicalMesh) -> np.ndarray:
-    """(V,) alignment weights: MediaPipe's rigid landmarks, less those the jaw carries (its set
-    includes four jaw-line points, which drop when the mouth opens)."""
-    return mesh.procrustes_weights.astype(np.float64) * (1.0 - jaw_weights(mesh.vertices))
-
-
-def flat_points(landmarks_px: np.ndarray) -> np.ndarray:
-    """(N, L, 3) crop-pixel landmarks -> the same points with y and depth pointing up and towards
-    the viewer, as the canonical mesh has them (a weak-perspective reading of MediaPipe's output)."""
-    return np.stack((landmarks_px[..., 0], -landmarks_px[..., 1], -landmarks_px[..., 2]), axis=-1)
-
-
-ALIGNMENTS = ("rigid-points", "perspective")
-
-
-def align(
-    alignment: str,
-    landmarks_px: np.ndarray,
-    landmarks_world: np.ndarray,
-    rotation: np.ndarray,
-    translation: np.ndarray,
-    template: np.ndarray,
-    rigid_weights: np.ndarray,
-) -> np.ndarray:
-    """Observed landmarks -> canonical-frame points (N, L, 3).
-
-    rigid-points: a similarity Procrustes of the weak-perspective points (`flat_points` of the
-    (N, L, 3) crop-pixel landmarks) on the skull-rigid landmarks (`skull_weights`), so mouth, eyes
-    and brows never pull the pose. perspective: MediaPipe's own metric landmarks (N, L, 3), lifted
-    under its 63-degree perspective camera, brought back by the inverse of its head pose, then a
-    rigid Procrustes on the same points. On the sample clip the first has the lower held-out error
-    (the report compares both): the clip was filmed from further away than that camera assumes.
-    """
-    if alignment == "rigid-points":
-        return procrustes(flat_points(landmarks_px), template, rigid_weights, scale=True)
-    if alignment == "perspective":
-        canonical = np.einsum("nji,nlj->nli", rotation, landmarks_world - translation[:, None, :])
-        return procrustes(canonical, template, rigid_weights, scale=False)
-    raise ValueError(f"unknown alignment {alignment!r}: expected one of {ALIGNMENTS}")
-
-
-# --------------------------------------------------------------------------------------------
-# The fit
-
-
-def mesh_laplacian(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
-    """Uniform graph Laplacian (V, V) of the mesh edges: D - A."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    e = np.unique(np.sort(e, axis=1), axis=0)
-    a = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(num_vertices, num_vertices))
-    a = ((a + a.T) > 0).astype(np.float64)
-    return (sp.diags(np.asarray(a.sum(axis=1)).ravel()) - a).tocsr()
-
-
-@dataclass(frozen=True)
-class TiePlan:
-    """How the learned columns map to expression names.
-
-    active  names that get a shape; columns  groups of active-name indices fitted as one regressor
-    (mean of their scores); inert  names held at zero, with the reason for each."""
-
-    active: tuple[str, ...]
-    columns: tuple[tuple[int, ...], ...]
-    inert: dict[str, str]
-
-
-def plan_ties(
-    scores: np.ndarray, names: tuple[str, ...], implausible: dict[str, str] | None = None
-) -> TiePlan:
-    """Decide inert names and tied groups from the training scores (N, K) over `names`;
-    `implausible` names (with reasons) are held inert too."""
-    inert: dict[str, str] = dict(implausible or {})
-    for k, name in enumerate(names):
-        if name in inert:
-            continue
-        if name.startswith("eyeLook"):
-            inert[name] = "gaze: the face mesh has no eyeballs"
-        elif scores[:, k].std() < INERT_STD:
-            inert[name] = (
-                f"not exercised by the clip (score std {scores[:, k].std():.3f} < {INERT_STD})"
-            )
-    active = tuple(n for n in names if n not in inert)
-    idx = [names.index(n) for n in active]
-    corr = np.corrcoef(scores[:, idx].T)
-    # Union-find over strongly correlated pairs.
-    parent = list(range(len(active)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(len(active)):
-        for j in range(i + 1, len(active)):
-            if corr[i, j] > TIE_CORRELATION:
-                parent[find(j)] = find(i)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(active)):
-        groups.setdefault(find(i), []).append(i)
-    return TiePlan(active=active, columns=tuple(tuple(g) for g in groups.values()), inert=inert)
-
-
-def tied_scores(scores: np.ndarray, names: tuple[str, ...], plan: TiePlan) -> np.ndarray:
-    """(N, K) scores over `names` -> (N, C) regressors, one per tied column (the group mean)."""
-    cols = [
-        scores[:, [names.index(plan.active[i]) for i in group]].mean(axis=1)
-        for group in plan.columns
-    ]
-    return np.stack(cols, axis=1)
-
-
-def solve_basis(
-    residuals: np.ndarray,
-    regressors: np.ndarray,
-    regions: np.ndarray,
-    data_weight: np.ndarray,
-    laplacian: sp.csr_matrix,
-    ridge: float,
-    smooth: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Regional, smooth, ridge-regularised linear fit, solved as one sparse system.
-
-    residuals (N, V, 3) canonical-frame offsets from the template; regressors (N, C);
-    regions (C, V) soft masks (a shape is zero where its mask is < 0.05, and its ridge penalty grows
-    as the mask fades, so it decays towards the edge); data_weight (V,) 0 for vertices whose
-    observations are not trusted (the outline). Returns intercept (V, 3) and shapes (V, 3, C).
-    The intercept (this person's neutral offset) is smoothed but not shrunk; ridge and smooth are
-    per-frame weights, multiplied by N.
-    """
-    n, v, _ = residuals.shape
-    c = regressors.shape[1]
-    # Work in units of each regressor's spread, so that the penalties mean the same for a score
-    # that swings 0..1 and one that barely leaves 0.1.
-    spread = np.clip(regressors.std(axis=0), 1e-6, None)  # (C,)
-    design = np.concatenate([np.ones((n, 1)), regressors / spread], axis=1)  # (N, C + 1)
-    gram = design.T @ design  # (C + 1, C + 1)
-    rhs = np.einsum("nk,nvc->kvc", design, residuals) * data_weight[None, :, None]  # (C + 1, V, 3)
-    lap2 = (laplacian.T @ laplacian).tocsr()
-    mask = np.concatenate([np.ones((1, v)), regions], axis=0)  # (C + 1, V)
-    shrink = np.zeros((c + 1, v))
-    shrink[1:] = ridge * n / np.clip(regions, MASK_FLOOR, 1.0) ** 2
-    system = (
-        sp.kron(sp.csr_matrix(gram), sp.diags(data_weight))
-        + sp.kron(sp.identity(c + 1), lap2) * (smooth * n)
-        + sp.diags(shrink.ravel() + 1e-9 * n)
-    ).tocsc()
-    free = np.flatnonzero(mask.ravel() >= MASK_FLOOR)
-    sub = system[free][:, free]
-    solution = np.zeros(((c + 1) * v, 3))
-    solution[free] = spla.splu(sub).solve(rhs.reshape(-1, 3)[free])
-    solution = solution.reshape(c + 1, v, 3)
-    shapes = solution[1:].transpose(1, 2, 0) / spread  # (V, 3, C) per unit score
-    return solution[0], np.ascontiguousarray(shapes)
-
-
-def split_tied(
-    shapes: np.ndarray, plan: TiePlan, region_masks: dict[str, np.ndarray], mirror: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Give each name of a tied group its share of the group's shape (V, 3): shares are the
-    members' region weights normalised to sum to one at every vertex."""
-    out: dict[str, np.ndarray] = {}
-    for col, group in enumerate(plan.columns):
-        members = [plan.active[i] for i in group]
-        group_shape = shapes[:, :, col]
-        bases = {m.removesuffix("Left").removesuffix("Right") for m in members}
-        # A lone unsided shape, or a tied Left/Right pair of one base name, is symmetric by nature.
-        if not any(is_sided(m) for m in members) or (len(members) == 2 and len(bases) == 1):
-            group_shape = symmetrise(group_shape, mirror)
-        weights = np.stack([region_masks[m] for m in members])  # (M, V)
-        weights = np.where(weights >= MASK_FLOOR, weights, 0.0)  # a share never leaves its region
-        share = weights / np.clip(weights.sum(axis=0, keepdims=True), 1e-6, None)
-        for m, s in zip(members, share, strict=True):
-            # With the mean score as regressor, a one-sided score moves its own side by the full
-            # group shape, and equal scores add up to exactly the group shape.
-            out[m] = group_shape * s[:, None]
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,85 +409,7 @@ def save_basis(basis: Basis, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Side check, picture, command line
-
-LID_PAIRS = {"Left": (386, 374), "Right": (159, 145)}  # upper, lower lid: subject's left is +x
-
-
-def blink_side_check(
-    observed: np.ndarray, scores: np.ndarray, names: tuple[str, ...]
-) -> dict[str, float]:
-    """Which eye does MediaPipe's eyeBlinkLeft close? Correlate the left-minus-right score with the
-    +x-minus--x lid gap: positive means ARKit 'Left' is canonical +x, as the regions assume."""
-    gap = {
-        side: np.linalg.norm(observed[:, a] - observed[:, b], axis=-1)
-        for side, (a, b) in LID_PAIRS.items()
-    }
-    diff_score = scores[:, names.index("eyeBlinkLeft")] - scores[:, names.index("eyeBlinkRight")]
-    diff_gap = gap["Right"] - gap["Left"]  # a closing left eye shrinks the +x gap
-    if diff_score.std() == 0 or diff_gap.std() == 0:
-        return {}
-    return {
-        "corr_left_score_with_plus_x_closing": round(
-            float(np.corrcoef(diff_score, diff_gap)[0, 1]), 3
-        )
-    }
-
-
-SHEET_SHAPES: tuple[tuple[str, dict[str, float]], ...] = (
-    ("neutral", {}),
-    ("jawOpen 0.5", {"jawOpen": 0.5}),
-    ("smile L+R", {"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0}),
-    ("mouthSmileLeft", {"mouthSmileLeft": 1.0}),
-    ("blink L+R", {"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}),
-    ("eyeBlinkLeft", {"eyeBlinkLeft": 1.0}),
-    ("browInnerUp", {"browInnerUp": 1.0}),
-    ("browDownLeft", {"browDownLeft": 1.0}),
-)
-
-
-def render_sheet(head: HeadModel, out: Path, title: str) -> None:
-    """Front views of the main shapes as the default head makes them (blendshapes and jaw rig),
-    triangles coloured by how far they moved from neutral (cm)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import PolyCollection
-
-    faces = head.data.faces
-    names = head.expression_names
-    expr = torch.zeros(len(SHEET_SHAPES), len(names))
-    for row, (_, weights) in enumerate(SHEET_SHAPES):
-        for name, w in weights.items():
-            expr[row, names.index(name)] = w
-    with torch.inference_mode():
-        c = dataclasses.replace(head.neutral_controls(batch=len(SHEET_SHAPES)), expression=expr)
-        verts_all = head(c).vertices.numpy()
-    base = verts_all[0]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 9.5))
-    for ax, (label, weights), verts in zip(axes.ravel(), SHEET_SHAPES, verts_all, strict=True):
-        moved = np.linalg.norm(verts - base, axis=1)[faces].mean(axis=1)  # (F,)
-        order = np.argsort(verts[faces][:, :, 2].mean(axis=1))  # paint back to front
-        polys = PolyCollection(
-            verts[faces][order][:, :, :2],
-            array=moved[order],
-            cmap="viridis",
-            edgecolors="k",
-            linewidths=0.15,
-        )
-        polys.set_clim(0.0, 1.5)
-        ax.add_collection(polys)
-        ax.set_xlim(-9, 9)
-        ax.set_ylim(-12, 10)
-        ax.set_aspect("equal")
-        ax.axis("off")
-        inert = any(head.data.expression_inert[names.index(n)] for n in weights)
-        ax.set_title(label + (" (inert)" if inert else ""))
-    fig.colorbar(polys, ax=axes, shrink=0.6, label="displacement from neutral, cm")
-    fig.suptitle(title)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+# Command line
 
 
 def main(argv: list[str] | None = None) -> int:

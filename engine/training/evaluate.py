@@ -23,7 +23,7 @@ by controls alone (all-zero expression, then from its rest: jaw, smile, blink, h
   equal budget (supplemental Table 1), when `--ablation` names them;
 - backends: every backend's time and quality-gate figures (dB from fp32, dB lost against the
   truth) on the avatar's held-out reference frames, and the choice (`--backends none`: left out);
-- readback: the avatar's stills read back by MediaPipe (engine/training/readback.py), reenacted
+- readback: the avatar's stills read back by MediaPipe (engine/training/reenact.py), reenacted
   from `--source` (another person's clip, default the Pexels sample) with the sharpness of its
   face against the capture's own clip when that is a sample (`--reference` names another); the
   stills are drawn as served, through the avatar's measured response (`response`, copied from
@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,9 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from engine.capture.decode import decode
 from engine.capture.sample import SampleUnavailableError, sample_or_path
 from engine.capture.store import CaptureData, load_capture
-from engine.controls import POSE_LIMITS_DEG, neutral, update
+from engine.controls import neutral, update
 from engine.device import DEVICE_CHOICES_HELP, resolve_device
 from engine.pipeline.schedule import DEFAULT_SCHEDULE
 from engine.render.avatar import Avatar, summary_as
@@ -59,25 +58,15 @@ from engine.render.frame_inputs import FrameInputs
 from engine.runtime import tune_allocator
 from engine.training.body import BODY_DIM, Body, body_shares
 from engine.training.dataset import CaptureFrames
+from engine.training.eval_report import markdown
 from engine.training.framing import Framing
-from engine.training.readback import (
-    Render,
-    SourceClip,
-    State,
-    measure,
-    source_state,
-    track_clip,
-)
+from engine.training.reenact import REENACT_SOURCES, readback
 from engine.training.served_warps import SERVED_MOVES, served_warps
 from engine.training.split import Split, held_out_pairs, interleaved_split
 
 MAX_K = 8
 BATCH = 8  # frames rendered at once
 STRIP_FRAMES = 4
-REENACT_STRIP = 6  # source frames shown above the avatar's pictures of them
-# Other people the read-back reenacts: the Pexels clip (a woman crying, then laughing; her mouth
-# hardly opens) and two webcam clips of a man who talks (engine/capture/sample.py).
-REENACT_SOURCES = ("pexels", "cap12", "cap13")
 MEDIAN_FRAMES = 64  # training crops the median baseline is taken over
 BELOW_FROM = 3  # the region "below" the head: the frame's rows from 3/4 of its height down
 # What the controls strip shows: (label, expression weights, pose in degrees).
@@ -394,90 +383,6 @@ def plot_validation(history: list[dict[str, float]], out: Path) -> bool:
     return True
 
 
-def markdown(report: dict[str, Any]) -> str:
-    g, m = report["generator"], report["median_baseline"]
-    lines = [
-        f"# Evaluation of {report['avatar']}",
-        "",
-        f"{report['test_frames']} held-out test frames (interleaved blocks, never trained on; "
-        f"split {report['split']}).",
-        "",
-        "| | L1 | PSNR (dB) | face PSNR (dB) | SSIM |",
-        "|---|---|---|---|---|",
-        f"| median of training crops (baseline) | {m['l1']:.4f} | {m['psnr']:.2f} | "
-        f"{m['face_psnr']:.2f} | {m['ssim']:.4f} |",
-        f"| generator every frame | {g['l1']:.4f} | {g['psnr']:.2f} | {g['face_psnr']:.2f} | "
-        f"{g['ssim']:.4f} |",
-    ]
-    lines += [
-        f"| warp k={r['k']} | {r['l1']:.4f} | {r['psnr']:.2f} | {r['face_psnr']:.2f} | "
-        f"{r['ssim']:.4f} |"
-        for r in report["warp_distance"]
-    ]
-    regions = g.get("regions")
-    if regions:
-        lines += [
-            "",
-            "Where the generator's squared error lies (off the face: below = the "
-            "frame's bottom quarter, around = the rest):",
-            "",
-            "| region | share of pixels | share of squared error | PSNR (dB) |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {name} | {r['pixels']:.3f} | {r['error']:.3f} | {r['psnr']:.2f} |"
-            for name, r in regions.items()
-        ]
-    own = report.get("served_warps")
-    if own:
-        lines += [
-            "",
-            f"Warps over {own['moves']} small served moves (turns, jaw, smiles, blinks; "
-            "`served_warps.png`: the generator's frames above, the warps below): "
-            f"{own['psnr_from_generator']:.2f} dB from the generator's frames.",
-        ]
-    served = report.get("generator_median_framing")
-    if served:
-        lines += [
-            "",
-            "Generator with every frame at the training median's framing and, where the avatar "
-            "reads the body, with the body its head pose predicts (as served): "
-            f"{served['psnr']:.2f} dB, face {served['face_psnr']:.2f} dB, SSIM {served['ssim']:.4f}.",
-        ]
-    if report.get("backends"):
-        b = report["backends"]
-        lines += [
-            "",
-            f"## Backends (quality gate on {b['gate']}, {b['threads']} threads; chosen: "
-            f"{b['label']}, together {b['served_psnr_fp32']} dB from fp32)",
-            "",
-            "| stage | backend | ms | dB from fp32 | dB lost to truth | passes |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {c['stage']} | {c['form'] or c['runtime'] + ' ' + c['precision']} | "
-            f"{c['ms'] if c['ms'] is not None else '-'}"
-            f"{_per_cache(c.get('prepare_ms'))} | "
-            f"{c['psnr_fp32'] if c['psnr_fp32'] is not None else '-'} | "
-            f"{c['truth_loss_db'] if c['truth_loss_db'] is not None else '-'} | "
-            f"{'yes' if c['passed'] else 'no: ' + str(c['reason'])} |"
-            for c in b["candidates"]
-        ]
-    if report["ablation"]:
-        lines += [
-            "",
-            "## Cached layers (warp k=1, equal training budget)",
-            "",
-            "| layers | L1 | PSNR | SSIM | budget |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['cache_layers']} | {r['l1']:.4f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['budget']} |"
-            for r in report["ablation"]
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def backend_figures(avatar_path: Path, device: torch.device) -> dict[str, Any]:
     """Every backend's gate figures (ms, dB from fp32, dB lost to truth) on the avatar's held-out
     reference frames, and what the server would choose on this machine with all its cores."""
@@ -486,78 +391,10 @@ def backend_figures(avatar_path: Path, device: torch.device) -> dict[str, Any]:
     return selection.to_dict() | {"threads": threads}
 
 
-def square(rgb: np.ndarray, side: int) -> np.ndarray:
-    """(H, W, 3) -> its centre square, resized to side x side."""
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    centre = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-    return np.asarray(Image.fromarray(centre).resize((side, side), Image.Resampling.LANCZOS))
-
-
-def still_renderer(avatar: Avatar) -> Render:
-    """A state -> the avatar's picture of it, as `GET /still.png` renders it."""
-    names = avatar.expression_names
-
-    def render(state: State) -> np.ndarray:
-        controls = update(avatar.rest, names, state.get("expression"), state.get("pose"))
-        return avatar.render(controls)
-
-    return render
-
-
-def readback(
-    avatar: Avatar, sources: Sequence[str], reference: object, strip: Path | None = None
-) -> dict[str, Any]:
-    """The read-back of the avatar's own stills, reenacted from each of `sources` (sample names
-    or video paths); `strip`: where to save, for each source, REENACT_STRIP of its frames above
-    the avatar's pictures of them."""
-    limits = avatar.pose_range_deg or {k: list(v) for k, v in POSE_LIMITS_DEG.items()}
-    accepted = {k: list(v) for k, v in POSE_LIMITS_DEG.items()}
-    ref = sample_or_path(reference) if isinstance(reference, str) else None
-    videos = {name: sample_or_path(name) for name in sources}
-    tracked = [track_clip(path, name=name) for name, path in videos.items()]
-    render = still_renderer(avatar)
-    report = measure(render, avatar.expression_names, limits, accepted, tracked, ref)
-    if strip is not None and tracked:
-        rows = [
-            row
-            for clip, video in zip(tracked, videos.values(), strict=True)
-            for row in reenact_rows(clip, video, render, avatar.expression_names, accepted)
-        ]
-        Image.fromarray(np.concatenate(rows, 0)).save(strip)
-    return report | {"sources": list(sources), "reference": reference}
-
-
-def reenact_rows(
-    clip: SourceClip,
-    video: Path,
-    render: Render,
-    names: Sequence[str],
-    accepted: dict[str, list[float]],
-) -> tuple[np.ndarray, np.ndarray]:
-    """REENACT_STRIP frames of `clip` side by side, and the avatar's pictures of them below."""
-    picks = np.linspace(0, len(clip.frames) - 1, REENACT_STRIP).round().astype(int)
-    wanted = {clip.frames[i]: i for i in picks}
-    top, bottom = [], []
-    for frame in decode(video):
-        i = wanted.get(frame.index)
-        if i is None:
-            continue
-        picture = render(source_state(clip.scores[i], clip.angles[i], names, accepted))
-        top.append(square(frame.rgb, picture.shape[0]))
-        bottom.append(picture)
-    return np.concatenate(top, 1), np.concatenate(bottom, 1)
-
-
 def split_of(avatar: Avatar, time_s: np.ndarray) -> Split:
     recorded = avatar.summary.get("split")
     gap = recorded.get("gap") if isinstance(recorded, dict) else None
     return interleaved_split(time_s, gap=int(gap) if isinstance(gap, int) else MAX_K)
-
-
-def _per_cache(ms: float | None) -> str:
-    """A warp's preparation of each cache, beside its time per frame (none: nothing)."""
-    return "" if ms is None else f" (+ {ms} per cache)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,20 +26,10 @@ from engine.capture.store import load_capture
 from engine.head.canonical_mesh import load_canonical_mesh
 from engine.head.default import build_default_head
 from engine.head.model import HeadControls, HeadModel
+from engine.head.procrustes import fit_similarity
 from engine.head.regions import report_regions
 from engine.training.dataset import CaptureFrames
 from engine.training.split import interleaved_split
-
-
-def similarity_align(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, V, 3) a moved onto (N, V, 3) b by per-frame similarities; returns (moved, (N,) scale)."""
-    ca, cb = a.mean(1, keepdims=True), b.mean(1, keepdims=True)
-    a0, b0 = a - ca, b - cb
-    u, _, vt = np.linalg.svd(a0.transpose(0, 2, 1) @ b0)
-    u[:, :, 2] *= np.sign(np.linalg.det(u @ vt))[:, None]
-    turned = a0 @ (u @ vt)
-    scale = (turned * b0).sum((1, 2)) / (turned * turned).sum((1, 2))
-    return turned * scale[:, None, None] + cb, scale
 
 
 @torch.inference_mode()
@@ -57,7 +47,8 @@ def mesh_error(head: HeadModel, frames: CaptureFrames, rows: np.ndarray) -> dict
     )
     mesh = head(controls).vertices.double().numpy()[:, inner]
     seen = frames.landmark_vertices[index].double().numpy()[:, inner]
-    moved, scale = similarity_align(mesh, seen)
+    fit = fit_similarity(mesh, seen)  # shape left over, not placement
+    moved, scale = fit.apply(mesh), fit.scale
     err = np.linalg.norm(moved - seen, axis=-1)  # (N, V')
     return {
         "inner_cm": round(float(err.mean()), 4),

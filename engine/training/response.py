@@ -33,8 +33,8 @@ from PIL import Image
 from engine.controls import update
 from engine.render.avatar import Avatar, summary_as
 from engine.render.response import CHANNELS, Curve, Response
-from engine.training.evaluate import readback
 from engine.training.readback import Reader
+from engine.training.reenact import readback
 
 WEIGHTS = tuple(float(w) for w in np.linspace(0.0, 1.0, 11).round(3))  # weights measured at
 DEFAULT_CHANNELS = ("blink",)
