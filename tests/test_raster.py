@@ -16,14 +16,16 @@ from engine.render.raster import (
     Fragments,
     interpolate,
     pixel_motion,
-    pytorch3d_available,
     rasterize,
-    rasterize_pytorch3d,
-    rasterize_reference,
     rasterize_torch,
     uv_map,
 )
 from engine.render.raster_cpu import available as compiled_available
+from engine.render.raster_reference import (
+    pytorch3d_available,
+    rasterize_pytorch3d,
+    rasterize_reference,
+)
 
 HEAD_DEPTH_CM = 60.0  # the head sits this far in front of the camera
 FOCAL = 3.2  # focal length in image widths: the face fills about two thirds of the image
