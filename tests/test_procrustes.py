@@ -55,3 +55,13 @@ def test_a_mirror_image_is_fitted_by_a_rotation_not_a_reflection() -> None:
 def test_two_shared_sets_are_refused() -> None:
     with pytest.raises(ValueError, match="per-frame"):
         fit_similarity(np.zeros((4, 3)), np.ones((4, 3)))
+
+
+def test_mismatched_sets_and_weights_that_say_nothing_are_refused() -> None:
+    points = np.zeros((2, 4, 3))
+    with pytest.raises(ValueError, match="alike"):
+        fit_similarity(points, np.zeros((2, 5, 3)))
+    with pytest.raises(ValueError, match="positive sum"):
+        fit_similarity(points, points, np.zeros(4))
+    with pytest.raises(ValueError, match="positive sum"):
+        fit_similarity(points, points, np.array([1.0, -1.0, 1.0, 1.0]))

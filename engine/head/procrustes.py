@@ -47,6 +47,12 @@ def fit_similarity(
     decide the fit (None: all alike); `scale` False fits rotation and translation only."""
     if src.ndim == 2 and dst.ndim == 2:
         raise ValueError("fit_similarity needs per-frame points in src or dst: (N, V, 3)")
+    if src.shape[-2:] != dst.shape[-2:] or src.shape[-1] != 3:
+        raise ValueError(
+            f"fit_similarity: src {src.shape} and dst {dst.shape} are not (.., V, 3) alike"
+        )
+    if weights is not None and not (np.all(weights >= 0) and np.sum(weights) > 0):
+        raise ValueError("fit_similarity: weights must be >= 0 with a positive sum")
     frames = (src if src.ndim == 3 else dst).shape[0]
     src = np.broadcast_to(src, (frames, *src.shape[-2:])).astype(np.float64)
     dst = np.broadcast_to(dst, (frames, *dst.shape[-2:])).astype(np.float64)
