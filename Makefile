@@ -54,8 +54,8 @@ soak: $(STAMP)
 # expression basis on its training rows, train (100 min on L1 + SSIM, then to 223 min with the patch
 # critic and an annealed rate, then framing, then mirrored pairs, then the warp alone on the served
 # distances, then the body's pose and the warp alone again, then the warp, everything and the warp
-# twice more, then everything and the warp once more), measure how its blink reads back (served blinks go through it), evaluate. Hours on a
-# 2-core CPU; data/ is ignored.
+# twice more, then everything and the warp once more), measure how its blink reads back (served
+# blinks go through it), evaluate. Hours on a 2-core CPU; data/ is ignored.
 BODY_STAGE := --batch 4 --seed 0 --generator-controls 32 --face-weight 0 --gradient-weight 0 \
 	--adversarial 0.02 --lr 3e-4 --lr-final 0.1 --framing --mirror 0.5 --mirror-mark --body --quiet
 avatar: $(STAMP)

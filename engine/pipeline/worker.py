@@ -5,8 +5,8 @@ The parent (`engine.pipeline.workers` starts it, `engine.pipeline.dispatcher` gi
 small task records on a queue; the worker answers each with a small result record (both in
 `engine.pipeline.messages`). Pictures go into the worker's `FrameRing` slot named by the task. A
 worker only ever warps from caches it built itself, after building them (tasks run in the order
-sent); a render that names a cache the worker does not hold fails loudly instead of using another. The worker exits on `Stop`, and by itself
-when its parent is gone (no orphan keeps a device busy).
+sent); a render that names a cache the worker does not hold fails loudly instead of using another.
+The worker exits on `Stop`, and by itself when its parent is gone (no orphan keeps a device busy).
 
 A one-thread worker on the CPU builds its caches on a thread of its own at a lower priority
 (`BUILD_NICE`): a generator pass takes 40-55 ms on one core and a warp 7-10, so a warp that
